@@ -1,0 +1,257 @@
+"""Pinhole / stereo camera models from CameraInfo arrays, and rectification.
+
+ROS-free: the shell converts ``sensor_msgs/CameraInfo`` into :class:`CameraModel`
+(plain numpy arrays with the message's meaning), this module does the maths.
+
+Conventions (sensor_msgs/CameraInfo):
+    * ``K`` (3x3): intrinsics of the raw (distorted) image.
+    * ``D``: distortion coefficients for ``distortion_model``
+      (``plumb_bob`` / ``rational_polynomial``: OpenCV order k1 k2 p1 p2 k3 [k4 k5 k6];
+      ``equidistant``: k1 k2 k3 k4, OpenCV fisheye).
+    * ``R`` (3x3): rotation from the camera's optical frame into the rectified frame,
+      ``p_rect = R @ p_cam``.
+    * ``P`` (3x4): projection of the rectified image; for the right camera of a
+      horizontal pair ``P[0, 3] = Tx = -fx' * B``.
+
+Stereo depth follows image_geometry's StereoCameraModel (stereo_image_proc):
+``Z = fx * B / (d - (cx_left - cx_right))`` with ``B = (Tx_left - Tx_right) / fx``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+
+_LOG = logging.getLogger(__name__)
+
+SUPPORTED_DISTORTION_MODELS = ('plumb_bob', 'rational_polynomial', 'equidistant', '')
+
+
+@dataclasses.dataclass(frozen=True)
+class CameraModel:
+    """One camera as described by a CameraInfo message.
+
+    Attributes:
+        width, height: image size in pixels.
+        K: (3, 3) float64 raw intrinsics.
+        D: (N,) float64 distortion coefficients.
+        R: (3, 3) float64 rectification rotation (optical frame -> rectified frame).
+        P: (3, 4) float64 rectified projection matrix.
+        distortion_model: CameraInfo distortion model name.
+        frame_id: the optical frame of the camera.
+    """
+
+    width: int
+    height: int
+    K: np.ndarray
+    D: np.ndarray
+    R: np.ndarray
+    P: np.ndarray
+    distortion_model: str = 'plumb_bob'
+    frame_id: str = ''
+
+    @staticmethod
+    def from_arrays(width: int, height: int, K, D, R, P, distortion_model: str = 'plumb_bob',
+                    frame_id: str = '') -> 'CameraModel':
+        """Build and validate a model from flat or shaped arrays (as in CameraInfo).
+
+        Raises:
+            ValueError: on a bad size, shape, non-finite value or unsupported model.
+        """
+        if int(width) <= 0 or int(height) <= 0:
+            raise ValueError(f'camera size must be positive, got {width}x{height}')
+        K = np.asarray(K, dtype=np.float64).reshape(-1)
+        R = np.asarray(R, dtype=np.float64).reshape(-1)
+        P = np.asarray(P, dtype=np.float64).reshape(-1)
+        D = np.asarray(D, dtype=np.float64).reshape(-1)
+        if K.size != 9:
+            raise ValueError(f'K must have 9 elements, got {K.size}')
+        if R.size != 9:
+            raise ValueError(f'R must have 9 elements, got {R.size}')
+        if P.size != 12:
+            raise ValueError(f'P must have 12 elements, got {P.size}')
+        for name, arr in (('K', K), ('R', R), ('P', P), ('D', D)):
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f'{name} has non-finite values: {arr.tolist()}')
+        K, R, P = K.reshape(3, 3), R.reshape(3, 3), P.reshape(3, 4)
+        if not np.any(R):  # CameraInfo leaves R all-zero for monocular cameras
+            R = np.eye(3)
+        if distortion_model not in SUPPORTED_DISTORTION_MODELS:
+            raise ValueError(f'unsupported distortion model {distortion_model!r}; '
+                             f'supported: {SUPPORTED_DISTORTION_MODELS}')
+        if P[0, 0] <= 0 or P[1, 1] <= 0:
+            raise ValueError(f'P must have positive focal lengths, got fx={P[0, 0]}, fy={P[1, 1]}')
+        if abs(np.linalg.det(R) - 1.0) > 1e-3:
+            raise ValueError(f'R is not a rotation (det={np.linalg.det(R):.6f})')
+        return CameraModel(int(width), int(height), K, D, R, P, distortion_model, frame_id)
+
+    @property
+    def fx(self) -> float:
+        """Rectified focal length along x, pixels."""
+        return float(self.P[0, 0])
+
+    @property
+    def fy(self) -> float:
+        """Rectified focal length along y, pixels."""
+        return float(self.P[1, 1])
+
+    @property
+    def cx(self) -> float:
+        """Rectified principal point x, pixels."""
+        return float(self.P[0, 2])
+
+    @property
+    def cy(self) -> float:
+        """Rectified principal point y, pixels."""
+        return float(self.P[1, 2])
+
+    @property
+    def Tx(self) -> float:  # noqa: N802 - name of the CameraInfo quantity
+        """P[0, 3] = -fx * (x offset of this camera in the stereo rig), pixels*metres."""
+        return float(self.P[0, 3])
+
+    def key(self) -> tuple:
+        """Hashable identity of the calibration (to cache rectification maps)."""
+        return (self.width, self.height, self.distortion_model, self.K.tobytes(),
+                self.D.tobytes(), self.R.tobytes(), self.P.tobytes())
+
+
+@dataclasses.dataclass(frozen=True)
+class StereoModel:
+    """A rectified stereo pair: left and right models plus the derived geometry.
+
+    Attributes:
+        left, right: the two cameras.
+        baseline_m: B, metres, positive when the right camera is to the right.
+        delta_cx: cx_left - cx_right, pixels (disparity of a point at infinity).
+    """
+
+    left: CameraModel
+    right: CameraModel
+    baseline_m: float
+    delta_cx: float
+
+    @staticmethod
+    def from_cameras(left: CameraModel, right: CameraModel, *, tol_px: float = 1e-3) -> 'StereoModel':
+        """Check that ``left``/``right`` describe a horizontally rectified pair.
+
+        Raises:
+            ValueError: if sizes differ, rectified fx/fy/cy differ, or B <= 0.
+        """
+        if (left.width, left.height) != (right.width, right.height):
+            raise ValueError(f'left is {left.width}x{left.height} but right is '
+                             f'{right.width}x{right.height}')
+        for name, a, b in (('fx', left.fx, right.fx), ('fy', left.fy, right.fy),
+                           ('cy', left.cy, right.cy)):
+            if abs(a - b) > tol_px * max(1.0, abs(a)):
+                raise ValueError(f'not a rectified pair: P {name} differs (left {a}, right {b})')
+        baseline = (left.Tx - right.Tx) / left.fx
+        if not baseline > 0:
+            raise ValueError(f'stereo baseline must be positive (right camera to the right); got '
+                             f'B = (Tx_left - Tx_right)/fx = {baseline} m from P_left[0,3]={left.Tx}, '
+                             f'P_right[0,3]={right.Tx}')
+        return StereoModel(left, right, float(baseline), float(left.cx - right.cx))
+
+    @property
+    def fb(self) -> float:
+        """fx * B in pixel-metres: Z = fb / (d - delta_cx)."""
+        return self.left.fx * self.baseline_m
+
+    def depth_from_disparity(self, disparity: np.ndarray) -> np.ndarray:
+        """Z (metres, float32) along the rectified optical axis from disparity (pixels).
+
+        Disparities at or below ``delta_cx`` (at or beyond infinity) give +inf.
+        """
+        d = np.asarray(disparity, dtype=np.float32) - np.float32(self.delta_cx)
+        with np.errstate(divide='ignore', invalid='ignore'):
+            z = np.where(d > 0, np.float32(self.fb) / d, np.float32(np.inf))
+        return z.astype(np.float32)
+
+    def disparity_from_depth(self, depth: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`depth_from_disparity` (pixels)."""
+        with np.errstate(divide='ignore'):
+            return (np.float32(self.fb) / np.asarray(depth, dtype=np.float32)
+                    + np.float32(self.delta_cx)).astype(np.float32)
+
+
+def ray_norms(model: CameraModel) -> np.ndarray:
+    """|ray| of every pixel's rectified viewing ray ((u-cx)/fx, (v-cy)/fy, 1).
+
+    Returns:
+        (H, W) float32; range = Z * |ray|.
+    """
+    u = (np.arange(model.width, dtype=np.float32) - np.float32(model.cx)) / np.float32(model.fx)
+    v = (np.arange(model.height, dtype=np.float32) - np.float32(model.cy)) / np.float32(model.fy)
+    return np.sqrt(1.0 + u[None, :] ** 2 + v[:, None] ** 2).astype(np.float32)
+
+
+class Rectifier:
+    """Rectifies raw images of one camera with its CameraInfo (maps cached per calibration)."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._maps: tuple[np.ndarray, np.ndarray] | None = None
+        self._valid: np.ndarray | None = None
+
+    def _build(self, model: CameraModel) -> None:
+        import cv2
+
+        size = (model.width, model.height)
+        new_p = model.P[:, :3]
+        if model.distortion_model == 'equidistant':
+            d = model.D[:4] if model.D.size >= 4 else np.pad(model.D, (0, 4 - model.D.size))
+            m1, m2 = cv2.fisheye.initUndistortRectifyMap(model.K, d, model.R, new_p, size,
+                                                         cv2.CV_32FC1)
+        else:
+            m1, m2 = cv2.initUndistortRectifyMap(model.K, model.D, model.R, new_p, size,
+                                                 cv2.CV_32FC1)
+        # Pixels whose source lies outside the raw image have no data.
+        valid = (m1 >= -0.5) & (m1 <= model.width - 0.5) & (m2 >= -0.5) & (m2 <= model.height - 0.5)
+        self._maps, self._valid, self._key = (m1, m2), valid, model.key()
+        _LOG.debug('built rectification maps %dx%d (%.1f %% valid)', model.width, model.height,
+                   100.0 * valid.mean())
+
+    def rectify(self, image: np.ndarray, model: CameraModel) -> tuple[np.ndarray, np.ndarray]:
+        """Rectify ``image`` (H, W) or (H, W, C).
+
+        Returns:
+            (rectified image with the input's dtype, (H, W) bool mask of pixels with data).
+
+        Raises:
+            ValueError: if the image size does not match the camera model.
+        """
+        import cv2
+
+        if image.shape[:2] != (model.height, model.width):
+            raise ValueError(f'image is {image.shape[1]}x{image.shape[0]} but its CameraInfo says '
+                             f'{model.width}x{model.height}')
+        if self._key != model.key():
+            self._build(model)
+        m1, m2 = self._maps
+        out = cv2.remap(image, m1, m2, interpolation=cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return out, self._valid
+
+
+def project_rectified(points_rect: np.ndarray, model: CameraModel) -> np.ndarray:
+    """Project (N, 3) points in the rectified frame with P; returns (N, 2) pixels."""
+    p = np.asarray(points_rect, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != 3:
+        raise ValueError(f'points must be (N, 3), got {p.shape}')
+    h = p @ model.P[:, :3].T + model.P[:, 3]
+    return h[:, :2] / h[:, 2:3]
+
+
+def distort_points(points_cam: np.ndarray, model: CameraModel) -> np.ndarray:
+    """Project (N, 3) points in the camera optical frame into the RAW image (pixels, (N, 2))."""
+    import cv2
+
+    p = np.asarray(points_cam, dtype=np.float64).reshape(-1, 1, 3)
+    zero = np.zeros(3)
+    if model.distortion_model == 'equidistant':
+        d = model.D[:4] if model.D.size >= 4 else np.pad(model.D, (0, 4 - model.D.size))
+        out, _ = cv2.fisheye.projectPoints(p, zero, zero, model.K, d)
+    else:
+        out, _ = cv2.projectPoints(p, zero, zero, model.K, model.D)
+    return out.reshape(-1, 2)

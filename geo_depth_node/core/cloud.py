@@ -1,0 +1,83 @@
+"""Pack a FrameResult into the ~/points byte layout, and write PLY files. ROS-free."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .contract import POINT_DTYPE, Provenance
+from .pipeline import FrameResult
+
+
+def pack_points(result: FrameResult, organized: bool = True) -> np.ndarray:
+    """Pack a frame into an array of POINT_DTYPE (bytes identical to PointCloud2.data).
+
+    Args:
+        result: the pipeline output.
+        organized: True -> (H, W) array with every pixel (NaN x/y/z where there is no
+            point); False -> (N,) array of points with provenance != NONE.
+
+    Returns:
+        A C-contiguous structured array; ``arr.tobytes()`` is the message payload.
+    """
+    h, w = result.shape
+    cloud = np.empty((h, w), dtype=POINT_DTYPE)
+    cloud['x'] = result.points[..., 0]
+    cloud['y'] = result.points[..., 1]
+    cloud['z'] = result.points[..., 2]
+    cloud['sigma'] = result.sigma
+    cloud['provenance'] = result.provenance
+    cloud['flags'] = result.flags
+    cloud['source'] = result.source
+    if organized:
+        return cloud
+    return np.ascontiguousarray(cloud[result.provenance != np.uint8(Provenance.NONE)])
+
+
+def write_ply(path: str | os.PathLike, cloud: np.ndarray, *, drop_none: bool = True) -> int:
+    """Write points of POINT_DTYPE to a binary little-endian PLY, keeping every field.
+
+    Properties: x y z sigma (float), provenance (uchar), flags source (ushort).
+
+    Args:
+        path: output file.
+        cloud: (H, W) or (N,) array of POINT_DTYPE.
+        drop_none: skip points with provenance NONE (their x/y/z are NaN).
+
+    Returns:
+        The number of points written.
+    """
+    if cloud.dtype != POINT_DTYPE:
+        raise ValueError(f'cloud must have dtype POINT_DTYPE, got {cloud.dtype}')
+    pts = cloud.reshape(-1)
+    if drop_none:
+        pts = pts[pts['provenance'] != np.uint8(Provenance.NONE)]
+    packed = np.empty(pts.shape[0], dtype=np.dtype([
+        ('x', '<f4'), ('y', '<f4'), ('z', '<f4'), ('sigma', '<f4'),
+        ('provenance', 'u1'), ('flags', '<u2'), ('source', '<u2')]))
+    for name in packed.dtype.names:
+        packed[name] = pts[name]
+    header = (
+        'ply\nformat binary_little_endian 1.0\n'
+        'comment geo_depth_node cloud: sigma = 1-sigma range along the viewing ray (m); '
+        'provenance 0 NONE 1 MEASURED 2 FUSED 3 PRIOR; flags = bit mask (see README)\n'
+        f'element vertex {packed.shape[0]}\n'
+        'property float x\nproperty float y\nproperty float z\nproperty float sigma\n'
+        'property uchar provenance\nproperty ushort flags\nproperty ushort source\n'
+        'end_header\n')
+    with open(path, 'wb') as f:
+        f.write(header.encode('ascii'))
+        f.write(packed.tobytes())
+    return int(packed.shape[0])
+
+
+def read_ply(path: str | os.PathLike) -> np.ndarray:
+    """Read a PLY written by :func:`write_ply` back into a structured array (for tests/tools)."""
+    with open(path, 'rb') as f:
+        data = f.read()
+    end = data.index(b'end_header\n') + len(b'end_header\n')
+    header = data[:end].decode('ascii').splitlines()
+    n = next(int(line.split()[2]) for line in header if line.startswith('element vertex'))
+    dt = np.dtype([('x', '<f4'), ('y', '<f4'), ('z', '<f4'), ('sigma', '<f4'),
+                   ('provenance', 'u1'), ('flags', '<u2'), ('source', '<u2')])
+    return np.frombuffer(data, dtype=dt, count=n, offset=end).copy()

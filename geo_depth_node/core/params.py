@@ -1,0 +1,245 @@
+"""The node's parameters: one table with defaults, units, ranges and descriptions.
+
+This table is the single source of truth. The ROS shell declares every entry
+(with a ``ParameterDescriptor`` carrying description and range), the offline
+tools read the same YAML through :func:`load_params_yaml`, and
+``config/geo_depth.yaml`` mirrors it (a test checks both directions).
+ROS-free: no rclpy here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Iterable, Mapping
+
+_LOG = logging.getLogger(__name__)
+
+ParamValue = bool | int | float | str
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    """One declared parameter.
+
+    Attributes:
+        name: dotted ROS parameter name, e.g. ``stereo.num_disparities``.
+        default: default value; its Python type is the parameter type.
+        description: what it means (shown by ``ros2 param describe``).
+        units: physical unit or ``''`` for unitless.
+        min_value / max_value: inclusive numeric range (None = unbounded).
+        step: integer step (ROS IntegerRange step; 0 = any).
+        choices: allowed values for string parameters (empty = free text).
+        read_only: cannot change at run time (needs a restart).
+    """
+
+    name: str
+    default: ParamValue
+    description: str
+    units: str = ''
+    min_value: float | None = None
+    max_value: float | None = None
+    step: int = 0
+    choices: tuple[str, ...] = ()
+    read_only: bool = False
+
+    @property
+    def type_name(self) -> str:
+        """'bool', 'int', 'float' or 'str'."""
+        return type(self.default).__name__
+
+    def full_description(self) -> str:
+        """Description with units, range and choices appended (for descriptors and docs)."""
+        parts = [self.description]
+        if self.units:
+            parts.append(f'[{self.units}]')
+        if self.min_value is not None or self.max_value is not None:
+            parts.append(f'range {self.min_value}..{self.max_value}')
+        if self.choices:
+            parts.append('one of: ' + ', '.join(self.choices))
+        return ' '.join(parts)
+
+    def validate(self, value: Any) -> ParamValue:
+        """Return ``value`` converted to this parameter's type, or raise ValueError."""
+        t = type(self.default)
+        if t is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f'parameter {self.name}: expected bool, got {value!r}')
+            return value
+        if t is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f'parameter {self.name}: expected integer, got {value!r}')
+        elif t is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f'parameter {self.name}: expected number, got {value!r}')
+            value = float(value)
+        elif t is str:
+            if not isinstance(value, str):
+                raise ValueError(f'parameter {self.name}: expected string, got {value!r}')
+            if self.choices and value not in self.choices:
+                raise ValueError(
+                    f'parameter {self.name}: {value!r} is not one of {list(self.choices)}')
+            return value
+        if self.min_value is not None and value < self.min_value:
+            raise ValueError(f'parameter {self.name}: {value} is below the minimum {self.min_value}')
+        if self.max_value is not None and value > self.max_value:
+            raise ValueError(f'parameter {self.name}: {value} is above the maximum {self.max_value}')
+        if t is int and self.step > 1 and self.min_value is not None \
+                and (value - int(self.min_value)) % self.step != 0:
+            raise ValueError(f'parameter {self.name}: {value} is not min {self.min_value} '
+                             f'+ a multiple of {self.step}')
+        return value
+
+
+PARAMETERS: tuple[ParamSpec, ...] = (
+    # --- inputs -----------------------------------------------------------------
+    ParamSpec('rectify', False,
+              'Inputs are raw (distorted) images on left/image_raw and right/image_raw; '
+              'rectify them with the CameraInfo D/K/R/P. False: inputs are already rectified '
+              '(left/image_rect, right/image_rect).', read_only=True),
+    ParamSpec('sync.mode', 'approximate',
+              'How the left/right images and camera infos are paired: exact stamps, or the '
+              'closest stamps within sync.slop_s.', choices=('exact', 'approximate'),
+              read_only=True),
+    ParamSpec('sync.slop_s', 0.005,
+              'Largest stamp difference accepted between the four stereo messages in '
+              'approximate mode.', 's', 0.0, 1.0),
+    ParamSpec('sync.queue_size', 10,
+              'Messages kept per input topic while waiting for a match.', '', 1, 1000),
+    ParamSpec('processing_queue_size', 2,
+              'Synchronised frames waiting for the worker thread; when full the oldest is '
+              'dropped and counted in diagnostics.', '', 1, 100, read_only=True),
+    ParamSpec('input.mono16_max', 0,
+              'mono16 images are scaled to 8 bit for matching by 255/mono16_max; 0 = use the '
+              'left image maximum of each frame (the same scale for both images).',
+              'DN', 0, 65535),
+    # --- stereo matcher -----------------------------------------------------------
+    ParamSpec('stereo.min_disparity', 0,
+              'Smallest disparity searched (0 for a standard rig).', 'px', -256, 256),
+    ParamSpec('stereo.num_disparities', 128,
+              'Width of the disparity search range; the largest searched disparity is '
+              'min_disparity + num_disparities - 1. Sets the closest measurable range '
+              'Z_min = f*B/(max disparity).', 'px', 16, 512, step=16),
+    ParamSpec('stereo.block_size', 5,
+              'Matching block size (odd).', 'px', 1, 11, step=2),
+    ParamSpec('stereo.p1', 0,
+              'SGM penalty for disparity changes of 1 px between neighbours; 0 = 8*block_size^2.',
+              '', 0, 100000),
+    ParamSpec('stereo.p2', 0,
+              'SGM penalty for larger disparity jumps (must exceed p1); 0 = 32*block_size^2.',
+              '', 0, 400000),
+    ParamSpec('stereo.uniqueness_ratio', 10,
+              'A match must beat the second best cost by this margin, else NO_MATCH.',
+              '%', 0, 100),
+    ParamSpec('stereo.speckle_window_size', 100,
+              'Connected disparity blobs smaller than this are removed (NO_MATCH); 0 = off.',
+              'px', 0, 10000),
+    ParamSpec('stereo.speckle_range', 2,
+              'Largest disparity variation inside one speckle blob.', 'px', 0, 64),
+    ParamSpec('stereo.pre_filter_cap', 63,
+              'Clip of the x-derivative prefilter of OpenCV SGBM.', '', 1, 63),
+    ParamSpec('stereo.mode', 'sgbm_3way',
+              'OpenCV SGBM variant: sgbm (5 paths), sgbm_3way (3 paths, fastest), hh (8 paths, '
+              'full image), hh4 (4 paths).', choices=('sgbm', 'sgbm_3way', 'hh', 'hh4')),
+    ParamSpec('stereo.lr_check', True,
+              'Left-right consistency check (a second SGBM pass right-to-left); pixels that '
+              'fail get LR_INCONSISTENT. Costs about one more matching pass.'),
+    ParamSpec('stereo.lr_max_diff_px', 1.0,
+              'Largest |d_left(x) - d_right(x - d_left)| that passes the left-right check.',
+              'px', 0.0, 16.0),
+    # --- uncertainty model and the physical limit ------------------------------------
+    ParamSpec('sigma.disparity_px', 0.35,
+              'sigma_d floor: 1-sigma disparity error of a good match. The depth sigma is '
+              'sigma_Z = Z^2/(f*B) * sigma_d.', 'px', 0.01, 10.0),
+    ParamSpec('sigma.lr_gain', 1.0,
+              'sigma_d grows with the left-right disagreement: sigma_d^2 = disparity_px^2 + '
+              '(lr_gain * |d_left - d_right|)^2.', '', 0.0, 10.0),
+    ParamSpec('limit.max_relative_sigma', 0.05,
+              'Physical limit: a stereo point whose range sigma exceeds this fraction of its '
+              'range is never MEASURED (NONE + BEYOND_RESOLUTION). Equivalent to a minimum '
+              'disparity of sigma_d / max_relative_sigma.', '', 0.001, 1.0),
+    ParamSpec('limit.max_sigma_m', 0.0,
+              'Physical limit in metres: a stereo point whose range sigma exceeds this is never '
+              'MEASURED; 0 = only max_relative_sigma applies.', 'm', 0.0, 1000.0),
+    # --- output ------------------------------------------------------------------
+    ParamSpec('output.organized', True,
+              'Publish ~/points organized (height x width of the left image, NaN x/y/z where '
+              'there is no point); false: only points with provenance != NONE.'),
+    ParamSpec('output.unrectify_points', True,
+              'Rotate points from the rectified frame back into the left camera optical '
+              'frame (by R^T of the left CameraInfo), so x/y/z are in the frame the image '
+              'header names. False: points stay in the rectified frame (as stereo_image_proc).'),
+    ParamSpec('diagnostics_period_s', 1.0,
+              'Period of the DiagnosticArray on /diagnostics.', 's', 0.1, 60.0,
+              read_only=True),
+    ParamSpec('input_error_throttle_s', 5.0,
+              'At most one log line per this period for each kind of bad input.', 's',
+              0.0, 3600.0),
+)
+
+PARAMS_BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
+
+
+def defaults() -> dict[str, ParamValue]:
+    """All parameters at their defaults, flat dotted names."""
+    return {p.name: p.default for p in PARAMETERS}
+
+
+def validate_params(values: Mapping[str, Any], *, allow_unknown: Iterable[str] = ()) -> dict[str, ParamValue]:
+    """Return defaults overridden by ``values`` (dotted names), each validated.
+
+    Raises:
+        ValueError: on an unknown name (a typo must not be silently ignored) or a bad value.
+    """
+    out = defaults()
+    allowed = set(allow_unknown)
+    for name, value in values.items():
+        spec = PARAMS_BY_NAME.get(name)
+        if spec is None:
+            if name in allowed:
+                continue
+            raise ValueError(f'unknown parameter {name!r}')
+        out[name] = spec.validate(value)
+    p1, p2 = out['stereo.p1'], out['stereo.p2']
+    if p1 and p2 and p2 <= p1:
+        raise ValueError(f'parameter stereo.p2 ({p2}) must exceed stereo.p1 ({p1})')
+    return out
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+    """Flatten a nested mapping into dotted names (as ROS does with YAML parameters)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f'{prefix}{key}'
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + '.'))
+        else:
+            flat[name] = value
+    return flat
+
+
+ROS_ONLY_PARAMS = frozenset({'use_sim_time'})
+
+
+def load_params_yaml(path: str, node_name: str = 'geo_depth_node') -> dict[str, ParamValue]:
+    """Read a ROS 2 params file (``node: ros__parameters: ...``) into validated values.
+
+    Accepts the node name, ``/**`` or any ``/ns/node`` key ending in ``node_name``.
+
+    Raises:
+        ValueError: if the file has no section for the node or holds unknown/bad values.
+    """
+    import yaml
+
+    with open(path, encoding='utf-8') as f:
+        doc = yaml.safe_load(f) or {}
+    section = None
+    for key, value in doc.items():
+        if key in (node_name, '/**') or str(key).rstrip('/').endswith('/' + node_name):
+            if isinstance(value, Mapping) and 'ros__parameters' in value:
+                section = value['ros__parameters']
+                break
+    if section is None:
+        raise ValueError(f'{path}: no "{node_name}: ros__parameters:" section')
+    flat = flatten(section)
+    _LOG.debug('loaded %d parameters from %s', len(flat), path)
+    return validate_params(flat, allow_unknown=ROS_ONLY_PARAMS)

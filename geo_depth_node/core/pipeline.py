@@ -1,0 +1,205 @@
+"""The per-frame depth pipeline shared by the live node and the offline tools.
+
+``DepthPipeline.process`` takes decoded images and the two camera models and
+returns a :class:`FrameResult`: depth, sigma, provenance, flags and points for
+every pixel of the left image. ROS-free.
+
+Uncertainty model (documented in README, calibrated in a later issue):
+    sigma_d^2 = sigma.disparity_px^2 + (sigma.lr_gain * |d_left - d_right|)^2      [px]
+    sigma_Z   = Z^2 / (f * B) * sigma_d                                            [m]
+    sigma_r   = sigma_Z * |ray|,  ray = ((u-cx)/fx, (v-cy)/fy, 1)                   [m]
+    sigma_r / r = sigma_Z / Z = sigma_d / (d - delta_cx)
+
+Physical limit: a stereo point is MEASURED only if sigma_r / r <= limit.max_relative_sigma
+and (when limit.max_sigma_m > 0) sigma_r <= limit.max_sigma_m; otherwise it is NONE
+with BEYOND_RESOLUTION.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+from .camera import CameraModel, Rectifier, StereoModel, ray_norms
+from .contract import Flag, Provenance
+from .params import validate_params
+from .stereo import MatcherConfig, OpenCVStereoMatcher
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class FrameResult:
+    """Everything the pipeline knows about one frame; arrays are (H, W) of the left image.
+
+    Attributes:
+        depth: float32 Z in metres along the rectified optical axis (REP-117: +inf beyond
+            resolution, -inf too close, NaN no measurement).
+        depth_sigma: float32 1-sigma of ``depth`` in metres, finite exactly where depth is.
+        points: (H, W, 3) float32 x, y, z in metres in the output frame, NaN for NONE.
+        sigma: float32 1-sigma of the range along the viewing ray, metres, NaN for NONE.
+        provenance: uint8 Provenance.
+        flags: uint16 Flag bits.
+        source: uint16 prior source id (0 = none).
+        disparity: float32 matched disparity, px (NaN where unmatched); diagnostic.
+        sigma_disparity: float32 sigma_d, px (NaN where unmatched); diagnostic.
+        timings_ms: stage -> milliseconds for this frame.
+    """
+
+    depth: np.ndarray
+    depth_sigma: np.ndarray
+    points: np.ndarray
+    sigma: np.ndarray
+    provenance: np.ndarray
+    flags: np.ndarray
+    source: np.ndarray
+    disparity: np.ndarray
+    sigma_disparity: np.ndarray
+    timings_ms: dict[str, float]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W)."""
+        return self.depth.shape
+
+    def class_fractions(self) -> dict[str, float]:
+        """Fraction of pixels in each provenance class."""
+        n = max(1, self.provenance.size)
+        counts = np.bincount(self.provenance.reshape(-1), minlength=len(Provenance))
+        return {p.name: float(counts[int(p)]) / n for p in Provenance}
+
+    def flag_counts(self) -> dict[str, int]:
+        """Number of pixels carrying each flag."""
+        f = self.flags.reshape(-1)
+        return {fl.name: int(np.count_nonzero(f & np.uint16(fl))) for fl in Flag}
+
+
+class DepthPipeline:
+    """Rectify (optional) -> match -> triangulate -> classify, for one stereo pair at a time.
+
+    Args:
+        params: parameter values (dotted names, see core/params.py); missing ones take
+            their defaults, unknown ones raise ValueError.
+    """
+
+    def __init__(self, params: Mapping[str, Any] | None = None) -> None:
+        self.params = validate_params(dict(params or {}), allow_unknown=_SHELL_ONLY)
+        self.matcher_config = MatcherConfig.from_params(self.params)
+        self.matcher = OpenCVStereoMatcher(self.matcher_config)
+        self._rect_left = Rectifier()
+        self._rect_right = Rectifier()
+        self._ray_cache: tuple[tuple, np.ndarray] | None = None
+
+    @property
+    def sigma_d0(self) -> float:
+        """sigma_d floor in pixels."""
+        return float(self.params['sigma.disparity_px'])
+
+    def _ray_norm(self, model: CameraModel) -> np.ndarray:
+        key = (model.width, model.height, model.fx, model.fy, model.cx, model.cy)
+        if self._ray_cache is None or self._ray_cache[0] != key:
+            self._ray_cache = (key, ray_norms(model))
+        return self._ray_cache[1]
+
+    def process(self, left: np.ndarray, right: np.ndarray, left_model: CameraModel,
+                right_model: CameraModel, *, rectify: bool = False) -> FrameResult:
+        """Run the pipeline on one pair.
+
+        Args:
+            left, right: (H, W) uint8 grey images (raw if ``rectify`` else rectified).
+            left_model, right_model: the cameras (from CameraInfo).
+            rectify: rectify raw inputs with the models' K, D, R, P first.
+
+        Raises:
+            ValueError: bad shapes / dtypes, or camera models that are not a rectified pair.
+        """
+        t_start = time.perf_counter()
+        timings: dict[str, float] = {}
+        stereo = StereoModel.from_cameras(left_model, right_model)
+        for name, img, m in (('left', left, left_model), ('right', right, right_model)):
+            if img.ndim != 2 or img.dtype != np.uint8:
+                raise ValueError(f'{name} image must be (H, W) uint8, got {img.shape} {img.dtype}')
+            if img.shape != (m.height, m.width):
+                raise ValueError(f'{name} image is {img.shape[1]}x{img.shape[0]} but its '
+                                 f'CameraInfo says {m.width}x{m.height}')
+        left_valid = right_valid = None
+        if rectify:
+            t = time.perf_counter()
+            left, left_valid = self._rect_left.rectify(left, left_model)
+            right, right_valid = self._rect_right.rectify(right, right_model)
+            timings['rectify'] = (time.perf_counter() - t) * 1e3
+
+        m = self.matcher.match(left, right, left_valid, right_valid)
+        timings.update(m.timings_ms)
+
+        t = time.perf_counter()
+        result = self._triangulate(m.disparity, m.lr_diff, m.flags, stereo)
+        timings['triangulate'] = (time.perf_counter() - t) * 1e3
+        timings['total'] = (time.perf_counter() - t_start) * 1e3
+        result.timings_ms = timings
+        return result
+
+    def _triangulate(self, disparity: np.ndarray, lr_diff: np.ndarray, match_flags: np.ndarray,
+                     stereo: StereoModel) -> FrameResult:
+        p = self.params
+        left = stereo.left
+        h, w = disparity.shape
+        flags = match_flags.astype(np.uint16, copy=True)
+        matched = ~np.isnan(disparity)
+
+        s0 = np.float32(self.sigma_d0)
+        gain = np.float32(p['sigma.lr_gain'])
+        sigma_d = np.sqrt(s0 * s0 + (gain * lr_diff) ** 2).astype(np.float32)
+        sigma_d[~matched] = np.nan
+
+        d_eff = disparity - np.float32(stereo.delta_cx)
+        with np.errstate(divide='ignore', invalid='ignore'):
+            z = np.float32(stereo.fb) / d_eff
+            rel = sigma_d / d_eff  # = sigma_Z / Z = sigma_r / r
+        ray = self._ray_norm(left)
+        sigma_z = rel * z
+        sigma_r = sigma_z * ray
+        beyond = matched & ~((d_eff > 0) & (rel <= np.float32(p['limit.max_relative_sigma'])))
+        max_sigma = float(p['limit.max_sigma_m'])
+        if max_sigma > 0:
+            beyond |= matched & ~(sigma_r <= np.float32(max_sigma))
+        flags[beyond] |= np.uint16(Flag.BEYOND_RESOLUTION)
+        measured = matched & ~beyond
+        if not np.all(np.isfinite(sigma_r[measured])):  # guard the contract, never publish it
+            raise RuntimeError('internal error: MEASURED point without a finite sigma')
+
+        provenance = np.zeros((h, w), dtype=np.uint8)
+        provenance[measured] = np.uint8(Provenance.MEASURED)
+
+        depth = np.full((h, w), np.nan, dtype=np.float32)
+        depth[measured] = z[measured]
+        depth[beyond] = np.inf
+        depth[(match_flags & np.uint16(Flag.TOO_CLOSE)) != 0] = -np.inf
+        depth_sigma = np.full((h, w), np.nan, dtype=np.float32)
+        depth_sigma[measured] = sigma_z[measured]
+        sigma = np.full((h, w), np.nan, dtype=np.float32)
+        sigma[measured] = sigma_r[measured]
+
+        # Points in the rectified frame, then (optionally) back to the optical frame.
+        u = (np.arange(w, dtype=np.float32) - np.float32(left.cx)) / np.float32(left.fx)
+        v = (np.arange(h, dtype=np.float32) - np.float32(left.cy)) / np.float32(left.fy)
+        zm = np.where(measured, depth, np.float32(np.nan))
+        pts = np.empty((h, w, 3), dtype=np.float32)
+        pts[..., 0] = u[None, :] * zm
+        pts[..., 1] = v[:, None] * zm
+        pts[..., 2] = zm
+        if p['output.unrectify_points'] and not np.allclose(left.R, np.eye(3)):
+            r_t = left.R.T.astype(np.float32)  # p_cam = R^T p_rect
+            pts = (pts.reshape(-1, 3) @ r_t.T).reshape(h, w, 3)
+
+        return FrameResult(
+            depth=depth, depth_sigma=depth_sigma, points=pts, sigma=sigma,
+            provenance=provenance, flags=flags, source=np.zeros((h, w), dtype=np.uint16),
+            disparity=disparity, sigma_disparity=sigma_d, timings_ms={})
+
+
+# Parameters the shell reads that the core does not need but accepts in the same dict.
+_SHELL_ONLY = frozenset({'use_sim_time'})

@@ -1,0 +1,341 @@
+"""The geo_depth_node ROS 2 node: a thin shell around core.pipeline.DepthPipeline.
+
+Callbacks only enqueue: the four stereo inputs are paired by TimeSynchronizer,
+each pair goes into a drop-oldest queue, and one worker thread decodes, runs
+the pipeline and publishes. Dropped frames and bad inputs are counted and
+reported on /diagnostics.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                SetParametersResult)
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+from geo_depth_node.msg import ProvenanceLegend
+
+from ..core.cloud import pack_points
+from ..core.contract import Provenance
+from ..core.images import to_gray8
+from ..core.params import PARAMETERS, PARAMS_BY_NAME, ParamSpec, validate_params
+from ..core.pipeline import DepthPipeline
+from ..core.sync import TimeSynchronizer
+from ..core.workqueue import DropOldestQueue, Worker
+from . import conversions as conv
+
+NODE_NAME = 'geo_depth_node'
+INPUTS = ('left_image', 'left_info', 'right_image', 'right_info')
+STAGES_WINDOW = 50  # frames kept for latency statistics
+
+
+def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    d = ParameterDescriptor(description=spec.full_description(), read_only=spec.read_only)
+    if spec.type_name == 'int' and (spec.min_value is not None or spec.max_value is not None):
+        d.integer_range = [IntegerRange(from_value=int(spec.min_value), to_value=int(spec.max_value),
+                                        step=int(spec.step) if spec.step > 1 else 0)]
+    elif spec.type_name == 'float' and (spec.min_value is not None or spec.max_value is not None):
+        d.floating_point_range = [FloatingPointRange(from_value=float(spec.min_value),
+                                                     to_value=float(spec.max_value), step=0.0)]
+    if spec.choices:
+        d.additional_constraints = 'one of: ' + ', '.join(spec.choices)
+    return d
+
+
+def _stamp_ns(msg: Any) -> int:
+    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+
+
+class GeoDepthNode(Node):
+    """Stereo images in; PointCloud2 with sigma and provenance, depth images, legend out."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        for spec in PARAMETERS:
+            self.declare_parameter(spec.name, spec.default, _descriptor(spec))
+        values = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
+        # Raises ValueError with the bad name/value: main() logs it and exits non-zero.
+        self._params = validate_params(values)
+        self._lock = threading.Lock()
+        self._pipeline = DepthPipeline(self._params)
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+
+        # --- outputs -----------------------------------------------------------------
+        out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
+                             reliability=ReliabilityPolicy.RELIABLE)
+        overrides = QoSOverridingOptions.with_default_policies()
+        self._pub_points = self.create_publisher(PointCloud2, '~/points', out_qos,
+                                                 qos_overriding_options=overrides)
+        self._pub_depth = self.create_publisher(Image, '~/depth', out_qos,
+                                                qos_overriding_options=overrides)
+        self._pub_sigma = self.create_publisher(Image, '~/depth_sigma', out_qos,
+                                                qos_overriding_options=overrides)
+        self._pub_prov = self.create_publisher(Image, '~/provenance', out_qos,
+                                               qos_overriding_options=overrides)
+        legend_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                                reliability=ReliabilityPolicy.RELIABLE,
+                                durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self._pub_legend = self.create_publisher(ProvenanceLegend, '~/provenance_legend',
+                                                 legend_qos)
+        self._pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._legend_frame: str | None = None
+        self._legend_key: tuple | None = None
+
+        # --- statistics for /diagnostics -------------------------------------------------
+        self._stats_lock = threading.Lock()
+        self._latency: dict[str, collections.deque] = collections.defaultdict(
+            lambda: collections.deque(maxlen=STAGES_WINDOW))
+        self._fractions = {p.name: 0.0 for p in Provenance}
+        self._frames_done = 0
+        self._frames_in_period = 0
+        self._input_problems: collections.Counter = collections.Counter()
+        self._last_problem = ''
+        self._processing_errors = 0
+
+        # --- inputs ------------------------------------------------------------------------
+        self._queue: DropOldestQueue[dict[str, Any]] = DropOldestQueue(
+            self._params['processing_queue_size'])
+        self._worker = Worker(self._queue, self._process, name='geo_depth_worker',
+                              on_error=self._on_worker_error)
+        self._sync = TimeSynchronizer(
+            INPUTS, self._queue.put, mode=self._params['sync.mode'],
+            slop_ns=int(round(self._params['sync.slop_s'] * 1e9)),
+            queue_size=self._params['sync.queue_size'])
+        kind = 'image_raw' if self._params['rectify'] else 'image_rect'
+        in_qos = qos_profile_sensor_data
+        self._subs = [
+            self.create_subscription(Image, f'left/{kind}', lambda m: self._on_input('left_image', m),
+                                     in_qos, qos_overriding_options=overrides),
+            self.create_subscription(CameraInfo, 'left/camera_info',
+                                     lambda m: self._on_input('left_info', m), in_qos,
+                                     qos_overriding_options=overrides),
+            self.create_subscription(Image, f'right/{kind}',
+                                     lambda m: self._on_input('right_image', m), in_qos,
+                                     qos_overriding_options=overrides),
+            self.create_subscription(CameraInfo, 'right/camera_info',
+                                     lambda m: self._on_input('right_info', m), in_qos,
+                                     qos_overriding_options=overrides),
+        ]
+        self._worker.start()
+        self._diag_timer = self.create_timer(self._params['diagnostics_period_s'],
+                                             self._publish_diagnostics)
+        # Announce the contract at once; the output frame is known with the first image.
+        self._publish_legend('')
+        self.get_logger().info(
+            f'listening on {self._subs[0].topic_name}, {self._subs[2].topic_name} (+camera_info), '
+            f'sync {self._params["sync.mode"]}, publishing {self._pub_points.topic_name}')
+
+    # ---------------------------------------------------------------- parameters
+    def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Reject a change that does not pass the parameter table's checks."""
+        candidate = dict(self._params)
+        for p in params:
+            spec = PARAMS_BY_NAME.get(p.name)
+            if spec is None:
+                continue  # use_sim_time, qos_overrides.* are ROS's own
+            try:
+                candidate[p.name] = spec.validate(p.value)
+            except ValueError as exc:
+                return SetParametersResult(successful=False, reason=str(exc))
+        try:
+            validate_params(candidate)
+            DepthPipeline(candidate)
+        except ValueError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, params: list[Parameter]) -> None:
+        """Apply validated changes: rebuild the pipeline, re-announce the legend."""
+        changed = [p for p in params if p.name in PARAMS_BY_NAME]
+        if not changed:
+            return
+        with self._lock:
+            for p in changed:
+                self._params[p.name] = PARAMS_BY_NAME[p.name].validate(p.value)
+            self._pipeline = DepthPipeline(self._params)
+            self._sync_slop_update()
+        self.get_logger().info('parameters changed: ' + ', '.join(f'{p.name}={p.value}'
+                                                                for p in changed))
+        if self._legend_frame is not None:
+            self._publish_legend(self._legend_frame)
+
+    def _sync_slop_update(self) -> None:
+        self._sync = TimeSynchronizer(
+            INPUTS, self._queue.put, mode=self._params['sync.mode'],
+            slop_ns=int(round(self._params['sync.slop_s'] * 1e9)),
+            queue_size=self._params['sync.queue_size'])
+
+    # ---------------------------------------------------------------- inputs
+    def _on_input(self, name: str, msg: Any) -> None:
+        """Executor thread: only pair and enqueue (cheap)."""
+        stamp = _stamp_ns(msg)
+        if stamp <= 0:
+            self._input_problem('zero_stamp', f'{name}: message with a zero stamp ignored')
+            return
+        self._sync.add(name, stamp, msg)
+
+    def _input_problem(self, kind: str, text: str) -> None:
+        with self._stats_lock:
+            self._input_problems[kind] += 1
+            self._last_problem = text
+        self.get_logger().error(text, throttle_duration_sec=float(
+            self._params['input_error_throttle_s']))
+
+    def _on_worker_error(self, exc: BaseException) -> None:
+        with self._stats_lock:
+            self._processing_errors += 1
+        self.get_logger().error(f'frame processing failed: {exc!r}', throttle_duration_sec=float(
+            self._params['input_error_throttle_s']))
+
+    # ---------------------------------------------------------------- worker
+    def _process(self, frame: dict[str, Any]) -> None:
+        """Worker thread: decode, run the pipeline, publish."""
+        t0 = time.perf_counter()
+        li, ri = frame['left_image'], frame['right_image']
+        with self._lock:
+            pipeline, params = self._pipeline, dict(self._params)
+        try:
+            left_model = conv.camera_model_from_msg(frame['left_info'])
+            right_model = conv.camera_model_from_msg(frame['right_info'])
+            left_raw = conv.image_from_msg(li)
+            right_raw = conv.image_from_msg(ri)
+            if li.encoding != ri.encoding:
+                raise ValueError(f'left is {li.encoding} but right is {ri.encoding}')
+            ref = float(left_raw.max()) if li.encoding in ('mono16', '16UC1') else None
+            left = to_gray8(left_raw, li.encoding, params['input.mono16_max'], ref)
+            right = to_gray8(right_raw, ri.encoding, params['input.mono16_max'], ref)
+        except ValueError as exc:
+            self._input_problem('bad_input', f'stereo frame rejected: {exc}')
+            return
+        t_decode = (time.perf_counter() - t0) * 1e3
+        try:
+            result = pipeline.process(left, right, left_model, right_model,
+                                      rectify=params['rectify'])
+        except ValueError as exc:
+            self._input_problem('bad_calibration', f'stereo frame rejected: {exc}')
+            return
+
+        t1 = time.perf_counter()
+        header = li.header
+        if not header.frame_id:
+            header.frame_id = frame['left_info'].header.frame_id
+            if not header.frame_id:
+                self._input_problem('no_frame_id', 'left image and camera_info have no frame_id')
+                return
+        if header.frame_id != self._legend_frame:
+            self._publish_legend(header.frame_id)
+        organized = params['output.organized']
+        cloud = pack_points(result, organized=organized)
+        points_msg = conv.pointcloud2(header, cloud, dense=not organized)
+        depth_msg = conv.image_msg(header, result.depth, '32FC1')
+        sigma_msg = conv.image_msg(header, result.depth_sigma, '32FC1')
+        prov_msg = conv.image_msg(header, result.provenance, 'mono8')
+        t_pack = (time.perf_counter() - t1) * 1e3
+        t2 = time.perf_counter()
+        self._pub_points.publish(points_msg)
+        self._pub_depth.publish(depth_msg)
+        self._pub_sigma.publish(sigma_msg)
+        self._pub_prov.publish(prov_msg)
+        t_pub = (time.perf_counter() - t2) * 1e3
+
+        stages = dict(result.timings_ms)
+        stages['decode'] = t_decode
+        stages['pack'] = t_pack
+        stages['publish'] = t_pub
+        stages['frame_total'] = (time.perf_counter() - t0) * 1e3
+        with self._stats_lock:
+            for k, v in stages.items():
+                self._latency[k].append(v)
+            self._fractions = result.class_fractions()
+            self._frames_done += 1
+            self._frames_in_period += 1
+
+    # ---------------------------------------------------------------- legend, diagnostics
+    def _publish_legend(self, frame_id: str) -> None:
+        with self._lock:
+            key = (frame_id, self._params['limit.max_relative_sigma'],
+                   self._params['limit.max_sigma_m'])
+        if key == self._legend_key:
+            return
+        msg = ProvenanceLegend()
+        conv.fill_legend(msg, stamp=self.get_clock().now().to_msg(), output_frame=frame_id,
+                         max_relative_sigma=key[1], max_sigma_m=key[2])
+        self._pub_legend.publish(msg)
+        self._legend_frame, self._legend_key = frame_id, key
+
+    def _publish_diagnostics(self) -> None:
+        sync = self._sync.stats
+        with self._stats_lock:
+            values: dict[str, object] = {
+                'frames_processed': self._frames_done,
+                'frames_in_period': self._frames_in_period,
+                'dropped_frames_queue': self._queue.dropped,
+                'dropped_messages_unmatched': sync.dropped_unmatched,
+                'messages_out_of_order': sync.out_of_order,
+                'processing_errors': self._processing_errors,
+                'input_problems': sum(self._input_problems.values()),
+            }
+            for kind, n in sorted(self._input_problems.items()):
+                values[f'input_problem.{kind}'] = n
+            for name, frac in self._fractions.items():
+                values[f'fraction.{name}'] = float(frac)
+            for stage, q in sorted(self._latency.items()):
+                if q:
+                    arr = np.fromiter(q, dtype=np.float64)
+                    values[f'latency_ms.{stage}.p50'] = float(np.median(arr))
+                    values[f'latency_ms.{stage}.max'] = float(arr.max())
+            frames_in_period = self._frames_in_period
+            self._frames_in_period = 0
+            last_problem = self._last_problem
+            self._last_problem = ''
+        if last_problem:
+            level, text = DiagnosticStatus.WARN, f'input problem: {last_problem}'
+        elif frames_in_period == 0:
+            level, text = DiagnosticStatus.WARN, 'no synchronized stereo frames in the last period'
+        else:
+            level, text = DiagnosticStatus.OK, f'{frames_in_period} frame(s) processed'
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        level_int = int.from_bytes(level, 'little') if isinstance(level, bytes) else int(level)
+        arr.status = [conv.diagnostic_status(f'{self.get_fully_qualified_name()}: depth pipeline',
+                                             level_int, text, values, hardware_id='stereo')]
+        self._pub_diag.publish(arr)
+
+    def destroy_node(self) -> None:
+        """Stop the worker before tearing the node down."""
+        self._worker.stop()
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of the node executable; returns the process exit code."""
+    rclpy.init(args=args)
+    try:
+        node = GeoDepthNode()
+    except ValueError as exc:  # bad parameter values: say which, exit non-zero
+        rclpy.logging.get_logger(NODE_NAME).fatal(f'invalid parameters: {exc}')
+        rclpy.try_shutdown()
+        return 2
+    code = 0
+    try:
+        rclpy.spin(node)
+    except KeyboardInterrupt:
+        node.get_logger().info('interrupted, shutting down')
+    except rclpy.executors.ExternalShutdownException:
+        node.get_logger().info('external shutdown')
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return code

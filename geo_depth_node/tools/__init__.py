@@ -1,0 +1,1 @@
+"""Offline tools behind the geo-depth CLI (scene bags, demo, pictures)."""
