@@ -21,7 +21,7 @@ def pack_points(result: FrameResult, organized: bool = True) -> np.ndarray:
         A C-contiguous structured array; ``arr.tobytes()`` is the message payload.
     """
     h, w = result.shape
-    cloud = np.empty((h, w), dtype=POINT_DTYPE)
+    cloud = np.zeros((h, w), dtype=POINT_DTYPE)  # zeroed: padding bytes are deterministic
     cloud['x'] = result.points[..., 0]
     cloud['y'] = result.points[..., 1]
     cloud['z'] = result.points[..., 2]

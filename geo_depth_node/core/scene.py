@@ -1,4 +1,4 @@
-"""Analytic, textured stereo test scene with exact ground truth (pure numpy).
+"""Analytic, textured stereo test scene with exact ground truth (numpy; cv2.remap for texture).
 
 :func:`render_scene` ray-traces an ideal rectified stereo pair looking at a flat
 ground plane (extending to infinity), a handful of axis-aligned boxes standing
@@ -132,7 +132,8 @@ class _World:
 
 def _check_int(name: str, value: object, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f'{name} must be an integer, got {value!r}')
+        raise ValueError(  # noqa: TRY004 - API: bad arguments raise ValueError
+            f'{name} must be an integer, got {value!r}')
     if not lo <= int(value) <= hi:
         raise ValueError(f'{name} must be in [{lo}, {hi}], got {value!r}')
     return int(value)
@@ -141,7 +142,8 @@ def _check_int(name: str, value: object, lo: int, hi: int) -> int:
 def _check_float(name: str, value: object, lo: float, hi: float, *,
                  lo_open: bool = False, hi_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f'{name} must be a number, got {value!r}')
+        raise ValueError(  # noqa: TRY004 - API: bad arguments raise ValueError
+            f'{name} must be a number, got {value!r}')
     v = float(value)
     bad = (not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo)
            or (hi_open and v == hi))
@@ -472,7 +474,8 @@ def render_scene(width: int = 640, height: int = 480, *, fx: float | None = None
     pitch = _check_float('pitch_deg', pitch_deg, -60.0, 60.0, lo_open=True, hi_open=True)
     sigma = _check_float('noise_sigma', noise_sigma, 0.0, 1e3)
     if not isinstance(textureless_patch, (bool, np.bool_)):
-        raise ValueError(f'textureless_patch must be a bool, got {textureless_patch!r}')
+        raise ValueError(  # noqa: TRY004 - API: bad arguments raise ValueError
+            f'textureless_patch must be a bool, got {textureless_patch!r}')
 
     t_start = time.perf_counter()
     fy_v = fx_v
@@ -490,30 +493,34 @@ def render_scene(width: int = 640, height: int = 480, *, fx: float | None = None
             rad = rad + np.random.default_rng([seed, 0x40153, cam]).normal(0.0, sigma, rad.shape)
         images.append(np.rint(np.clip(rad, 0.0, 255.0)).astype(np.uint8))
 
-    # Truth: the ray through each left pixel centre.
-    xs = (np.arange(width) - cx) / fx_v
-    ys = (np.arange(height) - cy) / fy_v
-    dx, dy, dz = _directions(xs, ys, pitch_rad)
-    t, sid, face = _trace(world, 0.0, dx, dy, dz)
-    finite = np.isfinite(t)
-    depth = t.astype(np.float32)
+    # Truth: the ray through each left pixel centre, in row chunks.
+    depth = np.empty((height, width), np.float32)
     disparity = np.zeros((height, width), np.float32)
-    with np.errstate(divide='ignore'):
-        disp64 = fx_v * baseline / t
-    disparity[finite] = disp64[finite]
-
-    rr, cc = np.nonzero(finite)
-    th = t[finite]
-    X = th * dx[cc]
-    Y = th * dy[rr]
-    Z = th * dz[rr]
+    surface = np.empty((height, width), np.uint8)
     textureless = np.zeros((height, width), bool)
-    if textureless_patch:
-        textureless[finite] = _in_patch(world, sid[finite], face[finite], X, Y)
-    u_right = cc - disp64[finite]
-    outside = (u_right < -0.5) | (u_right >= width - 0.5)
     occluded = np.zeros((height, width), bool)
-    occluded[finite] = outside | _occluded(world, baseline, X, Y, Z)
+    xs = (np.arange(width) - cx) / fx_v
+    chunk = max(1, _CHUNK_SAMPLES // width)
+    for r0 in range(0, height, chunk):
+        r1 = min(r0 + chunk, height)
+        ys = (np.arange(r0, r1) - cy) / fy_v
+        dx, dy, dz = _directions(xs, ys, pitch_rad)
+        t, sid, face = _trace(world, 0.0, dx, dy, dz)
+        depth[r0:r1] = t
+        surface[r0:r1] = sid
+        finite = np.isfinite(t)
+        rr, cc = np.nonzero(finite)
+        th = t[finite]
+        disp = fx_v * baseline / th
+        disparity[r0:r1][finite] = disp
+        X = th * dx[cc]
+        Y = th * dy[rr]
+        Z = th * dz[rr]
+        if textureless_patch:
+            textureless[r0:r1][finite] = _in_patch(world, sid[finite], face[finite], X, Y)
+        u_right = cc - disp
+        outside = (u_right < -0.5) | (u_right >= width - 0.5)
+        occluded[r0:r1][finite] = outside | _occluded(world, baseline, X, Y, Z)
 
     K = np.array([[fx_v, 0.0, cx], [0.0, fy_v, cy], [0.0, 0.0, 1.0]])
     P_left = np.hstack([K, np.zeros((3, 1))])
@@ -522,6 +529,6 @@ def render_scene(width: int = 640, height: int = 480, *, fx: float | None = None
     _LOG.debug('render_scene %dx%d ss=%d seed=%d: %d boxes, %.3f s', width, height,
                supersample, seed, len(world.boxes), time.perf_counter() - t_start)
     return StereoScene(left=images[0], right=images[1], K=K, P_left=P_left, P_right=P_right,
-                       baseline_m=baseline, depth=depth, disparity=disparity, surface=sid,
+                       baseline_m=baseline, depth=depth, disparity=disparity, surface=surface,
                        textureless=textureless, occluded=occluded, camera_height_m=cam_h,
                        pitch_deg=pitch)

@@ -176,6 +176,8 @@ class BagReplayer:
         self._cv = threading.Condition()
         self._sent_at: dict[int, float] = {}
         self._pubs: dict[str, Any] = {}
+        self.resend_s = 2.0
+        self.resends = 0
         ns = node_namespace.rstrip('/')
         base = f'{ns}/{node_name}'
         self._subscribe(base)
@@ -278,23 +280,40 @@ class BagReplayer:
                 raise TimeoutError(f'node not discovered within {discovery_timeout} s '
                                    f'(subscribers per topic: {counts})')
             sent: list[int] = []
-            pending: dict[int, set] = {}
+            frame_msgs: dict[int, list] = {}
             left_topics = {c.topic for c in conns if c.topic.startswith('/left/image')}
             for conn, _t, raw in reader.messages():
                 stamp = _header_stamp_from_cdr(raw)
-                self._pubs[topic_prefix + conn.topic].publish(bytes(raw))
-                pending.setdefault(stamp, set()).add(conn.topic)
-                if len(pending[stamp]) == len(conns):
-                    with self._cv:
-                        self._sent_at[stamp] = time.perf_counter()
-                    if any(t in left_topics for t in pending[stamp]):
-                        sent.append(stamp)
-                    if lockstep and not self.wait_for(
-                            lambda s=stamp: s in self.received.points
-                            and s in self.received.provenance, frame_timeout):
-                        raise TimeoutError(f'no output for frame stamp {stamp} within '
-                                           f'{frame_timeout} s')
+                pub = self._pubs[topic_prefix + conn.topic]
+                pub.publish(bytes(raw))
+                frame_msgs.setdefault(stamp, []).append((pub, bytes(raw), conn.topic))
+                if len(frame_msgs[stamp]) < len(conns):
+                    continue
+                msgs = frame_msgs.pop(stamp)
+                with self._cv:
+                    self._sent_at[stamp] = time.perf_counter()
+                if any(t in left_topics for _p, _r, t in msgs):
+                    sent.append(stamp)
+                if lockstep:
+                    self._wait_frame(stamp, msgs, frame_timeout)
             return sent
+
+    def _wait_frame(self, stamp: int, msgs: list, timeout: float) -> None:
+        """Wait for the outputs of ``stamp``; re-send the frame every ``resend_s``.
+
+        Sensor-data subscriptions are best effort: samples sent while discovery is still
+        settling can be lost. Re-sending is safe: the node's synchroniser drops a repeated
+        stamp once that frame has been emitted.
+        """
+        deadline = time.monotonic() + timeout
+        done = lambda: stamp in self.received.points and stamp in self.received.provenance  # noqa: E731
+        while not self.wait_for(done, min(self.resend_s, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f'no output for frame stamp {stamp} within {timeout} s')
+            _LOG.info('no output for frame %d yet; sending it again', stamp)
+            self.resends += 1
+            for pub, raw, _topic in msgs:
+                pub.publish(raw)
 
     def close(self) -> None:
         """Stop spinning and shut the private context down."""
