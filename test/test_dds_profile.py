@@ -274,7 +274,7 @@ def _require_rclpy(env: dict[str, str], cwd: Path) -> None:
     try:
         probe = subprocess.run(
             [sys.executable, '-c', 'import rclpy, numpy; from sensor_msgs.msg import PointCloud2'],
-            env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+            check=False, env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
     except subprocess.TimeoutExpired:
         pytest.skip('importing rclpy timed out')
     if probe.returncode != 0:

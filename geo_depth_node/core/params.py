@@ -140,6 +140,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('stereo.mode', 'sgbm_3way',
               'OpenCV SGBM variant: sgbm (5 paths), sgbm_3way (3 paths, fastest), hh (8 paths, '
               'full image), hh4 (4 paths).', choices=('sgbm', 'sgbm_3way', 'hh', 'hh4')),
+    ParamSpec('stereo.min_texture', 1.0,
+              'Texture test (as stereo_image_proc texture_threshold): pixels whose mean '
+              '|dI/dx| over a texture_window x texture_window window is below this get NO_MATCH '
+              'instead of a depth that SGM propagated from elsewhere. Set it above the image '
+              'noise (about 0.56 * noise sigma); 0 = off.', 'DN/px', 0.0, 64.0),
+    ParamSpec('stereo.texture_window', 9,
+              'Window of the texture test (odd).', 'px', 3, 31, step=2),
     ParamSpec('stereo.lr_check', True,
               'Left-right consistency check (a second SGBM pass right-to-left); pixels that '
               'fail get LR_INCONSISTENT. Costs about one more matching pass.'),

@@ -3,7 +3,9 @@
 OpenCV's own post-checks only say "invalid". To label each failure, the
 matcher runs:
     1. SGBM left->right with the uniqueness test and speckle filter (its own
-       left-right check disabled): pixels it rejects get NO_MATCH;
+       left-right check disabled): pixels it rejects get NO_MATCH, and so do
+       pixels without texture (mean |dI/dx| over a window below ``min_texture``),
+       where SGM would otherwise propagate a depth it never measured;
     2. optionally SGBM right->left on the horizontally flipped pair: pixels whose
        left and right disparities disagree by more than ``lr_max_diff_px`` get
        LR_INCONSISTENT (occlusions, mismatches);
@@ -44,6 +46,8 @@ class MatcherConfig:
     mode: str = 'sgbm_3way'
     lr_check: bool = True
     lr_max_diff_px: float = 1.0
+    min_texture: float = 1.0
+    texture_window: int = 9
 
     @staticmethod
     def from_params(params: Mapping[str, Any]) -> 'MatcherConfig':
@@ -83,6 +87,16 @@ class MatchResult:
     lr_diff: np.ndarray
     flags: np.ndarray
     timings_ms: dict[str, float]
+
+
+def texture_map(image: np.ndarray, window: int = 9) -> np.ndarray:
+    """Mean |dI/dx| (DN per pixel, Sobel 3x3 / 8) over a window x window box; (H, W) float32."""
+    import cv2
+
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f'texture window must be odd and >= 1, got {window}')
+    grad = np.abs(cv2.Sobel(image, cv2.CV_32F, 1, 0, ksize=3)) * np.float32(1.0 / 8.0)
+    return cv2.boxFilter(grad, -1, (window, window), borderType=cv2.BORDER_REFLECT)
 
 
 class OpenCVStereoMatcher:
@@ -138,6 +152,8 @@ class OpenCVStereoMatcher:
 
         flags = np.zeros((h, w), dtype=np.uint16)
         no_match = np.isnan(d_left)
+        if c.min_texture > 0:
+            no_match |= texture_map(left, c.texture_window) < np.float32(c.min_texture)
 
         # Border band: for x < max_disparity the search leaves the right image.
         band = np.zeros((h, w), dtype=bool)
