@@ -29,7 +29,8 @@ class Recorder:
             self.sets.append(dict(msgs))
 
 
-def make_sync(inputs: tuple[str, ...] = ('left', 'right'), **kwargs: Any) -> tuple[TimeSynchronizer, Recorder]:
+def make_sync(inputs: tuple[str, ...] = ('left', 'right'),
+              **kwargs: Any) -> tuple[TimeSynchronizer, Recorder]:
     rec = Recorder()
     return TimeSynchronizer(inputs, rec, **kwargs), rec
 

@@ -337,7 +337,7 @@ def _value_noise(world: _World, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     mx = np.zeros(n_pad, np.float32)
     my = np.zeros(n_pad, np.float32)
     period = float(_TABLE_N)
-    for cell, (oa, ob) in zip(_CELLS_M, world.octave_off):
+    for cell, (oa, ob) in zip(_CELLS_M, world.octave_off, strict=True):
         x = a * (1.0 / cell) + oa
         y = b * (1.0 / cell) + ob
         mx[:n] = x - period * np.floor(x * (1.0 / period))

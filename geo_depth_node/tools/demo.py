@@ -62,7 +62,6 @@ def run_demo(out_dir: str, *, frames: int = 5, width: int = 640, height: int = 4
     t0 = time.perf_counter()
     print(f'[1/4] rendering {frames} analytic stereo frames {width}x{height} into {out}/scene ...')
     info = write_scene_bag(out / 'scene', frames=frames, width=width, height=height, seed=seed)
-    truth = np.load(info['truth'])
     paths = installed_paths()
     domain = random.randint(100, 200)
     env = isolated_ros_env(domain)
