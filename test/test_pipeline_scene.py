@@ -70,3 +70,43 @@ def test_every_pixel_is_labelled(run):
     assert np.all(np.isnan(r.points[none]))
     meas = ~none
     assert np.all(np.isfinite(r.sigma[meas])) and np.all(np.isfinite(r.depth[meas]))
+
+
+def _distort(img: np.ndarray, K: np.ndarray, D: np.ndarray) -> np.ndarray:
+    """Make a raw (distorted) image from a rectified one: raw pixel -> ideal pixel -> sample."""
+    import cv2
+
+    h, w = img.shape
+    uu, vv = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+    pts = np.stack([uu.ravel(), vv.ravel()], axis=-1).reshape(-1, 1, 2)
+    ideal = cv2.undistortPoints(pts, K, D, P=K).reshape(h, w, 2).astype(np.float32)
+    return cv2.remap(img, ideal[..., 0], ideal[..., 1], cv2.INTER_CUBIC,
+                     borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def test_raw_images_are_rectified_from_camera_info():
+    """rectify=True: raw images with lens distortion give the same depths as the ideal pair."""
+    s = render_scene(640, 480, seed=1, noise_sigma=0.5)
+    h, w = s.left.shape
+    D = np.array([-0.12, 0.03, 0.0, 0.0, 0.0])
+    raw_l, raw_r = _distort(s.left, s.K, D), _distort(s.right, s.K, D)
+    assert np.abs(raw_l.astype(int) - s.left.astype(int)).mean() > 5  # really distorted
+    lm = CameraModel.from_arrays(w, h, s.K, D, np.eye(3), s.P_left)
+    rm = CameraModel.from_arrays(w, h, s.K, D, np.eye(3), s.P_right)
+    pl = DepthPipeline()
+    r_raw = pl.process(raw_l, raw_r, lm, rm, rectify=True)
+    ideal = [CameraModel.from_arrays(w, h, s.K, np.zeros(5), np.eye(3), P)
+             for P in (s.P_left, s.P_right)]
+    r_ideal = DepthPipeline().process(s.left, s.right, *ideal)
+    meas = r_raw.provenance == Provenance.MEASURED
+    both = meas & (r_ideal.provenance == Provenance.MEASURED) & np.isfinite(s.depth)
+    assert both.sum() > 0.8 * (r_ideal.provenance == Provenance.MEASURED).sum()
+    rel = np.abs(r_raw.depth[both] - s.depth[both]) / s.depth[both]
+    print(f'\nraw+rectify: MEASURED {100 * meas.mean():.1f} % (ideal pair '
+          f'{100 * (r_ideal.provenance == Provenance.MEASURED).mean():.1f} %), median rel. depth '
+          f'error {100 * np.median(rel):.2f} %, 99th pct {100 * np.percentile(rel, 99):.2f} %')
+    assert np.median(rel) < 0.01
+    ok = meas & np.isfinite(s.depth)  # (edge fattening puts a few points on the sky)
+    err = np.abs(r_raw.depth[ok] - s.depth[ok])
+    assert (err <= 2 * r_raw.depth_sigma[ok]).mean() > 0.95
+    assert 'rectify' in r_raw.timings_ms
