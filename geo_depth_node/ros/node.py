@@ -17,6 +17,8 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
@@ -29,7 +31,8 @@ from geo_depth_node.msg import ProvenanceLegend
 from ..core.cloud import pack_points
 from ..core.contract import Provenance
 from ..core.images import to_gray8
-from ..core.params import PARAMETERS, PARAMS_BY_NAME, ParamSpec, validate_params
+from ..core.params import (PARAMETERS, PARAMS_BY_NAME, ROS_ONLY_PARAMS, ParamSpec,
+                           validate_params)
 from ..core.pipeline import DepthPipeline
 from ..core.sync import TimeSynchronizer
 from ..core.workqueue import DropOldestQueue, Worker
@@ -62,6 +65,7 @@ class GeoDepthNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
+        self._refuse_unknown_overrides()
         for spec in PARAMETERS:
             self.declare_parameter(spec.name, spec.default, _descriptor(spec))
         values = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
@@ -109,10 +113,7 @@ class GeoDepthNode(Node):
             self._params['processing_queue_size'])
         self._worker = Worker(self._queue, self._process, name='geo_depth_worker',
                               on_error=self._on_worker_error)
-        self._sync = TimeSynchronizer(
-            INPUTS, self._queue.put, mode=self._params['sync.mode'],
-            slop_ns=int(round(self._params['sync.slop_s'] * 1e9)),
-            queue_size=self._params['sync.queue_size'])
+        self._make_synchronizer()
         kind = 'image_raw' if self._params['rectify'] else 'image_rect'
         in_qos = qos_profile_sensor_data
         self._subs = [
@@ -138,6 +139,18 @@ class GeoDepthNode(Node):
             f'sync {self._params["sync.mode"]}, publishing {self._pub_points.topic_name}')
 
     # ---------------------------------------------------------------- parameters
+    def _refuse_unknown_overrides(self) -> None:
+        """A params-file key the node does not declare is a typo: refuse it, don't ignore it."""
+        overrides = getattr(self, '_parameter_overrides', None)
+        if overrides is None:  # rclpy internals changed: cannot check, say so
+            self.get_logger().warning('cannot check the params file for unknown keys')
+            return
+        unknown = sorted(n for n in overrides if n not in PARAMS_BY_NAME
+                         and n not in ROS_ONLY_PARAMS and not n.startswith('qos_overrides.'))
+        if unknown:
+            raise ValueError(f'unknown parameter(s) {unknown}; declared parameters are listed '
+                             'in config/geo_depth.yaml (`geo-depth params`)')
+
     def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Reject a change that does not pass the parameter table's checks."""
         candidate = dict(self._params)
@@ -165,13 +178,14 @@ class GeoDepthNode(Node):
             for p in changed:
                 self._params[p.name] = PARAMS_BY_NAME[p.name].validate(p.value)
             self._pipeline = DepthPipeline(self._params)
-            self._sync_slop_update()
+            self._make_synchronizer()
         self.get_logger().info('parameters changed: ' + ', '.join(f'{p.name}={p.value}'
                                                                 for p in changed))
         if self._legend_frame is not None:
             self._publish_legend(self._legend_frame)
 
-    def _sync_slop_update(self) -> None:
+    def _make_synchronizer(self) -> None:
+        """(Re)build the stereo synchroniser from the current sync.* parameters."""
         self._sync = TimeSynchronizer(
             INPUTS, self._queue.put, mode=self._params['sync.mode'],
             slop_ns=int(round(self._params['sync.slop_s'] * 1e9)),
@@ -314,8 +328,10 @@ class GeoDepthNode(Node):
         self._pub_diag.publish(arr)
 
     def destroy_node(self) -> None:
-        """Stop the worker before tearing the node down."""
-        self._worker.stop()
+        """Stop the worker before tearing the node down (also for a half-built node)."""
+        worker = getattr(self, '_worker', None)
+        if worker is not None:
+            worker.stop()
         super().destroy_node()
 
 
@@ -324,7 +340,7 @@ def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args)
     try:
         node = GeoDepthNode()
-    except ValueError as exc:  # bad parameter values: say which, exit non-zero
+    except (ValueError, ParameterException) as exc:  # say which, exit non-zero
         rclpy.logging.get_logger(NODE_NAME).fatal(f'invalid parameters: {exc}')
         rclpy.try_shutdown()
         return 2
@@ -333,7 +349,7 @@ def main(args: list[str] | None = None) -> int:
         rclpy.spin(node)
     except KeyboardInterrupt:
         node.get_logger().info('interrupted, shutting down')
-    except rclpy.executors.ExternalShutdownException:
+    except ExternalShutdownException:
         node.get_logger().info('external shutdown')
     finally:
         node.destroy_node()
