@@ -289,8 +289,8 @@ def _json_lines(text: str) -> list[dict]:
         if line.startswith('{'):
             try:
                 out.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
+            except json.JSONDecodeError as exc:  # the worker prints only JSON: say what broke
+                raise AssertionError(f'worker printed a malformed JSON line {line!r}: {exc}') from exc
     return out
 
 

@@ -19,8 +19,8 @@ rclpy = pytest.importorskip('rclpy', reason='rclpy not available (no ROS 2 here)
 pytest.importorskip('geo_depth_node.msg', reason='custom messages not built (run make build)')
 
 from geo_depth_node.core.camera import CameraModel  # noqa: E402
-from geo_depth_node.core.cloud import pack_points  # noqa: E402
-from geo_depth_node.core.contract import (POINT_DTYPE, POINT_FIELDS, Flag,  # noqa: E402
+from geo_depth_node.core.cloud import pack_points, unpack_points  # noqa: E402
+from geo_depth_node.core.contract import (POINT_FIELDS, Flag,  # noqa: E402
                                           Provenance)
 from geo_depth_node.core.params import load_params_yaml  # noqa: E402
 from geo_depth_node.core.pipeline import DepthPipeline  # noqa: E402
@@ -54,7 +54,7 @@ def live(tmp_path_factory):
 
 
 def _cloud(msg) -> np.ndarray:
-    return np.frombuffer(bytes(msg.data), dtype=POINT_DTYPE).reshape(msg.height, msg.width)
+    return unpack_points(msg.data, msg.height, msg.width)
 
 
 def test_every_frame_produces_a_cloud_with_the_contract_layout(live):

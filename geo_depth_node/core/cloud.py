@@ -34,6 +34,19 @@ def pack_points(result: FrameResult, organized: bool = True) -> np.ndarray:
     return np.ascontiguousarray(cloud[result.provenance != np.uint8(Provenance.NONE)])
 
 
+def unpack_points(data: bytes | bytearray | memoryview, height: int, width: int) -> np.ndarray:
+    """View a ~/points payload (PointCloud2.data) as a (height, width) POINT_DTYPE array.
+
+    Raises:
+        ValueError: if the payload size is not height * width * POINT_STEP.
+    """
+    buf = bytes(data)
+    if len(buf) != height * width * POINT_DTYPE.itemsize:
+        raise ValueError(f'cloud payload has {len(buf)} bytes, expected {height}x{width}x'
+                         f'{POINT_DTYPE.itemsize}')
+    return np.frombuffer(buf, dtype=POINT_DTYPE).reshape(height, width)
+
+
 def write_ply(path: str | os.PathLike, cloud: np.ndarray, *, drop_none: bool = True) -> int:
     """Write points of POINT_DTYPE to a binary little-endian PLY, keeping every field.
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from .camera import CameraModel, Rectifier, StereoModel, ray_norms
 from .contract import Flag, Provenance
-from .params import validate_params
+from .params import ROS_ONLY_PARAMS, validate_params
 from .stereo import MatcherConfig, OpenCVStereoMatcher
 
 _LOG = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class DepthPipeline:
     """
 
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:
-        self.params = validate_params(dict(params or {}), allow_unknown=_SHELL_ONLY)
+        self.params = validate_params(dict(params or {}), allow_unknown=ROS_ONLY_PARAMS)
         self.matcher_config = MatcherConfig.from_params(self.params)
         self.matcher = OpenCVStereoMatcher(self.matcher_config)
         self._rect_left = Rectifier()
@@ -200,6 +200,3 @@ class DepthPipeline:
             provenance=provenance, flags=flags, source=np.zeros((h, w), dtype=np.uint16),
             disparity=disparity, sigma_disparity=sigma_d, timings_ms={})
 
-
-# Parameters the shell reads that the core does not need but accepts in the same dict.
-_SHELL_ONLY = frozenset({'use_sim_time'})

@@ -155,19 +155,20 @@ class OpenCVStereoMatcher:
         if c.min_texture > 0:
             no_match |= texture_map(left, c.texture_window) < np.float32(c.min_texture)
 
-        # Border band: for x < max_disparity the search leaves the right image.
+        # Column of each left pixel's match in the right image (computed once per frame).
+        cols = np.arange(w, dtype=np.float32)[None, :]
+        x_match = cols - np.nan_to_num(d_left, nan=0.0)
+        xr = np.rint(x_match).astype(np.intp)
+        xr_clipped = np.clip(xr, 0, w - 1)
+        # Border band: for x < max_disparity the search leaves the right image; pixels in the
+        # band whose found match is still inside the right image are usable.
         band = np.zeros((h, w), dtype=bool)
         band[:, :max(0, min(w, c.max_disparity))] = True
-        cols = np.arange(w, dtype=np.float32)[None, :]
-        # Pixels in the band whose found match is still inside the right image are usable.
-        inside = ~no_match & (cols - np.nan_to_num(d_left, nan=0.0) >= 0)
-        out_of_view = band & ~inside
+        out_of_view = band & ~(~no_match & (x_match >= 0))
         if left_valid is not None:
             out_of_view |= ~left_valid
         if right_valid is not None:
-            xr = np.clip(np.rint(cols - np.nan_to_num(d_left, nan=0.0)), 0, w - 1).astype(np.intp)
-            rows = np.arange(h)[:, None]
-            out_of_view |= ~no_match & ~right_valid[rows, xr]
+            out_of_view |= ~no_match & ~np.take_along_axis(right_valid, xr_clipped, axis=1)
         flags[out_of_view] |= np.uint16(Flag.OUT_OF_VIEW)
         flags[no_match & ~out_of_view] |= np.uint16(Flag.NO_MATCH)
 
@@ -177,12 +178,8 @@ class OpenCVStereoMatcher:
             d_right = self._disp(np.ascontiguousarray(right[:, ::-1]),
                                  np.ascontiguousarray(left[:, ::-1]))[:, ::-1]
             timings['match_right'] = (time.perf_counter() - t2) * 1e3
-            ok = ~no_match
-            xr = np.rint(cols - np.nan_to_num(d_left, nan=0.0)).astype(np.intp)
-            in_img = ok & (xr >= 0) & (xr < w)
-            rows = np.broadcast_to(np.arange(h)[:, None], (h, w))
-            dr = np.full((h, w), np.nan, dtype=np.float32)
-            dr[in_img] = d_right[rows[in_img], xr[in_img]]
+            in_img = ~no_match & (xr >= 0) & (xr < w)
+            dr = np.take_along_axis(d_right, xr_clipped, axis=1)
             checked = in_img & ~np.isnan(dr)
             lr_diff[checked] = np.abs(d_left[checked] - dr[checked])
             bad = checked & (lr_diff > np.float32(c.lr_max_diff_px))
@@ -191,7 +188,6 @@ class OpenCVStereoMatcher:
         too_close = ~no_match & (d_left >= np.float32(c.max_disparity - 1))
         flags[too_close & ~out_of_view] |= np.uint16(Flag.TOO_CLOSE)
 
-        d_out = d_left.copy()
-        d_out[flags != 0] = np.nan
+        d_left[flags != 0] = np.nan  # d_left is this call's own array: no copy needed
         timings['match'] = (time.perf_counter() - t0) * 1e3
-        return MatchResult(d_out, lr_diff, flags, timings)
+        return MatchResult(d_left, lr_diff, flags, timings)

@@ -52,8 +52,9 @@ def image_msg(header: Header, array: np.ndarray, encoding: str) -> Image:
     msg.height, msg.width = int(array.shape[0]), int(array.shape[1])
     msg.encoding = encoding
     msg.is_bigendian = 0 if _LITTLE else 1
-    msg.step = int(array.strides[0]) if array.flags.c_contiguous else array.shape[1] * array.itemsize
-    msg.data = np.ascontiguousarray(array).tobytes()
+    array = np.ascontiguousarray(array)
+    msg.step = int(array.strides[0])
+    msg.data = array.tobytes()
     return msg
 
 
@@ -78,11 +79,12 @@ def fill_legend(msg, *, stamp, output_frame: str, max_relative_sigma: float,
     msg.sigma_definition = SIGMA_DEFINITION
 
 
-def diagnostic_status(name: str, level: int, message: str, values: dict[str, object],
+def diagnostic_status(name: str, level: bytes, message: str, values: dict[str, object],
                       hardware_id: str = '') -> DiagnosticStatus:
-    """Build a DiagnosticStatus; values are formatted with str() (floats to 6 digits)."""
+    """Build a DiagnosticStatus; ``level`` is a DiagnosticStatus constant (OK, WARN, ...);
+    values are formatted with str() (floats to 6 digits)."""
     st = DiagnosticStatus()
-    st.level = bytes([level]) if isinstance(DiagnosticStatus().level, bytes) else level
+    st.level = level
     st.name = name
     st.message = message
     st.hardware_id = hardware_id

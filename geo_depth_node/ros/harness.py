@@ -163,7 +163,7 @@ class BagReplayer:
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
 
-        os.environ['ROS_DOMAIN_ID'] = str(env_domain_id)
+        # read by the RMW when the participant is created; the domain goes to rclpy.init
         os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
         self._ctx = Context()
         rclpy.init(context=self._ctx, domain_id=env_domain_id)

@@ -322,9 +322,8 @@ class GeoDepthNode(Node):
             level, text = DiagnosticStatus.OK, f'{frames_in_period} frame(s) processed'
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
-        level_int = int.from_bytes(level, 'little') if isinstance(level, bytes) else int(level)
         arr.status = [conv.diagnostic_status(f'{self.get_fully_qualified_name()}: depth pipeline',
-                                             level_int, text, values, hardware_id='stereo')]
+                                             level, text, values, hardware_id='stereo')]
         self._pub_diag.publish(arr)
 
     def destroy_node(self) -> None:

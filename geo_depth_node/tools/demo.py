@@ -14,14 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.contract import POINT_DTYPE, Flag, Provenance
+from ..core.contract import Flag, Provenance
 from .scene_bag import write_scene_bag
 
 _LOG = logging.getLogger(__name__)
-
-
-def _cloud(msg) -> np.ndarray:
-    return np.frombuffer(bytes(msg.data), dtype=POINT_DTYPE).reshape(msg.height, msg.width)
 
 
 def _node_stage_latency(diagnostics: list) -> dict[str, float]:
@@ -54,7 +50,7 @@ def run_demo(out_dir: str, *, frames: int = 5, width: int = 640, height: int = 4
              seed: int = 0, timeout_s: float = 120.0) -> int:
     """Run the demo; returns the process exit code (0 = every frame came back)."""
     from .pictures import save_frame_png
-    from ..core.cloud import write_ply
+    from ..core.cloud import unpack_points, write_ply
     from ..ros.harness import BagReplayer, NodeProcess, installed_paths, isolated_ros_env
 
     out = Path(out_dir)
@@ -84,16 +80,17 @@ def run_demo(out_dir: str, *, frames: int = 5, width: int = 640, height: int = 4
     print('[4/4] writing clouds (PLY) and pictures (PNG) ...')
     rows, flags_total = [], {f.name: 0 for f in Flag}
     classes_total = np.zeros(len(Provenance), dtype=np.int64)
+    lefts = _left_images(info['bag'])
+    with np.load(info['truth']) as t:
+        truth_depth, K = t['depth'], t['K']
     for i, stamp in enumerate(sent):
         msg = rx.points[stamp]
-        cloud = _cloud(msg)
+        cloud = unpack_points(msg.data, msg.height, msg.width)
         write_ply(out / f'cloud_{i:03d}.ply', cloud)
         depth = np.frombuffer(bytes(rx.depth[stamp].data), np.float32).reshape(cloud.shape)
-        with np.load(info['truth']) as t:
-            left = _left_image(info['bag'], stamp, cloud.shape)
-            save_frame_png(out / f'frame_{i:03d}.png', left, cloud['provenance'], cloud['flags'],
-                           depth, cloud['sigma'], title=f'frame {i} (stamp {stamp})')
-            ev = evaluate(cloud, t['depth'][i], t['K'])
+        save_frame_png(out / f'frame_{i:03d}.png', lefts[stamp], cloud['provenance'],
+                       cloud['flags'], depth, cloud['sigma'], title=f'frame {i} (stamp {stamp})')
+        ev = evaluate(cloud, truth_depth[i], K)
         classes_total += np.bincount(cloud['provenance'].reshape(-1), minlength=len(Provenance))
         for f in Flag:
             flags_total[f.name] += int(np.count_nonzero(cloud['flags'] & np.uint16(f)))
@@ -122,18 +119,20 @@ def run_demo(out_dir: str, *, frames: int = 5, width: int = 640, height: int = 4
     return 0 if len(sent) == frames else 1
 
 
-def _left_image(bag: str, stamp: int, shape: tuple[int, int]) -> np.ndarray:
+def _left_images(bag: str) -> dict[int, np.ndarray]:
+    """Every left image of the bag, keyed by bag timestamp (= header stamp here), one pass."""
     from rosbags.rosbag2 import Reader
 
     from .scene_bag import kilted_typestore
 
     ts = kilted_typestore()
+    out: dict[int, np.ndarray] = {}
     with Reader(bag) as reader:
         conns = [c for c in reader.connections if c.topic == '/left/image_rect']
         for conn, t, raw in reader.messages(connections=conns):
-            if t == stamp:
-                return ts.deserialize_cdr(raw, conn.msgtype).data.reshape(shape)
-    raise ValueError(f'left image with stamp {stamp} not in {bag}')
+            m = ts.deserialize_cdr(raw, conn.msgtype)
+            out[t] = m.data.reshape(m.height, m.width)
+    return out
 
 
 def format_table(s: dict) -> str:
