@@ -9,7 +9,8 @@ from setuptools import setup
 setup(
     name='geo_depth_node',
     version='0.1.0',
-    packages=['geo_depth_node', 'geo_depth_node.core', 'geo_depth_node.ros', 'geo_depth_node.tools'],
+    packages=['geo_depth_node', 'geo_depth_node.core', 'geo_depth_node.ros', 'geo_depth_node.synth',
+              'geo_depth_node.tools'],
     python_requires='>=3.10',
     entry_points={
         'console_scripts': [

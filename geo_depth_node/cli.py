@@ -3,6 +3,7 @@
 Subcommands (each has --help):
     params   print the parameter table, or a commented params YAML
     scene    write an analytic textured stereo scene with exact truth as a rosbag2
+    synth    write a synthetic outdoor world (terrain, stereo, IMU, GNSS, DEM) with exact truth
     demo     scene -> live node over DDS -> cloud (PLY) + PNGs + a table of results
 
 Heavy imports happen inside the subcommands, so ``geo-depth --help`` is instant.
@@ -92,6 +93,90 @@ def _cmd_scene(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interval_list(text: str) -> tuple[tuple[float, float], ...]:
+    """'1.0:2.5,4:5' -> ((1.0, 2.5), (4.0, 5.0)) (seconds)."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(','))):
+        try:
+            a, b = (float(x) for x in part.split(':'))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f'expected START:END seconds, got {part!r}') from exc
+        out.append((a, b))
+    return tuple(out)
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .synth.config import SynthConfig
+    from .synth.generate import generate_world
+
+    fields = {f.name for f in dataclasses.fields(SynthConfig)}
+    kw = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    cfg = SynthConfig(**kw)
+    info = generate_world(args.out, cfg, progress=not args.quiet)
+    secs = sum(info['seconds'].values())
+    print(f'wrote {info["out"]} in {secs:.1f} s: bag {info["bag"]} ({cfg.frames} frames '
+          f'{cfg.width}x{cfg.height}, ' + ', '.join(f'{k} {v}' for k, v in info['counts'].items())
+          + f'), DEM {info["dem"]}, truth {info["truth"]}, params {info["params"]}')
+    return 0
+
+
+def _add_synth_args(sp: argparse.ArgumentParser) -> None:
+    from .synth.config import DEM_KINDS, STORAGES, TERRAINS, VERTICAL_DATUMS, SynthConfig
+
+    d = SynthConfig()
+    a = sp.add_argument
+    a('out', help='output directory (bag/, dem.tif, truth.npz, world.json, params.yaml)')
+    a('--seed', type=int, help=f'random seed; one seed -> byte-identical output (default {d.seed})')
+    a('--frames', type=int, help=f'stereo frames (default {d.frames})')
+    a('--rate', dest='rate_hz', type=float, help=f'frame rate, Hz (default {d.rate_hz})')
+    a('--width', type=int, help=f'image width, px (default {d.width})')
+    a('--height', type=int, help=f'image height, px (default {d.height})')
+    a('--hfov', dest='hfov_deg', type=float, help=f'horizontal field of view, deg (default {d.hfov_deg})')
+    a('--baseline', dest='baseline_m', type=float, help=f'stereo baseline, m (default {d.baseline_m})')
+    a('--noise', dest='noise_dn', type=float, help=f'image noise std, DN (default {d.noise_dn})')
+    a('--raw', action='store_true', default=None,
+      help='write distorted raw images (image_raw, plumb_bob k1/k2) instead of rectified ones')
+    a('--supersample', type=int, help='anti-aliasing rays per pixel side (default 1)')
+    a('--terrain', choices=TERRAINS, help=f'terrain type (default {d.terrain})')
+    a('--objects', type=int, help=f'objects beside the route (default {d.objects})')
+    a('--no-changes', dest='changes', action='store_false', default=None,
+      help='no pit / mound / new building since the survey')
+    a('--lat', dest='datum_lat_deg', type=float, help=f'datum latitude, deg (default {d.datum_lat_deg})')
+    a('--lon', dest='datum_lon_deg', type=float, help=f'datum longitude, deg (default {d.datum_lon_deg})')
+    a('--datum-height', dest='datum_height_m', type=float,
+      help=f'datum height above the WGS84 ellipsoid, m (default {d.datum_height_m})')
+    a('--speed', dest='speed_mps', type=float, help=f'vehicle speed, m/s (default {d.speed_mps})')
+    a('--no-imu-orientation', dest='imu_orientation', action='store_false', default=None,
+      help='IMU without orientation (orientation_covariance[0] = -1)')
+    a('--gnss-sigma-h', dest='gnss_sigma_h_m', type=float,
+      help=f'GNSS horizontal 1-sigma, m (default {d.gnss_sigma_h_m})')
+    a('--gnss-sigma-v', dest='gnss_sigma_v_m', type=float,
+      help=f'GNSS vertical 1-sigma, m (default {d.gnss_sigma_v_m})')
+    a('--gnss-nofix', dest='gnss_nofix_s', type=_interval_list,
+      help='NO_FIX intervals START:END[,START:END] in seconds from the start of the bag')
+    a('--gnss-degraded', dest='gnss_degraded_s', type=_interval_list,
+      help='degraded-fix intervals START:END[,...] (sigma --gnss-degraded-sigma)')
+    a('--gnss-degraded-sigma', dest='gnss_degraded_sigma_m', type=float,
+      help=f'horizontal 1-sigma of degraded fixes, m (default {d.gnss_degraded_sigma_m})')
+    a('--dem-res', dest='dem_res_m', type=float, help=f'DEM cell size, m (default {d.dem_res_m})')
+    a('--dem-datum', dest='dem_vertical_datum', choices=VERTICAL_DATUMS,
+      help=f'vertical datum of the DEM heights (default {d.dem_vertical_datum})')
+    a('--dem-kind', choices=DEM_KINDS,
+      help='dem = bare earth; dsm = surface model with the objects present at the survey')
+    a('--dem-offset', dest='dem_offset_m', type=float,
+      help='constant vertical DEM error, m, NOT in its stated accuracy (default 0)')
+    a('--dem-sigma', dest='dem_sigma_m', type=float,
+      help=f'random vertical DEM error = stated 1-sigma accuracy, m (default {d.dem_sigma_m})')
+    a('--dem-corr', dest='dem_corr_m', type=float,
+      help=f'correlation length of the DEM error, m (default {d.dem_corr_m})')
+    a('--dem-holes', type=int, help='nodata holes in the DEM (the first one in view) (default 0)')
+    a('--dem-survey-date', help=f'survey date YYYY-MM-DD (default {d.dem_survey_date})')
+    a('--storage', choices=STORAGES, help='rosbag2 storage (default mcap)')
+    a('--quiet', action='store_true', help='no per-frame progress')
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .tools.demo import run_demo
 
@@ -121,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap',
                     help='rosbag2 storage (default mcap)')
     sp.set_defaults(func=_cmd_scene)
+
+    sp = sub.add_parser('synth', help='write a synthetic world (rosbag2 + DEM + truth + params)',
+                        description='Generate a deterministic synthetic outdoor world: terrain '
+                        'with a real CRS, objects, a moving stereo rig, IMU, GNSS and a '
+                        '"surveyed" DEM GeoTIFF with deliberate errors, plus exact truth.')
+    _add_synth_args(sp)
+    sp.set_defaults(func=_cmd_synth)
 
     sp = sub.add_parser('demo', help='scene -> live node over DDS -> cloud + PNGs + summary')
     sp.add_argument('--out', default='demo_out', help='output directory (default demo_out)')
