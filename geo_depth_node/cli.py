@@ -4,7 +4,7 @@ Subcommands (each has --help):
     params   print the parameter table, or a commented params YAML
     scene    write an analytic textured stereo scene with exact truth as a rosbag2
     synth    write a synthetic outdoor world (terrain, stereo, IMU, GNSS, DEM) with exact truth
-    demo     scene -> live node over DDS -> cloud (PLY) + PNGs + a table of results
+    demo     synthetic world -> live node over DDS -> cloud (PLY) + PNGs + a table of results
 
 Heavy imports happen inside the subcommands, so ``geo-depth --help`` is instant.
 """
@@ -181,7 +181,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .tools.demo import run_demo
 
     return run_demo(args.out, frames=args.frames, width=args.width, height=args.height,
-                    seed=args.seed, timeout_s=args.timeout)
+                    seed=args.seed, timeout_s=args.timeout, terrain=args.terrain)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,12 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth_args(sp)
     sp.set_defaults(func=_cmd_synth)
 
-    sp = sub.add_parser('demo', help='scene -> live node over DDS -> cloud + PNGs + summary')
+    sp = sub.add_parser('demo', help='synthetic world -> live node over DDS -> cloud + PNGs + summary')
     sp.add_argument('--out', default='demo_out', help='output directory (default demo_out)')
-    sp.add_argument('--frames', type=int, default=5, help='frames (default 5)')
+    sp.add_argument('--frames', type=int, default=20, help='frames (default 20)')
     sp.add_argument('--width', type=int, default=640, help='image width (default 640)')
     sp.add_argument('--height', type=int, default=480, help='image height (default 480)')
-    sp.add_argument('--seed', type=int, default=0, help='scene seed (default 0)')
+    sp.add_argument('--seed', type=int, default=0, help='world seed (default 0)')
+    sp.add_argument('--terrain', choices=('flat', 'hills', 'mountains'), default='hills',
+                    help='terrain of the synthetic world (default hills)')
     sp.add_argument('--timeout', type=float, default=120.0,
                     help='give up waiting for the node after this many seconds (default 120)')
     sp.set_defaults(func=_cmd_demo)

@@ -178,6 +178,7 @@ class BagReplayer:
         self._pubs: dict[str, Any] = {}
         self.resend_s = 2.0
         self.resends = 0
+        self.skipped_topics: list[str] = []
         ns = node_namespace.rstrip('/')
         base = f'{ns}/{node_name}'
         self._subscribe(base)
@@ -246,11 +247,13 @@ class BagReplayer:
                 self._cv.wait(min(left, 0.1))
         return True
 
-    def wait_for_discovery(self, timeout: float = 20.0) -> bool:
-        """Wait until the node subscribes to every publisher and publishes points."""
+    def wait_for_discovery(self, timeout: float = 20.0, topics: set[str] | None = None) -> bool:
+        """Wait until the node subscribes to the publishers of ``topics`` (default: all of
+        them) and publishes points."""
         deadline = time.monotonic() + timeout
+        pubs = [p for t, p in self._pubs.items() if topics is None or t in topics]
         while time.monotonic() < deadline:
-            if all(p.get_subscription_count() > 0 for p in self._pubs.values()) \
+            if all(p.get_subscription_count() > 0 for p in pubs) \
                     and self.sub_points.get_publisher_count() > 0:
                 return True
             time.sleep(0.05)
@@ -258,10 +261,13 @@ class BagReplayer:
 
     def replay(self, bag_dir: str | os.PathLike, *, frame_timeout: float = 30.0,
                lockstep: bool = True, topic_prefix: str = '',
-               discovery_timeout: float = 30.0) -> list[int]:
+               discovery_timeout: float = 30.0,
+               wait_topics: set[str] | None = None) -> list[int]:
         """Publish the bag; with ``lockstep`` wait for each frame's points before the next.
 
-        Frames are grouped by stamp; a frame is complete after its left image is sent.
+        Frames (the /left/* and /right/* topics) are grouped by header stamp; a frame is
+        complete once all of them are sent. Other topics are published in bag order; discovery
+        waits for the frame topics and ``wait_topics`` (bag topic names).
 
         Returns:
             The stamps (ns) of the left images sent, in order.
@@ -272,22 +278,36 @@ class BagReplayer:
         from rosbags.rosbag2 import Reader
 
         with Reader(bag_dir) as reader:
-            conns = list(reader.connections)
-            for c in conns:
-                self.publisher(topic_prefix + c.topic, c.msgtype)
-            if not self.wait_for_discovery(discovery_timeout):
+            conns = []
+            for c in reader.connections:
+                try:
+                    self.publisher(topic_prefix + c.topic, c.msgtype)
+                except ImportError as exc:  # e.g. tf2_msgs: no wheel here; the node needs none
+                    _LOG.warning('not replaying %s: message type %s not available (%s)',
+                                 c.topic, c.msgtype, exc)
+                    self.skipped_topics.append(c.topic)
+                    continue
+                conns.append(c)
+            # A frame = the stereo pair and its CameraInfos (one stamp). Other topics (IMU,
+            # GNSS, tf, ...) are published in bag order and never waited for.
+            frame_topics = {c.topic for c in conns
+                            if c.topic.startswith(('/left/', '/right/'))}
+            wait = {topic_prefix + t for t in (frame_topics | (wait_topics or set()))}
+            if not self.wait_for_discovery(discovery_timeout, wait):
                 counts = {t: p.get_subscription_count() for t, p in self._pubs.items()}
                 raise TimeoutError(f'node not discovered within {discovery_timeout} s '
                                    f'(subscribers per topic: {counts})')
             sent: list[int] = []
             frame_msgs: dict[int, list] = {}
-            left_topics = {c.topic for c in conns if c.topic.startswith('/left/image')}
-            for conn, _t, raw in reader.messages():
-                stamp = _header_stamp_from_cdr(raw)
+            left_topics = {t for t in frame_topics if t.startswith('/left/image')}
+            for conn, _t, raw in reader.messages(connections=conns):
                 pub = self._pubs[topic_prefix + conn.topic]
                 pub.publish(bytes(raw))
+                if conn.topic not in frame_topics:
+                    continue
+                stamp = _header_stamp_from_cdr(raw)
                 frame_msgs.setdefault(stamp, []).append((pub, bytes(raw), conn.topic))
-                if len(frame_msgs[stamp]) < len(conns):
+                if len(frame_msgs[stamp]) < len(frame_topics):
                     continue
                 msgs = frame_msgs.pop(stamp)
                 with self._cv:

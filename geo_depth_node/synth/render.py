@@ -35,7 +35,9 @@ def pixel_rays(width: int, height: int, K: np.ndarray, D: np.ndarray | None = No
     """Camera-frame ray directions (H, W, 3) float64 with z = 1 for every pixel centre.
 
     With distortion ``D`` (plumb_bob k1, k2, p1, p2, k3) the rays are those of the RAW
-    (distorted) pixels, undistorted iteratively to 1e-12. ``offsets``: sub-pixel shift (px).
+    (distorted) pixels, undistorted by Newton iteration to 1e-12 (own code, not OpenCV, so the
+    node's OpenCV rectification is checked by an independent model). ``offsets``: sub-pixel
+    shift (px).
     """
     u = np.arange(width, dtype=np.float64) + offsets[0]
     v = np.arange(height, dtype=np.float64) + offsets[1]
@@ -44,14 +46,45 @@ def pixel_rays(width: int, height: int, K: np.ndarray, D: np.ndarray | None = No
         x = (uu - K[0, 2]) / K[0, 0]
         y = (vv - K[1, 2]) / K[1, 1]
     else:
-        import cv2
-
-        pts = np.stack([uu.ravel(), vv.ravel()], axis=1).reshape(-1, 1, 2)
-        und = cv2.undistortPointsIter(pts, K, np.asarray(D, dtype=np.float64), None, None,
-                                      (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100,
-                                       1e-12)).reshape(height, width, 2)
-        x, y = und[..., 0], und[..., 1]
+        x, y = _undistort((uu - K[0, 2]) / K[0, 0], (vv - K[1, 2]) / K[1, 1],
+                          np.asarray(D, dtype=np.float64))
     return np.stack([x, y, np.ones_like(x)], axis=-1)
+
+
+def distort(x: np.ndarray, y: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """plumb_bob (k1, k2, p1, p2, k3) forward model on normalised coordinates."""
+    k1, k2, p1, p2, k3 = (list(D) + [0.0] * 5)[:5]
+    r2 = x * x + y * y
+    radial = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
+    return (x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x),
+            y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y)
+
+
+def _undistort(xd: np.ndarray, yd: np.ndarray, D: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Invert :func:`distort` by Newton iteration (numerical Jacobian-free: 2x2 analytic).
+
+    Raises:
+        RuntimeError: if it does not converge to 1e-12 (distortion too strong for the FOV).
+    """
+    x, y = xd.copy(), yd.copy()
+    for _ in range(50):
+        fx_, fy_ = distort(x, y, D)
+        ex, ey = fx_ - xd, fy_ - yd
+        if max(np.max(np.abs(ex)), np.max(np.abs(ey))) < 1e-13:
+            break
+        h = 1e-7
+        ax, ay = distort(x + h, y, D)
+        bx, by = distort(x, y + h, D)
+        j11, j21 = (ax - fx_) / h, (ay - fy_) / h
+        j12, j22 = (bx - fx_) / h, (by - fy_) / h
+        det = j11 * j22 - j12 * j21
+        x = x - (j22 * ex - j12 * ey) / det
+        y = y - (-j21 * ex + j11 * ey) / det
+    fx_, fy_ = distort(x, y, D)
+    if max(np.max(np.abs(fx_ - xd)), np.max(np.abs(fy_ - yd))) > 1e-12:
+        raise RuntimeError('raw-image ray undistortion did not converge: distortion too strong')
+    return x, y
 
 
 @dataclasses.dataclass

@@ -1,7 +1,7 @@
-"""`geo-depth demo`: analytic scene -> the live node over DDS -> cloud, pictures, table.
+"""`geo-depth demo`: synthetic world -> the live node over DDS -> cloud, pictures, table.
 
-Until the synthetic world (terrain, IMU, GNSS, DEM) exists, the demo renders an
-analytic textured scene with exact truth (core.scene), replays it into the real
+The demo generates the synthetic outdoor world (geo_depth_node.synth: terrain, objects,
+stereo rig on a moving vehicle, IMU, GNSS, DEM, exact truth), replays its bag into the real
 node process over DDS, receives the clouds, and compares them with the truth.
 """
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from ..core.contract import Flag, Provenance
-from .scene_bag import write_scene_bag
 
 _LOG = logging.getLogger(__name__)
 
@@ -46,8 +45,8 @@ def evaluate(cloud: np.ndarray, truth_depth: np.ndarray, K: np.ndarray) -> dict[
             'median_abs_error_m': float(np.median(err)) if meas.any() else float('nan')}
 
 
-def run_demo(out_dir: str, *, frames: int = 5, width: int = 640, height: int = 480,
-             seed: int = 0, timeout_s: float = 120.0) -> int:
+def run_demo(out_dir: str, *, frames: int = 20, width: int = 640, height: int = 480,
+             seed: int = 0, timeout_s: float = 120.0, terrain: str = 'hills') -> int:
     """Run the demo; returns the process exit code (0 = every frame came back)."""
     from .pictures import save_frame_png
     from ..core.cloud import unpack_points, write_ply
@@ -56,8 +55,13 @@ def run_demo(out_dir: str, *, frames: int = 5, width: int = 640, height: int = 4
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    print(f'[1/4] rendering {frames} analytic stereo frames {width}x{height} into {out}/scene ...')
-    info = write_scene_bag(out / 'scene', frames=frames, width=width, height=height, seed=seed)
+    from ..synth.config import SynthConfig
+    from ..synth.generate import generate_world
+
+    print(f'[1/4] generating the synthetic world ({terrain}, seed {seed}): {frames} stereo frames '
+          f'{width}x{height}, IMU, GNSS, DEM into {out}/world ...')
+    info = generate_world(out / 'world', SynthConfig(frames=frames, width=width, height=height,
+                                                     seed=seed, terrain=terrain), progress=False)
     paths = installed_paths()
     domain = random.randint(100, 200)
     env = isolated_ros_env(domain)
