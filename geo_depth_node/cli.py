@@ -24,7 +24,28 @@ def _yaml_scalar(value: object) -> str:
         return f"'{value}'"
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, tuple):
+        return '[' + ', '.join(_yaml_scalar(v) for v in value) + ']'
     return str(value)
+
+
+#: Appended to the dem: group of the generated YAML: how one source is configured.
+DEM_SOURCE_EXAMPLE = """\
+      # One namespace per name listed in dem.sources (ROS parameters cannot hold a list of
+      # dicts). Example for sources: 'srtm':
+      # source:
+      #   srtm:
+      #     id: 1                          # 1..65535, unique; the points' `source` field
+      #     path: /data/srtm3/N49E008.hgt  # file or glob (several files = tiles); GDAL formats
+      #     kind: dsm                      # dem = bare earth; dsm = surface model (buildings, trees)
+      #     vertical_datum: egm96          # ellipsoid | egm96 | egm2008 | EPSG:<code>
+      #     sigma_v_m: 9.0                 # stated vertical 1-sigma accuracy, m
+      #     sigma_h_m: 20.0                # stated horizontal 1-sigma accuracy per axis, m
+      #     survey_date: '2000-02-11'      # ISO date ('' = unknown)
+      #     licence: 'NASA SRTM v2, public domain'
+      #     priority: 0                    # higher wins where several sources have data
+      #     sigma_v_growth_m_per_year: 0.0 # sigma_v grows with the survey's age (optional)
+"""
 
 
 def params_yaml(node_name: str = 'geo_depth_node') -> str:
@@ -67,6 +88,8 @@ def params_yaml(node_name: str = 'geo_depth_node') -> str:
                 lines.append(f'{indent}# {wrapped}')
             key = spec.name.split('.', 1)[1] if head else spec.name
             lines.append(f'{indent}{key}: {_yaml_scalar(spec.default)}')
+            if spec.name == 'dem.sources':
+                lines.append(DEM_SOURCE_EXAMPLE.rstrip('\n'))
     return '\n'.join(lines) + '\n'
 
 

@@ -405,3 +405,25 @@ def test_world_renders_deterministically_without_writing():
     b = render_frames(World(SynthConfig(frames=1, width=96, height=64, seed=4)))
     np.testing.assert_array_equal(a[0]['left'], b[0]['left'])
     assert dataclasses.asdict(world.cfg)['seed'] == 4
+
+
+def test_params_file_points_at_the_dem_with_its_statement(small_world):
+    from geo_depth_node.core.dem import parse_dem_sources
+    from geo_depth_node.core.params import load_params_yaml
+    from geo_depth_node.synth.params_out import matrix_to_rpy
+
+    cfg, world = small_world['cfg'], small_world['world']
+    p = load_params_yaml(small_world['info']['params'])
+    (spec,) = parse_dem_sources({k: v for k, v in p.items() if k.startswith('dem.')}
+                                | {'dem.sources': ['synth']})
+    assert Path(spec.path) == Path(small_world['info']['dem']).resolve()
+    assert spec.sigma_v_m == cfg.dem_sigma_m and spec.vertical_datum == 'egm96'
+    assert str(spec.survey_date) == cfg.dem_survey_date
+    assert p['georef.datum_mode'] == 'fixed' and p['georef.datum_height_m'] == cfg.datum_height_m
+    # Extrinsics round trip: rpy -> matrix equals the mount.
+    from geo_depth_node.synth.motion import rpy_to_matrix
+
+    cam = p['extrinsics.base_to_camera']
+    np.testing.assert_allclose(rpy_to_matrix(*cam[3:]), world.mounts.base_left[:3, :3], atol=1e-12)
+    np.testing.assert_allclose(cam[:3], cfg.camera_xyz_m)
+    assert matrix_to_rpy(rpy_to_matrix(0.1, -0.2, 0.3)) == pytest.approx((0.1, -0.2, 0.3))

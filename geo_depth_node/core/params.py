@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 
 _LOG = logging.getLogger(__name__)
 
-ParamValue = bool | int | float | str
+ParamValue = bool | int | float | str | tuple[float, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +44,9 @@ class ParamSpec:
 
     @property
     def type_name(self) -> str:
-        """'bool', 'int', 'float' or 'str'."""
+        """'bool', 'int', 'float', 'str' or 'float[N]' (a fixed-length double array)."""
+        if isinstance(self.default, tuple):
+            return f'float[{len(self.default)}]'
         return type(self.default).__name__
 
     def full_description(self) -> str:
@@ -61,6 +63,13 @@ class ParamSpec:
     def validate(self, value: Any) -> ParamValue:
         """Return ``value`` converted to this parameter's type, or raise ValueError."""
         t = type(self.default)
+        if t is tuple:
+            n = len(self.default)
+            if isinstance(value, (str, bytes)) or not hasattr(value, '__len__') \
+                    or len(value) != n or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                              or v != v for v in value):
+                raise ValueError(f'parameter {self.name}: expected {n} numbers, got {value!r}')
+            return tuple(float(v) for v in value)
         if t is bool:
             if not isinstance(value, bool):
                 raise ValueError(f'parameter {self.name}: expected bool, got {value!r}')
@@ -175,6 +184,38 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               'Rotate points from the rectified frame back into the left camera optical '
               'frame (by R^T of the left CameraInfo), so x/y/z are in the frame the image '
               'header names. False: points stay in the rectified frame (as stereo_image_proc).'),
+    # --- georeferencing: datum, extrinsics, DEM sources ---------------------------------
+    ParamSpec('georef.datum_mode', 'first_fix',
+              'Origin of the local ENU frame: first_fix = the first good GNSS fix (published in '
+              'the legend); fixed = georef.datum_* below.', choices=('first_fix', 'fixed'),
+              read_only=True),
+    ParamSpec('georef.datum_latitude_deg', 0.0,
+              'Fixed datum: WGS84 latitude (used when georef.datum_mode is fixed).', 'deg',
+              -90.0, 90.0, read_only=True),
+    ParamSpec('georef.datum_longitude_deg', 0.0,
+              'Fixed datum: WGS84 longitude.', 'deg', -180.0, 180.0, read_only=True),
+    ParamSpec('georef.datum_height_m', 0.0,
+              'Fixed datum: height above the WGS84 ellipsoid (not above the geoid).', 'm',
+              -1000.0, 10000.0, read_only=True),
+    ParamSpec('extrinsics.base_to_imu', (0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+              'Pose of imu_link in base_link: [x, y, z, roll, pitch, yaw]; metres and radians, '
+              'rotation R = Rz(yaw) Ry(pitch) Rx(roll) about fixed axes (as tf2 and '
+              'static_transform_publisher), p_base = R p_imu + t.', 'm, rad', read_only=True),
+    ParamSpec('extrinsics.base_to_camera', (0.0, 0.0, 0.0, -1.5707963267948966, 0.0,
+                                            -1.5707963267948966),
+              'Pose of the LEFT camera optical frame (x right, y down, z forward) in base_link, '
+              '[x, y, z, roll, pitch, yaw] as extrinsics.base_to_imu. The default is an '
+              'optical frame looking along base_link x from its origin.', 'm, rad',
+              read_only=True),
+    ParamSpec('extrinsics.base_to_gnss', (0.0, 0.0, 0.0),
+              'Position of the GNSS antenna phase centre in base_link [x, y, z].', 'm',
+              read_only=True),
+    ParamSpec('dem.sources', '',
+              'Comma-separated names of the elevation sources to use for priors, e.g. '
+              '"srtm, lidar"; each name needs a dem.source.<name>.* namespace with path, id, '
+              'kind (dem|dsm), vertical_datum (ellipsoid|egm96|egm2008|...), sigma_v_m, '
+              'sigma_h_m, survey_date, licence, priority (see config/geo_depth.yaml). Empty = '
+              'stereo only.', read_only=True),
     ParamSpec('diagnostics_period_s', 1.0,
               'Period of the DiagnosticArray on /diagnostics.', 's', 0.1, 60.0,
               read_only=True),
@@ -199,13 +240,28 @@ def validate_params(values: Mapping[str, Any], *, allow_unknown: Iterable[str] =
     """
     out = defaults()
     allowed = set(allow_unknown)
+    source_keys: dict[str, Any] = {}
     for name, value in values.items():
         spec = PARAMS_BY_NAME.get(name)
         if spec is None:
+            if name.startswith(DEM_SOURCE_PREFIX):
+                source_keys[name] = value
+                continue
             if name in allowed:
                 continue
             raise ValueError(f'unknown parameter {name!r}')
         out[name] = spec.validate(value)
+    names = dem_source_names(out['dem.sources'])
+    for key in source_keys:
+        src = key[len(DEM_SOURCE_PREFIX):].split('.', 1)[0]
+        if src not in names:
+            raise ValueError(f'parameter {key!r} belongs to DEM source {src!r}, which is not '
+                             f'listed in dem.sources ({out["dem.sources"]!r})')
+    if names:
+        from .dem import parse_dem_sources  # validates every dem.source.<name>.* field
+
+        parse_dem_sources({'dem.sources': names, **source_keys})
+    out.update(source_keys)
     p1, p2 = out['stereo.p1'], out['stereo.p2']
     if p1 and p2 and p2 <= p1:
         raise ValueError(f'parameter stereo.p2 ({p2}) must exceed stereo.p1 ({p1})')
@@ -225,6 +281,13 @@ def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
 
 
 ROS_ONLY_PARAMS = frozenset({'use_sim_time'})
+#: Per-source parameters (dynamic names): dem.source.<name>.<field>, see core/dem.py.
+DEM_SOURCE_PREFIX = 'dem.source.'
+
+
+def dem_source_names(text: str) -> list[str]:
+    """'srtm, lidar' -> ['srtm', 'lidar'] (the value of dem.sources)."""
+    return [n.strip() for n in str(text).split(',') if n.strip()]
 
 
 def load_params_yaml(path: str, node_name: str = 'geo_depth_node') -> dict[str, ParamValue]:

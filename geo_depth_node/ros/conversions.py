@@ -58,6 +58,30 @@ def image_msg(header: Header, array: np.ndarray, encoding: str) -> Image:
     return msg
 
 
+_DATUM_NAMES = {'ellipsoid': 'WGS84 ellipsoid', 'egm96': 'EGM96', 'egm2008': 'EGM2008',
+                'egm84': 'EGM84'}
+
+
+def prior_source_msg(source):
+    """geo_depth_node/PriorSource for an opened core.dem.DemSource."""
+    from geo_depth_node.msg import PriorSource
+
+    spec = source.spec
+    m = PriorSource()
+    m.id = int(spec.id)
+    m.name = spec.name
+    m.uri = ', '.join(source.paths)
+    m.kind = PriorSource.KIND_SURFACE_MODEL if spec.kind == 'dsm' else PriorSource.KIND_DEM_BARE_EARTH
+    crs = [g.crs.to_string() for g in source.groups]
+    m.crs = ', '.join(dict.fromkeys(crs))
+    m.vertical_datum = _DATUM_NAMES.get(spec.vertical_datum.lower(), spec.vertical_datum)
+    m.vertical_sigma_m = float(spec.sigma_v_m)
+    m.horizontal_sigma_m = float(spec.sigma_h_m)
+    m.survey_date = spec.survey_date.isoformat() if spec.survey_date else ''
+    m.licence = spec.licence
+    return m
+
+
 def fill_legend(msg, *, stamp, output_frame: str, max_relative_sigma: float,
                 max_sigma_m: float, sources: Iterable = ()) -> None:
     """Fill a geo_depth_node/ProvenanceLegend message in place (stereo-only: no sources)."""

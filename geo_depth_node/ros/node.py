@@ -31,7 +31,8 @@ from geo_depth_node.msg import ProvenanceLegend
 from ..core.cloud import pack_points
 from ..core.contract import Provenance
 from ..core.images import to_gray8
-from ..core.params import (PARAMETERS, PARAMS_BY_NAME, ROS_ONLY_PARAMS, ParamSpec,
+from ..core.params import (DEM_SOURCE_PREFIX, PARAMETERS, PARAMS_BY_NAME, ROS_ONLY_PARAMS,
+                           ParamSpec, dem_source_names,
                            validate_params)
 from ..core.pipeline import DepthPipeline
 from ..core.sync import TimeSynchronizer
@@ -69,8 +70,10 @@ class GeoDepthNode(Node):
         for spec in PARAMETERS:
             self.declare_parameter(spec.name, spec.default, _descriptor(spec))
         values = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
+        values.update(self._declare_dem_source_params())
         # Raises ValueError with the bad name/value: main() logs it and exits non-zero.
         self._params = validate_params(values)
+        self._dem_sources = self._open_dem_sources()
         self._lock = threading.Lock()
         self._pipeline = DepthPipeline(self._params)
         self.add_on_set_parameters_callback(self._validate_parameters)
@@ -146,10 +149,54 @@ class GeoDepthNode(Node):
             self.get_logger().warning('cannot check the params file for unknown keys')
             return
         unknown = sorted(n for n in overrides if n not in PARAMS_BY_NAME
-                         and n not in ROS_ONLY_PARAMS and not n.startswith('qos_overrides.'))
+                         and n not in ROS_ONLY_PARAMS and not n.startswith('qos_overrides.')
+                         and not n.startswith(DEM_SOURCE_PREFIX))
         if unknown:
             raise ValueError(f'unknown parameter(s) {unknown}; declared parameters are listed '
                              'in config/geo_depth.yaml (`geo-depth params`)')
+
+    def _declare_dem_source_params(self) -> dict[str, Any]:
+        """Declare the dem.source.<name>.<field> entries the params file gives (read-only).
+
+        Their names depend on dem.sources, so they are declared from the overrides; the
+        table check (core.params.validate_params) then refuses fields of unlisted sources and
+        bad values.
+        """
+        overrides = getattr(self, '_parameter_overrides', None) or {}
+        out: dict[str, Any] = {}
+        for name in sorted(n for n in overrides if n.startswith(DEM_SOURCE_PREFIX)):
+            src, _, field = name[len(DEM_SOURCE_PREFIX):].partition('.')
+            desc = ParameterDescriptor(
+                description=f'DEM source {src!r}: {field} (see dem.sources and '
+                            'config/geo_depth.yaml)', read_only=True)
+            self.declare_parameter(name, overrides[name].value, desc)
+            out[name] = self.get_parameter(name).value
+        return out
+
+    def _open_dem_sources(self) -> list:
+        """Open every configured DEM source (metadata only): a missing file or an unusable
+        vertical datum stops the node at start-up with the reason, never later."""
+        from ..core.dem import DemSource, parse_dem_sources
+
+        names = dem_source_names(self._params['dem.sources'])
+        if not names:
+            return []
+        specs = parse_dem_sources({k: v for k, v in self._params.items()
+                                   if k.startswith('dem.')} | {'dem.sources': names})
+        opened = []
+        for spec in specs:
+            try:
+                opened.append(DemSource(spec))
+            except FileNotFoundError as exc:
+                raise ValueError(str(exc)) from exc
+            self.get_logger().info(
+                f'DEM source {spec.name} (id {spec.id}, {spec.kind}, {spec.vertical_datum}, '
+                f'sigma_v {spec.sigma_v_m} m, survey {spec.survey_date}): '
+                f'{len(opened[-1].paths)} file(s)')
+        self.get_logger().warning(
+            'DEM sources are validated and listed in the legend; ray-casting them into PRIOR '
+            'and FUSED points is not implemented yet: the cloud is stereo-only')
+        return opened
 
     def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Reject a change that does not pass the parameter table's checks."""
@@ -285,7 +332,8 @@ class GeoDepthNode(Node):
             return
         msg = ProvenanceLegend()
         conv.fill_legend(msg, stamp=self.get_clock().now().to_msg(), output_frame=frame_id,
-                         max_relative_sigma=key[1], max_sigma_m=key[2])
+                         max_relative_sigma=key[1], max_sigma_m=key[2],
+                         sources=[conv.prior_source_msg(s) for s in self._dem_sources])
         self._pub_legend.publish(msg)
         self._legend_frame, self._legend_key = frame_id, key
 

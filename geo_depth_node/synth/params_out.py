@@ -1,17 +1,57 @@
 """The node params file written next to a synthetic world (points the node at its DEM)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 if TYPE_CHECKING:
     from .generate import World
 
 
+def matrix_to_rpy(r: np.ndarray) -> tuple[float, float, float]:
+    """(roll, pitch, yaw) with R = Rz(yaw) Ry(pitch) Rx(roll) (fixed axes x, y, z)."""
+    pitch = math.asin(max(-1.0, min(1.0, -float(r[2, 0]))))
+    return (math.atan2(float(r[2, 1]), float(r[2, 2])), pitch,
+            math.atan2(float(r[1, 0]), float(r[0, 0])))
+
+
+def _pose6(m: np.ndarray) -> list[float]:
+    return [float(x) for x in m[:3, 3]] + list(matrix_to_rpy(m[:3, :3]))
+
+
 def node_params(world: 'World', dem_path: Path) -> dict[str, Any]:
-    """Dotted parameter name -> value for the node on this world."""
+    """Dotted parameter name -> value for the node on this world.
+
+    The DEM is declared with its STATED accuracy (dem_sigma_m, dem_sigma_h_m), datum and survey
+    date; a deliberate dem_offset_m is not part of the statement (that is the point of it).
+    The ENU datum is fixed at the world's datum so that node output and truth share a frame.
+    """
     cfg = world.cfg
-    return {'rectify': bool(cfg.raw)}
+    m = world.mounts
+    src = 'dem.source.synth.'
+    return {
+        'rectify': bool(cfg.raw),
+        'georef.datum_mode': 'fixed',
+        'georef.datum_latitude_deg': cfg.datum_lat_deg,
+        'georef.datum_longitude_deg': cfg.datum_lon_deg,
+        'georef.datum_height_m': cfg.datum_height_m,
+        'extrinsics.base_to_imu': _pose6(m.base_imu),
+        'extrinsics.base_to_camera': _pose6(m.base_left),
+        'extrinsics.base_to_gnss': [float(x) for x in m.base_gnss[:3, 3]],
+        'dem.sources': 'synth',
+        src + 'id': 1,
+        src + 'path': str(Path(dem_path).resolve()),
+        src + 'kind': cfg.dem_kind,
+        src + 'vertical_datum': cfg.dem_vertical_datum,
+        src + 'sigma_v_m': float(cfg.dem_sigma_m),
+        src + 'sigma_h_m': float(cfg.dem_sigma_h_m),
+        src + 'survey_date': cfg.dem_survey_date,
+        src + 'licence': cfg.dem_licence,
+        src + 'priority': 0,
+    }
 
 
 def write_node_params(world: 'World', path: Path, dem_path: Path) -> Path:
@@ -25,8 +65,10 @@ def write_node_params(world: 'World', path: Path, dem_path: Path) -> Path:
         for p in parts[:-1]:
             d = d.setdefault(p, {})
         d[parts[-1]] = value
-    header = (f'# Node parameters for the synthetic world seed={world.cfg.seed} '
-              f'(written by geo-depth synth).\n')
+    header = (f'# Node parameters for the synthetic world seed={world.cfg.seed} (written by '
+              'geo-depth synth):\n# the DEM with its stated accuracy, datum and survey date, '
+              'the ENU datum and the\n# extrinsics ([x, y, z, roll, pitch, yaw], m and rad, '
+              'see config/geo_depth.yaml).\n')
     path.write_text(header + yaml.safe_dump({'geo_depth_node': {'ros__parameters': nested}},
-                                            sort_keys=True))
+                                            sort_keys=True, default_flow_style=None))
     return path
