@@ -81,12 +81,15 @@ class MatchResult:
         lr_diff: (H, W) float32 |d_left - d_right| in pixels (0 where not checked).
         flags: (H, W) uint16 Flag bits (NO_MATCH, LR_INCONSISTENT, TOO_CLOSE, OUT_OF_VIEW).
         timings_ms: stage -> milliseconds.
+        features: optional per-pixel disparity-sigma features, name -> (H, W) float32
+            (filled by core.sgm.TorchSGMMatcher; see core/sgm.py for their definitions).
     """
 
     disparity: np.ndarray
     lr_diff: np.ndarray
     flags: np.ndarray
     timings_ms: dict[str, float]
+    features: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def texture_map(image: np.ndarray, window: int = 9) -> np.ndarray:

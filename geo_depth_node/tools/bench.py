@@ -1,0 +1,349 @@
+"""`geo-depth bench`: time the device frame path stage by stage against OpenCV SGBM.
+
+Renders the analytic scene (core.scene.render_scene) at ``--size``, then per frame:
+upload (pinned host -> device), rectify (only with ``--rectify``: a device remap with
+the scene's ideal maps), match (cost / aggregate / select / postfilter of
+core.sgm.TorchSGMMatcher), triangulate and pack (core.torch_frame.TorchFrame), and
+download (the packed cloud, device -> pinned host). Stage times are CUDA events on
+CUDA, perf_counter on the CPU; medians over ``--iters`` frames after ``--warmup``.
+The baseline is ``core.stereo.OpenCVStereoMatcher.match`` (the project's current
+matcher: SGBM + its own LR pass and labels, same disparities) on the same images in
+the same process.
+
+Stages that do not exist yet (DEM ray-cast, fusion) are hooks: pass callables in
+``extra_stages`` to :func:`run_bench` (name -> f(tri_dict) run after triangulation);
+nothing is reported for them otherwise.
+
+``--accuracy`` adds bad-2.0 (fraction of matched pixels with |d - d_gt| > 2 px) and
+density (matched / pixels with truth) of both matchers on Middlebury Cones (shared
+data, 64 disparities) and on the analytic scene (truth where the surface is not sky
+and the point is visible from the right camera).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+_LOG = logging.getLogger(__name__)
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'size must be WxH, got {text!r}') from None
+    if w < 32 or h < 32:
+        raise argparse.ArgumentTypeError(f'size must be at least 32x32, got {text!r}')
+    return w, h
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of the bench command."""
+    p = argparse.ArgumentParser(prog='geo-depth bench', description=__doc__.splitlines()[0])
+    p.add_argument('--device', choices=('cpu', 'cuda'), default='cuda' if _cuda_ok() else 'cpu')
+    p.add_argument('--size', type=_parse_size, default=(1280, 720), help='WxH (default 1280x720)')
+    p.add_argument('--disparities', type=int, default=128, help='number of disparities (16..256)')
+    p.add_argument('--paths', type=int, choices=(4, 8), default=8)
+    p.add_argument('--warmup', type=int, default=3)
+    p.add_argument('--iters', type=int, default=10)
+    p.add_argument('--rectify', action='store_true', help='include a device remap stage')
+    p.add_argument('--json', action='store_true', help='print one JSON object')
+    p.add_argument('--accuracy', action='store_true', help='bad-2.0 / density on Cones and the scene')
+    p.add_argument('--seed', type=int, default=0, help='analytic scene seed')
+    p.add_argument('--no-graph', action='store_true',
+                   help='CUDA: run eagerly (default: match..pack replayed as one CUDA graph)')
+    p.add_argument('--agg-lines', type=int, default=4, help='scanlines per Triton aggregation program')
+    return p
+
+
+def _cuda_ok() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _models(scene: Any) -> Any:
+    from ..core.camera import CameraModel, StereoModel
+
+    h, w = scene.left.shape
+    k = scene.K.reshape(-1)
+    left = CameraModel.from_arrays(w, h, k, [0.0] * 5, np.eye(3), scene.P_left.reshape(-1))
+    right = CameraModel.from_arrays(w, h, k, [0.0] * 5, np.eye(3), scene.P_right.reshape(-1))
+    return StereoModel.from_cameras(left, right)
+
+
+def _remap_grid(stereo: Any, device: Any) -> Any:
+    """Sampling grid (1, H, W, 2) for torch grid_sample from the left camera's rectification maps."""
+    import cv2
+    import torch
+
+    m = stereo.left
+    mx, my = cv2.initUndistortRectifyMap(m.K, m.D, m.R, m.P[:, :3], (m.width, m.height), cv2.CV_32FC1)
+    gx = 2.0 * (mx + 0.5) / m.width - 1.0
+    gy = 2.0 * (my + 0.5) / m.height - 1.0
+    return torch.from_numpy(np.stack([gx, gy], -1)[None].astype(np.float32)).to(device)
+
+
+def _median(xs: list[float]) -> float:
+    return float(statistics.median(xs)) if xs else float('nan')
+
+
+def run_bench(device: str = 'cuda', size: tuple[int, int] = (1280, 720), disparities: int = 128,
+              paths: int = 8, warmup: int = 3, iters: int = 10, rectify: bool = False, seed: int = 0,
+              extra_stages: Mapping[str, Callable[[dict], Any]] | None = None, graph: bool = True,
+              agg_lines: int = 4) -> dict[str, Any]:
+    """Run the timing benchmark; returns the JSON-able result (see module doc).
+
+    Raises:
+        ValueError: bad sizes / counts, or CUDA requested without CUDA.
+    """
+    import torch
+
+    from ..core.params import validate_params
+    from ..core.scene import render_scene
+    from ..core.sgm import SGMConfig, StageTimer, TorchSGMMatcher
+    from ..core.stereo import MatcherConfig, OpenCVStereoMatcher
+    from ..core.torch_frame import TorchFrame
+
+    if iters < 1 or warmup < 0:
+        raise ValueError(f'need iters >= 1 and warmup >= 0, got {iters}, {warmup}')
+    if device == 'cuda' and not torch.cuda.is_available():
+        raise ValueError('--device cuda but CUDA is not available')
+    w, h = size
+    scene = render_scene(w, h, seed=seed)
+    stereo = _models(scene)
+    params = validate_params({'stereo.num_disparities': disparities})
+    dev = torch.device(device)
+    matcher = TorchSGMMatcher(SGMConfig.from_params(params, paths=paths), dev, agg_lines=agg_lines)
+    frame = TorchFrame(params, dev)
+    pin = dev.type == 'cuda'
+    host_l = torch.from_numpy(scene.left).pin_memory() if pin else torch.from_numpy(scene.left)
+    host_r = torch.from_numpy(scene.right).pin_memory() if pin else torch.from_numpy(scene.right)
+    host_out = torch.empty((h, w, 24), dtype=torch.uint8, pin_memory=pin)
+    grid = _remap_grid(stereo, dev) if rectify else None
+
+    def one_frame() -> dict[str, float]:
+        timer = StageTimer(dev)
+        left = host_l.to(dev, non_blocking=True)
+        right = host_r.to(dev, non_blocking=True)
+        timer.mark('upload')
+        if grid is not None:
+            import torch.nn.functional as F
+
+            pair = torch.stack([left, right])[:, None].float()
+            rect = F.grid_sample(pair, grid.expand(2, -1, -1, -1), mode='bilinear', align_corners=False)
+            left, right = (rect[:, 0].round().clamp(0, 255).to(torch.uint8)).unbind(0)
+            timer.mark('rectify')
+        m = matcher.match_tensors(left, right, timer=timer)
+        tri = frame.triangulate(m['disparity'], m['lr_diff'], m['flags'], stereo)
+        timer.mark('triangulate')
+        for name, fn in (extra_stages or {}).items():
+            fn(tri)
+            timer.mark(name)
+        packed = frame.pack(tri)
+        timer.mark('pack')
+        host_out.copy_(packed, non_blocking=pin)
+        timer.mark('download')
+        return timer.results()
+
+    def timed(fn: Callable[[], dict[str, float]]) -> tuple[dict[str, float], float, float]:
+        for _ in range(warmup):
+            fn()
+        runs, walls = [], []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            runs.append(fn())
+            walls.append((time.perf_counter() - t0) * 1e3)
+        med = {k: _median([r[k] for r in runs]) for k in runs[0]}
+        return med, _median([sum(r.values()) for r in runs]), _median(walls)
+
+    eager_stages, eager_total, eager_wall = timed(one_frame)
+    stages, total, wall = eager_stages, eager_total, eager_wall
+    use_graph = graph and dev.type == 'cuda'
+    if use_graph:
+        # match -> triangulate -> (extra stages) -> pack captured once and replayed per frame;
+        # per frame: one upload into the static input buffers, replay, one download.
+        static_l = torch.empty((h, w), dtype=torch.uint8, device=dev)
+        static_r = torch.empty((h, w), dtype=torch.uint8, device=dev)
+
+        def body() -> Any:
+            left, right = static_l, static_r
+            if grid is not None:
+                import torch.nn.functional as F
+
+                pair = torch.stack([left, right])[:, None].float()
+                rect = F.grid_sample(pair, grid.expand(2, -1, -1, -1), mode='bilinear',
+                                     align_corners=False)
+                left, right = (rect[:, 0].round().clamp(0, 255).to(torch.uint8)).unbind(0)
+            m = matcher.match_tensors(left, right)
+            tri = frame.triangulate(m['disparity'], m['lr_diff'], m['flags'], stereo)
+            for fn in (extra_stages or {}).values():
+                fn(tri)
+            return frame.pack(tri)
+
+        static_l.copy_(host_l)
+        static_r.copy_(host_r)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                body()
+        torch.cuda.current_stream().wait_stream(side)
+        cuda_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(cuda_graph):
+            static_out = body()
+
+        def graph_frame() -> dict[str, float]:
+            timer = StageTimer(dev)
+            static_l.copy_(host_l, non_blocking=True)
+            static_r.copy_(host_r, non_blocking=True)
+            timer.mark('upload')
+            cuda_graph.replay()
+            timer.mark('match_to_pack_graph')
+            host_out.copy_(static_out, non_blocking=True)
+            timer.mark('download')
+            return timer.results()
+
+        stages, total, wall = timed(graph_frame)
+        eager_out = host_out.clone()
+        one_frame()
+        torch.cuda.synchronize()
+        if not torch.equal(eager_out, host_out):
+            _LOG.warning('CUDA graph and eager packed clouds differ')
+
+    cv = OpenCVStereoMatcher(MatcherConfig(num_disparities=disparities))
+    for _ in range(max(1, min(warmup, 2))):
+        cv.match(scene.left, scene.right)
+    base = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        cv.match(scene.left, scene.right)
+        base.append((time.perf_counter() - t0) * 1e3)
+    baseline = _median(base)
+    out: dict[str, Any] = {
+        'device': _device_name(dev), 'size': f'{w}x{h}', 'disparities': disparities, 'paths': paths,
+        'stages_ms': {k: round(v, 4) for k, v in stages.items()}, 'total_ms': round(total, 4),
+        'wall_ms': round(wall, 4), 'cuda_graph': use_graph,
+        'eager_stages_ms': {k: round(v, 4) for k, v in eager_stages.items()},
+        'eager_total_ms': round(eager_total, 4), 'eager_wall_ms': round(eager_wall, 4),
+        'baseline_opencv_sgbm_ms': round(baseline, 4),
+        'ratio_to_baseline': round(total / baseline, 4) if baseline > 0 else None,
+        'iters': iters, 'warmup': warmup, 'cpu_threads': torch.get_num_threads(),
+    }
+    return out
+
+
+def _device_name(dev: Any) -> str:
+    import torch
+
+    if dev.type == 'cuda':
+        return f'cuda: {torch.cuda.get_device_name(dev)}'
+    import platform
+
+    return f'cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)'
+
+
+def _shared_data() -> Path:
+    env = os.environ.get('GEO_DEPTH_SHARED_DATA')
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2].parent / 'shared' / 'data'
+
+
+def load_cones(root: Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(left, right, gt disparity) of Middlebury 2003 Cones (quarter size), or None if absent."""
+    import warnings
+
+    import cv2
+
+    d = (root or _shared_data()) / 'middlebury2003_cones'
+    if not d.is_dir():
+        return None
+    import rasterio
+
+    left = cv2.imread(str(d / 'tests_pandora_left.png'), cv2.IMREAD_GRAYSCALE)
+    right = cv2.imread(str(d / 'tests_pandora_right.png'), cv2.IMREAD_GRAYSCALE)
+    with rasterio.Env(CPL_LOG='/dev/null'), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        with rasterio.open(d / 'notebooks_data_Cones_LEFT_GT.tif') as f:
+            gt = f.read(1).astype(np.float32)
+    return left, right, gt
+
+
+def run_accuracy(device: str = 'cpu', size: tuple[int, int] = (640, 480), disparities: int = 128,
+                 paths: int = 8, seed: int = 0) -> dict[str, Any]:
+    """bad-2.0 and density of TorchSGMMatcher and OpenCV SGBM on Cones and the analytic scene."""
+    from ..core.scene import SURFACE_SKY, render_scene
+    from ..core.sgm import SGMConfig, TorchSGMMatcher, bad_pixel_rate
+    from ..core.stereo import MatcherConfig, OpenCVStereoMatcher
+
+    out: dict[str, Any] = {}
+    cases = []
+    cones = load_cones()
+    if cones is None:
+        _LOG.warning('Middlebury Cones not found under %s: skipped', _shared_data())
+    else:
+        cases.append(('cones', cones[0], cones[1], cones[2], cones[2] > 0, 64))
+    scene = render_scene(size[0], size[1], seed=seed)
+    truth = (scene.surface != SURFACE_SKY) & ~scene.occluded
+    cases.append(('scene', scene.left, scene.right, scene.disparity, truth, disparities))
+    for name, left, right, gt, valid, nd in cases:
+        res: dict[str, Any] = {'disparities': nd}
+        ours = TorchSGMMatcher(SGMConfig(num_disparities=nd, paths=paths), device).match(left, right)
+        cv = OpenCVStereoMatcher(MatcherConfig(num_disparities=nd)).match(left, right)
+        for tag, r in (('sgm_torch', ours), ('opencv_sgbm', cv)):
+            bad, dens = bad_pixel_rate(r.disparity, gt, 2.0, valid)
+            res[tag] = {'bad2': round(bad, 5), 'density': round(dens, 5)}
+        out[name] = res
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
+    try:
+        result = run_bench(args.device, args.size, args.disparities, args.paths, args.warmup,
+                           args.iters, args.rectify, args.seed, graph=not args.no_graph,
+                           agg_lines=args.agg_lines)
+        if args.accuracy:
+            result['accuracy'] = run_accuracy(args.device, args.size, args.disparities, args.paths,
+                                              args.seed)
+    except ValueError as exc:
+        print(f'geo-depth bench: {exc}', file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"device {result['device']}, {result['size']}, {result['disparities']} disparities, "
+          f"{result['paths']} paths, median of {result['iters']} frames")
+    for k, v in result['stages_ms'].items():
+        print(f'  {k:<20s} {v:9.3f} ms')
+    if result['cuda_graph']:
+        print('  eager breakdown (no graph): ' + ', '.join(
+            f'{k} {v:.3f}' for k, v in result['eager_stages_ms'].items())
+            + f"; total {result['eager_total_ms']:.3f} ms")
+    print(f"  {'total':<20s} {result['total_ms']:9.3f} ms   (wall {result['wall_ms']:.3f} ms)")
+    print(f"OpenCV SGBM (OpenCVStereoMatcher.match, same disparities): "
+          f"{result['baseline_opencv_sgbm_ms']:.3f} ms; ratio total/baseline "
+          f"{result['ratio_to_baseline']}")
+    for case, res in result.get('accuracy', {}).items():
+        for tag in ('sgm_torch', 'opencv_sgbm'):
+            print(f"{case:6s} {tag:12s} bad-2.0 {100 * res[tag]['bad2']:6.2f} %  "
+                  f"density {res[tag]['density']:.3f}  ({res['disparities']} disparities)")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
