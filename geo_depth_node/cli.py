@@ -3,6 +3,7 @@
 Subcommands (each has --help):
     params   print the parameter table, or a commented params YAML
     scene    write an analytic textured stereo scene with exact truth as a rosbag2
+    bench    time the stereo frame path per stage against OpenCV SGBM (and accuracy)
     synth    write a synthetic outdoor world (terrain, stereo, IMU, GNSS, DEM) with exact truth
     demo     synthetic world -> live node over DDS -> cloud (PLY) + PNGs + a table of results
 
@@ -230,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help='rosbag2 storage (default mcap)')
     sp.set_defaults(func=_cmd_scene)
 
+    sp = sub.add_parser('bench', add_help=False,
+                        help='benchmark the frame path per stage vs OpenCV SGBM (--help for options)')
+    sp.add_argument('args', nargs=argparse.REMAINDER, help='options of the benchmark')
+    sp.set_defaults(func=lambda a: __import__('geo_depth_node.tools.bench',
+                                              fromlist=['main']).main(a.args))
+
     sp = sub.add_parser('synth', help='write a synthetic world (rosbag2 + DEM + truth + params)',
                         description='Generate a deterministic synthetic outdoor world: terrain '
                         'with a real CRS, objects, a moving stereo rig, IMU, GNSS and a '
@@ -253,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ['bench']:  # options go to the benchmark's own parser unchanged
+        from .tools.bench import main as bench_main
+
+        logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+        return int(bench_main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format='%(levelname)s %(name)s: %(message)s')

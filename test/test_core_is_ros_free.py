@@ -49,7 +49,8 @@ def test_forbidden_detector_detects(tmp_path):
 
 
 def test_core_imports_in_a_process_without_ros():
-    """Import every core module in a fresh interpreter that cannot see ROS at all."""
+    """Import every core (and synthetic-world) module in a fresh interpreter that cannot see
+    ROS at all."""
     code = (
         'import sys, importlib, pkgutil\n'
         'class Block:\n'
@@ -60,6 +61,9 @@ def test_core_imports_in_a_process_without_ros():
         'import geo_depth_node.core as core\n'
         'mods = [m.name for m in pkgutil.iter_modules(core.__path__)]\n'
         'for m in mods: importlib.import_module("geo_depth_node.core." + m)\n'
+        'import geo_depth_node.synth as synth\n'
+        'for m in pkgutil.iter_modules(synth.__path__):\n'
+        '    importlib.import_module("geo_depth_node.synth." + m.name)\n'
         'from geo_depth_node.core.pipeline import DepthPipeline\n'
         'DepthPipeline()\n'
         'print(len(mods))\n')

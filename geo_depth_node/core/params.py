@@ -122,6 +122,18 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               'left image maximum of each frame (the same scale for both images).',
               'DN', 0, 65535),
     # --- stereo matcher -----------------------------------------------------------
+    ParamSpec('stereo.matcher', 'auto',
+              'Stereo matcher: sgm_torch = semi-global matching in PyTorch (Triton kernels on '
+              'CUDA; census cost, gradient-adapted P2, LR check from the same cost volume); '
+              'opencv_sgbm = OpenCV StereoSGBM on the CPU with an own LR pass; auto = sgm_torch '
+              'when CUDA is available, else opencv_sgbm (the torch matcher is a slow reference '
+              'on the CPU).', choices=('auto', 'sgm_torch', 'opencv_sgbm'), read_only=True),
+    ParamSpec('stereo.device', 'auto',
+              'torch device of sgm_torch: auto = cuda when available, else cpu.',
+              choices=('auto', 'cpu', 'cuda'), read_only=True),
+    ParamSpec('stereo.paths', 8,
+              'Aggregation paths of sgm_torch (8 = horizontal, vertical and diagonal; 4 = '
+              'horizontal and vertical, faster).', '', 4, 8, step=4, read_only=True),
     ParamSpec('stereo.min_disparity', 0,
               'Smallest disparity searched (0 for a standard rig).', 'px', -256, 256),
     ParamSpec('stereo.num_disparities', 128,

@@ -77,6 +77,32 @@ class FrameResult:
         return {fl.name: int(np.count_nonzero(f & np.uint16(fl))) for fl in Flag}
 
 
+def resolve_matcher(matcher: str, device: str) -> tuple[str, str]:
+    """('auto'|'sgm_torch'|'opencv_sgbm', 'auto'|'cpu'|'cuda') -> (matcher, torch device).
+
+    auto picks sgm_torch on CUDA and opencv_sgbm otherwise (``device`` is 'cpu' for OpenCV).
+
+    Raises:
+        ValueError: an unknown name, or cuda requested where torch sees no CUDA device.
+    """
+    if matcher not in ('auto', 'sgm_torch', 'opencv_sgbm'):
+        raise ValueError(f'unknown stereo.matcher {matcher!r}')
+    if device not in ('auto', 'cpu', 'cuda'):
+        raise ValueError(f'unknown stereo.device {device!r}')
+    cuda = False
+    if matcher != 'opencv_sgbm' and device != 'cpu':
+        import torch
+
+        cuda = torch.cuda.is_available()
+        if device == 'cuda' and not cuda:
+            raise ValueError('stereo.device is cuda but torch sees no CUDA device')
+    if matcher == 'auto':
+        matcher = 'sgm_torch' if cuda else 'opencv_sgbm'
+    if matcher == 'opencv_sgbm':
+        return matcher, 'cpu'
+    return matcher, 'cuda' if cuda else 'cpu'
+
+
 class DepthPipeline:
     """Rectify (optional) -> match -> triangulate -> classify, for one stereo pair at a time.
 
@@ -88,7 +114,16 @@ class DepthPipeline:
     def __init__(self, params: Mapping[str, Any] | None = None) -> None:
         self.params = validate_params(dict(params or {}), allow_unknown=ROS_ONLY_PARAMS)
         self.matcher_config = MatcherConfig.from_params(self.params)
-        self.matcher = OpenCVStereoMatcher(self.matcher_config)
+        self.matcher_name, self.device = resolve_matcher(self.params['stereo.matcher'],
+                                                         self.params['stereo.device'])
+        if self.matcher_name == 'sgm_torch':
+            from .sgm import SGMConfig, TorchSGMMatcher
+
+            self.matcher = TorchSGMMatcher(
+                SGMConfig.from_params(self.params, paths=int(self.params['stereo.paths'])),
+                device=self.device)
+        else:
+            self.matcher = OpenCVStereoMatcher(self.matcher_config)
         self._rect_left = Rectifier()
         self._rect_right = Rectifier()
         self._ray_cache: tuple[tuple, np.ndarray] | None = None
