@@ -110,3 +110,41 @@ def test_raw_images_are_rectified_from_camera_info():
     err = np.abs(r_raw.depth[ok] - s.depth[ok])
     assert (err <= 2 * r_raw.depth_sigma[ok]).mean() > 0.95
     assert 'rectify' in r_raw.timings_ms
+
+
+def test_matcher_selection():
+    import torch
+
+    from geo_depth_node.core.pipeline import resolve_matcher
+
+    assert resolve_matcher('opencv_sgbm', 'auto') == ('opencv_sgbm', 'cpu')
+    assert resolve_matcher('sgm_torch', 'cpu') == ('sgm_torch', 'cpu')
+    cuda = torch.cuda.is_available()
+    assert resolve_matcher('auto', 'auto') == (('sgm_torch', 'cuda') if cuda
+                                               else ('opencv_sgbm', 'cpu'))
+    if not cuda:
+        with pytest.raises(ValueError, match='CUDA'):
+            resolve_matcher('sgm_torch', 'cuda')
+    with pytest.raises(ValueError, match='matcher'):
+        DepthPipeline({'stereo.matcher': 'libsgm'})
+
+
+def test_torch_sgm_pipeline_on_the_scene():
+    """The same pipeline with stereo.matcher = sgm_torch (CPU reference): MEASURED points are
+    within their physical limit and close to the truth, texture-free pixels are not measured."""
+    s = render_scene(256, 192, seed=2)
+    models = [CameraModel.from_arrays(256, 192, s.K, np.zeros(5), np.eye(3), P)
+              for P in (s.P_left, s.P_right)]
+    pipe = DepthPipeline({'stereo.matcher': 'sgm_torch', 'stereo.device': 'cpu',
+                          'stereo.num_disparities': 32})
+    assert pipe.matcher_name == 'sgm_torch'
+    r = pipe.process(s.left, s.right, *models)
+    meas = r.provenance == Provenance.MEASURED
+    ref = DepthPipeline({'stereo.num_disparities': 32}).process(s.left, s.right, *models)
+    # (at 256 px most of the ground is beyond the physical limit for either matcher)
+    assert meas.mean() > 0.9 * (ref.provenance == Provenance.MEASURED).mean()
+    d_err = np.abs(r.disparity[meas] - s.disparity[meas])
+    assert np.median(d_err) < 0.2 and np.percentile(d_err, 99) < 1.5
+    assert np.all(r.sigma[meas] / np.linalg.norm(r.points[meas], axis=-1)
+                  <= pipe.params['limit.max_relative_sigma'] * (1 + 1e-5))
+    assert meas[s.textureless].mean() < 0.05
