@@ -1,0 +1,680 @@
+"""Ray-casting camera rays into a local ENU height field (torch, any device), with a prior sigma.
+
+ROS-free; torch is imported lazily. The height field is a regular grid in a local ENU frame
+(see :mod:`geo_depth_node.core.geodesy`): node ``(i, j)`` (row ``i``, column ``j``) lies at
+``x = x0_m + j * cell_m`` (east), ``y = y0_m + i * cell_m`` (north); row 0 is the southern
+edge. ``height[i, j]`` is the ENU **z** of the terrain surface at that node (not a geodetic
+height: the Earth's curvature is already in it), NaN where there is no data. Between nodes the
+terrain is bilinear. Rays are straight lines in ENU (atmospheric refraction is ignored: at
+1 km it would lift the ray by about 1 cm).
+
+Algorithm (:func:`raycast`), all rays at once, no Python loop per ray:
+
+1. Each ray ``p(t) = o + t d`` (``d`` unit, ``t`` = range in metres) is clipped to the part
+   that can touch the terrain: ``0 <= t <= max_range_m``, inside the grid, and at or below the
+   highest terrain node ``z_max`` of the grid.
+2. The clipped part is sampled every ``step_m`` (default half a cell), a chunk of samples per
+   ray per iteration (rays that have finished drop out); the first sample with
+   ``f(t) = z_ray(t) - terrain(x(t), y(t)) <= 0`` brackets the hit.
+3. The bracket is refined by bisection to below ``tol_m`` and a final secant step.
+   Features thinner than ``step_m`` along the ray can be missed (a ray that enters and leaves
+   a sharp ridge between two samples).
+
+Status per ray (:class:`RayStatus`), defined precisely:
+
+* ``HIT``: a crossing of the terrain within ``max_range_m`` (inside the grid, over data).
+* ``SKY``: no crossing within ``max_range_m`` and the ray is known to hit nothing: either it
+  stays inside the grid up to ``max_range_m`` (where it may still be below ``z_max``: "nothing
+  within range"), or it leaves the grid earlier while above ``z_max`` and not descending
+  (only with ``sky_outside_grid=True``, the default: terrain outside the grid is assumed to
+  be no higher than ``z_max`` inside it; set it False to get UNAVAILABLE there).
+* ``UNAVAILABLE``: the answer is unknown: the ray meets a nodata cell (NaN in any of the 4
+  nodes of the bilinear patch) while at or below ``z_max`` before any crossing, or it leaves
+  the grid before ``max_range_m`` while it could still hit terrain outside it, or the origin
+  is outside the grid.
+* ``BELOW_TERRAIN``: the origin itself is at or below the terrain surface (camera "inside"
+  the DEM: a surface model above the road, a DEM or pose error). No range.
+
+Prior sigma along the ray (first-order, derived for the tangent plane at the hit point):
+let ``n`` be the unit terrain normal at the hit (``n_z > 0``), ``d`` the unit ray direction,
+``r`` the range and ``s = -n . d = sin(g)`` with ``g`` the grazing angle between the ray and
+the tangent plane. The plane through the hit point ``q`` gives ``r = n . (q - o) / (n . d)``.
+
+* DEM vertical error: the surface moves up by ``dh`` (``q -> q + dh e_z``):
+  ``dr = dh n_z / (n . d) = -dh n_z / s``, so ``sigma_r = sigma_v n_z / sin(g)``
+  (``n_z = cos(slope)``; on flat ground the familiar ``sigma_v / sin(g)``).
+* DEM horizontal error: the surface moves by ``ds = (dsx, dsy, 0)`` with independent
+  per-axis 1-sigma ``sigma_h``: ``dr = n . ds / (n . d)``, so
+  ``sigma_r = sigma_h |n_h| / sin(g) = sigma_h sin(slope) / sin(g)`` (equivalently a height
+  error of ``sigma_h tan(slope)``).
+* Camera position error ``dc`` (covariance ``P``, 3x3 ENU): ``dr = n . dc / s``, so
+  ``sigma_r^2 = n^T P n / s^2``.
+* Camera attitude error, a small rotation vector ``dtheta`` in ENU (``R' = exp([dtheta]x) R``,
+  covariance ``A``): ``dd = dtheta x d``, ``dr = -r (n . dd) / (n . d) = r dtheta . (d x n) / s``,
+  so ``sigma_r^2 = r^2 (d x n)^T A (d x n) / s^2``.
+
+All are independent and add in quadrature: ``sigma^2 = sigma_dem^2 + sigma_pose^2``. The DEM
+sigmas are those of the grid node nearest the hit (the lead source's values, already grown
+with the survey's age by the DEM module). A Monte-Carlo test checks the expression.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import math
+from typing import TYPE_CHECKING, Any, Iterable
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .geodesy import EnuFrame
+
+_LOG = logging.getLogger(__name__)
+
+#: Samples (rays x steps) evaluated per marching iteration: bounds the working memory
+#: (about 100 bytes per sample) against the per-iteration overhead.
+_SAMPLE_BUDGET = 1 << 18
+
+
+class RayStatus(enum.IntEnum):
+    """Outcome of one ray (see the module docstring for the precise definitions)."""
+
+    HIT = 1  #: crossed the terrain within max range
+    SKY = 2  #: known to hit nothing within max range
+    UNAVAILABLE = 3  #: unknown: nodata, or left the grid while it could still hit
+    BELOW_TERRAIN = 4  #: the origin is at or below the terrain surface
+
+
+def resolve_device(device: Any = 'auto') -> 'torch.device':
+    """'auto' -> cuda when available else cpu; anything else -> ``torch.device(device)``."""
+    import torch
+
+    if device is None or device == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    return torch.device(device)
+
+
+@dataclasses.dataclass(eq=False)
+class HeightField:
+    """A regular local-ENU height grid on a torch device (see the module docstring).
+
+    Attributes:
+        height: (Ny, Nx) float tensor, ENU z of the terrain at each node, metres; NaN = no data.
+        x0_m, y0_m: ENU x / y of node (0, 0) (the south-west corner), metres.
+        cell_m: node spacing in x and y, metres.
+        source: (Ny, Nx) int32 tensor, source id of each node (0 where no data).
+        sigma_v: (Ny, Nx) float tensor, vertical 1-sigma of each node, metres.
+        sigma_h: (Ny, Nx) float tensor, horizontal per-axis 1-sigma of each node, metres.
+        frame: the ENU frame the grid lives in (metadata; None for synthetic fields).
+    """
+
+    height: 'torch.Tensor'
+    x0_m: float
+    y0_m: float
+    cell_m: float
+    source: 'torch.Tensor | None' = None
+    sigma_v: 'torch.Tensor | None' = None
+    sigma_h: 'torch.Tensor | None' = None
+    frame: 'EnuFrame | None' = None
+    _cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        import torch
+
+        h = self.height
+        if not isinstance(h, torch.Tensor):
+            h = torch.as_tensor(np.asarray(h, dtype=np.float32))
+        if h.ndim != 2 or h.shape[0] < 2 or h.shape[1] < 2:
+            raise ValueError(f'height must be (Ny, Nx) with Ny, Nx >= 2, got {tuple(h.shape)}')
+        if not h.is_floating_point():
+            raise ValueError(f'height must be a float tensor, got {h.dtype}')
+        self.height = h
+        for name in ('x0_m', 'y0_m', 'cell_m'):
+            v = float(getattr(self, name))
+            if not math.isfinite(v):
+                raise ValueError(f'HeightField.{name} must be finite, got {v}')
+            setattr(self, name, v)
+        if not self.cell_m > 0:
+            raise ValueError(f'HeightField.cell_m must be > 0, got {self.cell_m}')
+        valid = torch.isfinite(h)
+        if self.source is None:
+            self.source = valid.to(torch.int32)
+        for name, dtype in (('source', torch.int32), ('sigma_v', h.dtype), ('sigma_h', h.dtype)):
+            t = getattr(self, name)
+            if t is None:
+                t = torch.zeros(h.shape, dtype=dtype, device=h.device)
+            elif not isinstance(t, torch.Tensor):
+                t = torch.as_tensor(np.asarray(t))
+            if t.ndim == 0:
+                t = t.expand(h.shape)
+            if tuple(t.shape) != tuple(h.shape):
+                raise ValueError(f'HeightField.{name} must have the shape of height '
+                                 f'{tuple(h.shape)}, got {tuple(t.shape)}')
+            setattr(self, name, t.to(device=h.device, dtype=dtype).contiguous())
+        self.source = torch.where(valid, self.source, torch.zeros_like(self.source))
+        finite = h[valid]
+        if finite.numel():
+            self.z_min = float(finite.min())
+            self.z_max = float(finite.max())
+        else:
+            self.z_min = self.z_max = float('nan')
+        _LOG.debug('height field %s on %s: z %.2f..%.2f m, %.1f %% data', tuple(h.shape),
+                   h.device, self.z_min, self.z_max, 100.0 * float(valid.float().mean()))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(Ny, Nx)."""
+        return int(self.height.shape[0]), int(self.height.shape[1])
+
+    @property
+    def device(self) -> 'torch.device':
+        """The device of the tensors."""
+        return self.height.device
+
+    @property
+    def extent(self) -> tuple[float, float, float, float]:
+        """(x_min, x_max, y_min, y_max) of the nodes, ENU metres."""
+        ny, nx = self.shape
+        return (self.x0_m, self.x0_m + (nx - 1) * self.cell_m,
+                self.y0_m, self.y0_m + (ny - 1) * self.cell_m)
+
+    def node_xy(self) -> tuple[np.ndarray, np.ndarray]:
+        """ENU x of the columns (Nx,) and y of the rows (Ny,), float64 metres."""
+        ny, nx = self.shape
+        return (self.x0_m + self.cell_m * np.arange(nx, dtype=np.float64),
+                self.y0_m + self.cell_m * np.arange(ny, dtype=np.float64))
+
+    def block_max(self, block: int) -> 'torch.Tensor':
+        """Highest node of every ``block`` x ``block``-cell block, dilated by one block.
+
+        Returns:
+            (nby, nbx) tensor: entry (bi, bj) bounds the terrain (bilinear) over blocks
+            bi-1..bi+1, bj-1..bj+1; +inf where any of their nodes has no data (so rays are
+            never skipped over nodata). Cached per block size.
+        """
+        import torch
+        import torch.nn.functional as F  # noqa: N812 - usual torch alias
+
+        key = ('block_max', int(block))
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        ny, nx = self.shape
+        b = int(block)
+        nby, nbx = max(1, -(-(ny - 1) // b)), max(1, -(-(nx - 1) // b))
+        h = torch.where(torch.isnan(self.height), torch.full_like(self.height, float('inf')),
+                        self.height)
+        pad = torch.full((nby * b + 1, nbx * b + 1), -float('inf'), dtype=h.dtype, device=h.device)
+        pad[:ny, :nx] = h
+        m = F.max_pool2d(pad[None, None], kernel_size=b + 1, stride=b)
+        m = F.max_pool2d(m, kernel_size=3, stride=1, padding=1)[0, 0]
+        self._cache[key] = m
+        return m
+
+    def to(self, device: Any) -> 'HeightField':
+        """A copy on ``device``."""
+        dev = resolve_device(device)
+        return HeightField(self.height.to(dev), self.x0_m, self.y0_m, self.cell_m,
+                           self.source.to(dev), self.sigma_v.to(dev), self.sigma_h.to(dev),
+                           self.frame)
+
+    def sample(self, x: Any, y: Any) -> 'torch.Tensor':
+        """Bilinear terrain z at ENU (x, y) (tensors or arrays, same shape), NaN outside/nodata."""
+        import torch
+
+        dt = self.height.dtype
+        gx = (torch.as_tensor(x, dtype=torch.float64, device=self.device) - self.x0_m) / self.cell_m
+        gy = (torch.as_tensor(y, dtype=torch.float64, device=self.device) - self.y0_m) / self.cell_m
+        z, _, _ = _bilinear(self.height.reshape(-1), self.shape, gx.to(dt), gy.to(dt))
+        return z
+
+
+@dataclasses.dataclass(frozen=True)
+class PoseCovariance:
+    """Covariance of the camera pose in the local ENU frame.
+
+    Attributes:
+        position: (3, 3) covariance of the camera centre, ENU, m^2.
+        attitude: (3, 3) covariance of the small rotation vector ``dtheta`` expressed in ENU,
+            rad^2, for the perturbation ``R_enu_cam' = exp([dtheta]x) R_enu_cam``.
+    """
+
+    position: np.ndarray
+    attitude: np.ndarray
+
+    def __post_init__(self) -> None:
+        for name in ('position', 'attitude'):
+            m = np.asarray(getattr(self, name), dtype=np.float64)
+            if m.shape != (3, 3) or not np.all(np.isfinite(m)):
+                raise ValueError(f'PoseCovariance.{name} must be a finite (3, 3) matrix, got '
+                                 f'shape {m.shape}')
+            if not np.allclose(m, m.T, atol=1e-12 + 1e-9 * np.abs(m).max()):
+                raise ValueError(f'PoseCovariance.{name} must be symmetric: {m.tolist()}')
+            if np.linalg.eigvalsh(m).min() < -1e-12 * max(1.0, np.abs(m).max()):
+                raise ValueError(f'PoseCovariance.{name} is not positive semi-definite')
+            object.__setattr__(self, name, m)
+
+    @staticmethod
+    def zero() -> 'PoseCovariance':
+        """A perfectly known pose."""
+        return PoseCovariance(np.zeros((3, 3)), np.zeros((3, 3)))
+
+    @staticmethod
+    def from_rpy(position_cov: Any, rpy_rad: Any, sigma_rpy_rad: Any) -> 'PoseCovariance':
+        """Build from independent roll/pitch/yaw sigmas of an attitude in ENU.
+
+        The attitude is ``R = Rz(yaw) Ry(pitch) Rx(roll)`` (REP-103 fixed-axis roll, pitch,
+        yaw; the same as transforms3d ``euler2mat(roll, pitch, yaw, 'sxyz')``). A perturbation
+        of (roll, pitch, yaw) by (dr, dp, dy) rotates by ``dtheta = J (dr, dp, dy)`` in ENU with
+        ``J = [Rz Ry e_x, Rz e_y, e_z]``; the attitude covariance is ``J diag(sigma^2) J^T``.
+        For a camera rigidly mounted on the body, pass the body's rpy and sigmas: the ENU
+        rotation vector is the same for the camera.
+
+        Args:
+            position_cov: (3, 3) position covariance, ENU, m^2 (or (3,) per-axis sigmas, m).
+            rpy_rad: (3,) roll, pitch, yaw, radians.
+            sigma_rpy_rad: (3,) 1-sigma of roll, pitch, yaw, radians.
+        """
+        rpy = np.asarray(rpy_rad, dtype=np.float64).reshape(-1)
+        sig = np.asarray(sigma_rpy_rad, dtype=np.float64).reshape(-1)
+        if rpy.shape != (3,) or sig.shape != (3,) or np.any(sig < 0) or not np.all(np.isfinite(sig)):
+            raise ValueError(f'rpy and sigma_rpy must be (3,) with sigma >= 0, got {rpy} / {sig}')
+        pos = np.asarray(position_cov, dtype=np.float64)
+        if pos.shape == (3,):
+            pos = np.diag(pos ** 2)
+        _, pitch, yaw = rpy
+        cy, sy, cp, sp = math.cos(yaw), math.sin(yaw), math.cos(pitch), math.sin(pitch)
+        rz = np.array([[cy, -sy, 0.0], [sy, cy, 0.0], [0.0, 0.0, 1.0]])
+        ry = np.array([[cp, 0.0, sp], [0.0, 1.0, 0.0], [-sp, 0.0, cp]])
+        jac = np.stack([rz @ ry @ np.array([1.0, 0, 0]), rz @ np.array([0, 1.0, 0]),
+                        np.array([0, 0, 1.0])], axis=1)
+        return PoseCovariance(pos, jac @ np.diag(sig ** 2) @ jac.T)
+
+
+@dataclasses.dataclass
+class RaycastResult:
+    """Per-ray results of :func:`raycast`; all tensors on the field's device, N rays.
+
+    Attributes:
+        status: (N,) int8 :class:`RayStatus`.
+        range_m: (N,) distance from the origin to the hit along the unit ray, metres; NaN
+            unless HIT.
+        point: (N, 3) hit point in ENU, metres; NaN unless HIT.
+        normal: (N, 3) unit terrain normal at the hit (from the bilinear gradient), NaN unless HIT.
+        grazing_rad: (N,) angle between the ray and the terrain tangent plane, radians.
+        source: (N,) int32 source id of the grid node nearest the hit (0 unless HIT).
+        sigma_m: (N,) 1-sigma of ``range_m`` (DEM and pose), metres; NaN unless HIT.
+        sigma_dem_m: (N,) the DEM part (vertical, horizontal), metres.
+        sigma_pose_m: (N,) the pose part (position, attitude), metres.
+    """
+
+    status: 'torch.Tensor'
+    range_m: 'torch.Tensor'
+    point: 'torch.Tensor'
+    normal: 'torch.Tensor'
+    grazing_rad: 'torch.Tensor'
+    source: 'torch.Tensor'
+    sigma_m: 'torch.Tensor'
+    sigma_dem_m: 'torch.Tensor'
+    sigma_pose_m: 'torch.Tensor'
+
+    def prior_flags(self, surface_model_ids: Iterable[int] = ()) -> 'torch.Tensor':
+        """Contract flags (uint16 bits of :class:`~geo_depth_node.core.contract.Flag`) per ray.
+
+        SKY -> ``SKY``; UNAVAILABLE and BELOW_TERRAIN -> ``PRIOR_UNAVAILABLE``; HIT on a source
+        listed in ``surface_model_ids`` (DSM) -> ``PRIOR_SURFACE_MODEL``; other HITs -> 0.
+        Returned as int32 (torch has no uint16 arithmetic); cast when packing.
+        """
+        import torch
+
+        from .contract import Flag
+
+        st = self.status
+        out = torch.zeros(st.shape, dtype=torch.int32, device=st.device)
+        out[st == int(RayStatus.SKY)] = int(Flag.SKY)
+        out[(st == int(RayStatus.UNAVAILABLE)) | (st == int(RayStatus.BELOW_TERRAIN))] = \
+            int(Flag.PRIOR_UNAVAILABLE)
+        ids = [int(i) for i in surface_model_ids]
+        if ids:
+            dsm = torch.isin(self.source, torch.tensor(ids, dtype=self.source.dtype, device=st.device))
+            out[(st == int(RayStatus.HIT)) & dsm] |= int(Flag.PRIOR_SURFACE_MODEL)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """Number of rays per status name."""
+        import torch
+
+        c = torch.bincount(self.status.long().reshape(-1), minlength=len(RayStatus) + 1).cpu()
+        return {s.name: int(c[int(s)]) for s in RayStatus}
+
+
+def _bilinear(hflat: 'torch.Tensor', shape: tuple[int, int], gx: 'torch.Tensor',
+              gy: 'torch.Tensor') -> tuple['torch.Tensor', 'torch.Tensor', 'torch.Tensor']:
+    """Bilinear z at grid-index coordinates (gx column, gy row); NaN outside the nodes or where a
+    patch node is NaN. Also returns dz/dgx and dz/dgy (per index unit)."""
+    import torch
+
+    ny, nx = shape
+    inside = (gx >= 0) & (gx <= nx - 1) & (gy >= 0) & (gy <= ny - 1)
+    gxc = torch.nan_to_num(gx, nan=0.0).clamp(0, nx - 1)
+    gyc = torch.nan_to_num(gy, nan=0.0).clamp(0, ny - 1)
+    ix = torch.floor(gxc).clamp(max=nx - 2)
+    iy = torch.floor(gyc).clamp(max=ny - 2)
+    wx, wy = gxc - ix, gyc - iy
+    base = iy.long() * nx + ix.long()
+    h00 = hflat[base]
+    h01 = hflat[base + 1]
+    h10 = hflat[base + nx]
+    h11 = hflat[base + nx + 1]
+    a = h00 + wx * (h01 - h00)
+    b = h10 + wx * (h11 - h10)
+    z = a + wy * (b - a)
+    nan = torch.full_like(z, float('nan'))
+    z = torch.where(inside, z, nan)
+    dzdx = (1 - wy) * (h01 - h00) + wy * (h11 - h10)
+    dzdy = b - a
+    return z, dzdx, dzdy
+
+
+def _as_rays(field: HeightField, origin: Any, directions: Any) -> tuple['torch.Tensor', 'torch.Tensor']:
+    """Validate and convert origin (3,)|(N, 3) and directions (N, 3) to float64 on the device."""
+    import torch
+
+    dev = field.device
+    d = torch.as_tensor(directions, dtype=torch.float64, device=dev)
+    if d.ndim != 2 or d.shape[1] != 3:
+        raise ValueError(f'directions must be (N, 3), got {tuple(d.shape)}')
+    norm = torch.linalg.vector_norm(d, dim=1, keepdim=True)
+    bad = ~(torch.isfinite(norm[:, 0]) & (norm[:, 0] > 0))
+    if bool(bad.any()):
+        raise ValueError(f'{int(bad.sum())} direction(s) are zero or non-finite')
+    d = d / norm
+    o = torch.as_tensor(origin, dtype=torch.float64, device=dev)
+    if o.shape == (3,):
+        o = o.expand(d.shape[0], 3)
+    elif tuple(o.shape) != (d.shape[0], 3):
+        raise ValueError(f'origin must be (3,) or (N, 3) with N = {d.shape[0]}, got {tuple(o.shape)}')
+    if not bool(torch.isfinite(o).all()):
+        raise ValueError('origin has non-finite values')
+    return o, d
+
+
+def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: float,
+            step_m: float | None = None, pose_cov: PoseCovariance | None = None,
+            sky_outside_grid: bool = True, tol_m: float = 1e-4, block_cells: int = 8,
+            dtype: 'torch.dtype | None' = None) -> RaycastResult:
+    """Cast rays into ``field`` (see the module docstring for the method, statuses and sigma).
+
+    Args:
+        field: the height field (its device is where everything runs).
+        origin: (3,) or (N, 3) ray origins (camera centres), ENU metres.
+        directions: (N, 3) ray directions in ENU (normalised here; zero rows are refused).
+        max_range_m: farthest range searched, metres (> 0).
+        step_m: sampling step along the ray, metres; default half a cell.
+        pose_cov: camera pose covariance for the prior sigma; None = perfectly known pose.
+        sky_outside_grid: rays leaving the grid above its highest node and not descending are
+            SKY (True) or UNAVAILABLE (False).
+        tol_m: refinement tolerance on the range, metres.
+        block_cells: side of the blocks (in cells) of the max-height pyramid used to skip
+            empty space; a speed knob only.
+        dtype: computation dtype (default: the field's dtype; float32 keeps < 1 mm within a
+            few km of the grid origin, float64 for tests or very large grids).
+
+    Returns:
+        :class:`RaycastResult` with tensors on the field's device.
+
+    Raises:
+        ValueError: bad shapes, zero/non-finite directions or non-positive parameters.
+    """
+    import torch
+
+    try:
+        max_range_m = float(max_range_m)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f'max_range_m must be a number, got {max_range_m!r}') from e
+    if not (max_range_m > 0 and math.isfinite(max_range_m)):
+        raise ValueError(f'max_range_m must be a positive finite number, got {max_range_m!r}')
+    step = 0.5 * field.cell_m if step_m is None else float(step_m)
+    if not step > 0:
+        raise ValueError(f'step_m must be > 0, got {step_m!r}')
+    if not tol_m > 0:
+        raise ValueError(f'tol_m must be > 0, got {tol_m!r}')
+    ct = dtype or field.height.dtype
+    dev = field.device
+    o64, d64 = _as_rays(field, origin, directions)
+    n = d64.shape[0]
+    ny, nx = field.shape
+    cell = field.cell_m
+    z_max = field.z_max
+    hflat = field.height.to(ct).reshape(-1)
+
+    status = torch.full((n,), int(RayStatus.UNAVAILABLE), dtype=torch.int8, device=dev)
+    t_a = torch.zeros(n, dtype=torch.float64, device=dev)
+    t_b = torch.zeros(n, dtype=torch.float64, device=dev)
+    f_a = torch.zeros(n, dtype=ct, device=dev)
+    f_b = torch.zeros(n, dtype=ct, device=dev)
+    hit = torch.zeros(n, dtype=torch.bool, device=dev)
+
+    # Grid-index coordinates of the origins; the rays in index units per metre of range.
+    gx0 = (o64[:, 0] - field.x0_m) / cell
+    gy0 = (o64[:, 1] - field.y0_m) / cell
+    gdx, gdy = d64[:, 0] / cell, d64[:, 1] / cell
+    oz, dz = o64[:, 2], d64[:, 2]
+    inside0 = (gx0 >= 0) & (gx0 <= nx - 1) & (gy0 >= 0) & (gy0 <= ny - 1)
+    inf = torch.full_like(gx0, math.inf)
+
+    def _exit(g0: 'torch.Tensor', gd: 'torch.Tensor', hi: int) -> 'torch.Tensor':
+        t_pos = (hi - g0) / gd
+        t_neg = (0 - g0) / gd
+        return torch.where(gd > 0, t_pos, torch.where(gd < 0, t_neg, inf))
+
+    t_grid = torch.minimum(_exit(gx0, gdx, nx - 1), _exit(gy0, gdy, ny - 1))  # leaves the grid
+    if math.isnan(z_max):  # no data at all
+        t_lo = torch.zeros_like(oz)
+        t_hi = torch.zeros_like(oz)
+        no_data = True
+    else:
+        no_data = False
+        t_cross = (z_max - oz) / torch.where(dz == 0, torch.ones_like(dz), dz)
+        above = oz > z_max
+        # part of the ray at or below z_max: [t_lo, t_hi]
+        t_lo = torch.where(dz < 0, torch.clamp(t_cross, min=0.0),
+                           torch.where(above, inf, torch.zeros_like(oz)))
+        t_hi = torch.where(dz > 0, t_cross, torch.where(above & (dz == 0), -inf, inf))
+        t_hi = torch.where((dz > 0) & above, -inf, t_hi)
+    t0 = torch.maximum(t_lo, torch.zeros_like(t_lo))
+    t1 = torch.minimum(torch.minimum(t_hi, t_grid), torch.full_like(t_hi, float(max_range_m)))
+
+    # per-ray constants in the computation dtype (grid-index units relative to the grid origin,
+    # so float32 keeps ~1e-4 m within a few km)
+    gx0c, gy0c, ozc = gx0.to(ct), gy0.to(ct), oz.to(ct)
+    gdxc, gdyc, dzc = gdx.to(ct), gdy.to(ct), dz.to(ct)
+
+    def f_at(idx: 'torch.Tensor', t: 'torch.Tensor') -> 'torch.Tensor':
+        """z_ray - terrain for rays ``idx`` at ranges ``t`` (shape (A,) or (A, S))."""
+        shp = (-1,) + (1,) * (t.ndim - 1)
+        tc = t.to(ct)
+        gx = gx0c[idx].reshape(shp) + tc * gdxc[idx].reshape(shp)
+        gy = gy0c[idx].reshape(shp) + tc * gdyc[idx].reshape(shp)
+        terr, _, _ = _bilinear(hflat, (ny, nx), gx, gy)
+        zr = ozc[idx].reshape(shp) + tc * dzc[idx].reshape(shp)
+        return zr - terr
+
+    candidates = torch.nonzero(inside0 & (t0 <= t1), as_tuple=False).reshape(-1)
+    if no_data:
+        candidates = candidates[:0]
+    resolved = torch.zeros(n, dtype=torch.bool, device=dev)
+    resolved[~inside0] = True  # origin outside the grid: UNAVAILABLE
+    if candidates.numel():
+        tc0 = t0[candidates]
+        f0 = f_at(candidates, tc0)
+        is_nan = torch.isnan(f0)
+        below = ~is_nan & (f0 <= 0)
+        at_origin = tc0 <= 0
+        # origin at/below terrain
+        idx = candidates[below & at_origin]
+        status[idx] = int(RayStatus.BELOW_TERRAIN)
+        resolved[idx] = True
+        # entering the z_max slab exactly on a terrain node at z_max: a touch at t0
+        idx = candidates[below & ~at_origin]
+        hit[idx] = True
+        t_a[idx] = tc0[below & ~at_origin]
+        t_b[idx] = t_a[idx]
+        resolved[idx] = True
+        idx = candidates[is_nan]
+        status[idx] = int(RayStatus.UNAVAILABLE)
+        resolved[idx] = True
+        act = candidates[~is_nan & ~below]
+        t_cur = t0[act].clone()
+        block = max(1, int(block_cells))
+        dmax = field.block_max(block).to(ct)
+        nby, nbx = dmax.shape
+        dmax_flat = dmax.reshape(-1)
+        seg = block * cell  # a segment this long moves at most one block sideways
+        n_fine = max(1, int(math.ceil(seg / step)))
+        budget = _SAMPLE_BUDGET
+        while act.numel():
+            a = act.numel()
+            t_stop = t1[act]
+            # coarse phase: skip segments that stay above the highest terrain around them
+            sc = int(min(256, max(4, budget // a)))
+            ts = t_cur[:, None] + seg * torch.arange(sc, dtype=torch.float64, device=dev)[None, :]
+            te = torch.minimum(ts + seg, t_stop[:, None])
+            valid = ts < t_stop[:, None]
+            z_lo = torch.minimum(oz[act, None] + ts * dz[act, None], oz[act, None] + te * dz[act, None])
+            bx = torch.floor((gx0[act, None] + ts * gdx[act, None]) / block)
+            by = torch.floor((gy0[act, None] + ts * gdy[act, None]) / block)
+            bx = torch.nan_to_num(bx, nan=0.0).clamp(0, nbx - 1).long()
+            by = torch.nan_to_num(by, nan=0.0).clamp(0, nby - 1).long()
+            need = valid & ~(z_lo > dmax_flat[by * nbx + bx].double())
+            has_need = need.any(dim=1)
+            covered = (ts[:, -1] + seg) >= t_stop
+            # rays whose whole remaining part is skippable: no event
+            cont = ~has_need & ~covered
+            t_cur_next = torch.where(cont, t_cur + sc * seg, t_cur)
+            fine = has_need
+            if bool(fine.any()):
+                fidx = act[fine]
+                kstar = torch.argmax(need[fine].to(torch.int8), dim=1)
+                t_start = ts[fine].gather(1, kstar[:, None])[:, 0]
+                af = fidx.numel()
+                m = int(max(1, min(16, budget // (af * n_fine))))
+                js = torch.arange(0, m * n_fine + 1, dtype=torch.float64, device=dev)[None, :]
+                tf = torch.minimum(t_start[:, None] + step * js, t_stop[fine][:, None])
+                f = f_at(fidx, tf)
+                event = (f[:, 1:] <= 0) | torch.isnan(f[:, 1:])
+                has = event.any(dim=1)
+                first = torch.argmax(event.to(torch.int8), dim=1) + 1
+                rows = torch.arange(af, device=dev)
+                tb_all, fb_all = tf[rows, first], f[rows, first]
+                ta_all, fa_all = tf[rows, first - 1], f[rows, first - 1]
+                nan_ev = has & torch.isnan(fb_all)
+                hit_ev = has & ~nan_ev
+                idx = fidx[nan_ev]
+                status[idx] = int(RayStatus.UNAVAILABLE)
+                resolved[idx] = True
+                idx = fidx[hit_ev]
+                hit[idx] = True
+                t_a[idx], t_b[idx] = ta_all[hit_ev], tb_all[hit_ev]
+                f_a[idx], f_b[idx] = fa_all[hit_ev], fb_all[hit_ev]
+                resolved[idx] = True
+                fine_cont = ~has & (tf[:, -1] < t_stop[fine])
+                cont_f = torch.zeros_like(cont)
+                cont_f[torch.nonzero(fine, as_tuple=False).reshape(-1)[fine_cont]] = True
+                t_cur_next[fine] = tf[:, -1]
+                cont = cont | cont_f
+            act = act[cont]
+            t_cur = t_cur_next[cont]
+
+    # Rays without an event: SKY or UNAVAILABLE by where they end.
+    open_rays = ~resolved & ~hit
+    stays_in = t_grid >= max_range_m
+    z_exit = oz + torch.clamp(t_grid, max=1e12) * dz
+    if no_data or not sky_outside_grid:
+        leaves_high = torch.zeros_like(stays_in)
+    else:
+        leaves_high = (z_exit > z_max) & (dz >= 0)
+    sky = open_rays & (stays_in | leaves_high)
+    if no_data:  # nothing is known anywhere
+        sky = torch.zeros_like(sky)
+    status[sky] = int(RayStatus.SKY)
+    status[open_rays & ~sky] = int(RayStatus.UNAVAILABLE)
+
+    # Refine the hits: bisection, then one secant step in the final bracket.
+    range_m = torch.full((n,), float('nan'), dtype=ct, device=dev)
+    hidx = torch.nonzero(hit, as_tuple=False).reshape(-1)
+    if hidx.numel():
+        ta, tb, fa, fb = t_a[hidx], t_b[hidx], f_a[hidx], f_b[hidx]
+        nan_seen = torch.zeros_like(ta, dtype=torch.bool)
+        n_iter = max(1, int(math.ceil(math.log2(max(step, tol_m) / tol_m))) + 1)
+        for _ in range(n_iter):
+            tm = 0.5 * (ta + tb)
+            fm = f_at(hidx, tm)
+            m_nan = torch.isnan(fm)
+            nan_seen |= m_nan
+            lower = m_nan | (fm <= 0)
+            tb = torch.where(lower, tm, tb)
+            fb = torch.where(lower, fm, fb)
+            ta = torch.where(lower, ta, tm)
+            fa = torch.where(lower, fa, fm)
+        denom = fa - fb
+        ok = torch.isfinite(fb) & (denom > 0)
+        frac = torch.where(ok, fa / torch.where(ok, denom, torch.ones_like(denom)),
+                           torch.ones_like(denom))
+        th = ta + frac.double().clamp(0, 1) * (tb - ta)
+        bad = nan_seen | ~torch.isfinite(th)
+        status[hidx[bad]] = int(RayStatus.UNAVAILABLE)
+        status[hidx[~bad]] = int(RayStatus.HIT)
+        range_m[hidx[~bad]] = th[~bad].to(ct)
+        hidx = hidx[~bad]
+
+    point = torch.full((n, 3), float('nan'), dtype=ct, device=dev)
+    normal = torch.full((n, 3), float('nan'), dtype=ct, device=dev)
+    grazing = torch.full((n,), float('nan'), dtype=ct, device=dev)
+    source = torch.zeros(n, dtype=torch.int32, device=dev)
+    sigma = torch.full((n,), float('nan'), dtype=ct, device=dev)
+    sigma_dem = torch.full_like(sigma, float('nan'))
+    sigma_pose = torch.full_like(sigma, float('nan'))
+    if hidx.numel():
+        r = range_m[hidx].double()
+        d = d64[hidx]
+        p = o64[hidx] + r[:, None] * d
+        point[hidx] = p.to(ct)
+        gx = ((p[:, 0] - field.x0_m) / cell).to(ct)
+        gy = ((p[:, 1] - field.y0_m) / cell).to(ct)
+        _, dzdx, dzdy = _bilinear(hflat, (ny, nx), gx, gy)
+        nrm = torch.stack([-dzdx.double() / cell, -dzdy.double() / cell,
+                           torch.ones_like(r)], dim=1)
+        nrm = nrm / torch.linalg.vector_norm(nrm, dim=1, keepdim=True)
+        normal[hidx] = nrm.to(ct)
+        sin_g = (-(nrm * d).sum(dim=1)).clamp(min=0.0)
+        grazing[hidx] = torch.asin(sin_g.clamp(max=1.0)).to(ct)
+        jx = torch.round(gx.double()).long().clamp(0, nx - 1)
+        jy = torch.round(gy.double()).long().clamp(0, ny - 1)
+        node = jy * nx + jx
+        source[hidx] = field.source.reshape(-1)[node]
+        sv = field.sigma_v.reshape(-1)[node].double()
+        sh = field.sigma_h.reshape(-1)[node].double()
+        nz2 = nrm[:, 2] ** 2
+        var_dem = nz2 * sv ** 2 + (1.0 - nz2).clamp(min=0.0) * sh ** 2
+        if pose_cov is None:
+            var_pose = torch.zeros_like(r)
+        else:
+            pc = torch.as_tensor(pose_cov.position, dtype=torch.float64, device=dev)
+            ac = torch.as_tensor(pose_cov.attitude, dtype=torch.float64, device=dev)
+            var_pos = ((nrm @ pc) * nrm).sum(dim=1)
+            c = torch.linalg.cross(d, nrm, dim=1)
+            var_att = r ** 2 * ((c @ ac) * c).sum(dim=1)
+            var_pose = var_pos + var_att
+        inv_s2 = torch.where(sin_g > 0, 1.0 / sin_g.clamp(min=1e-300) ** 2,
+                             torch.full_like(sin_g, math.inf))
+        sigma_dem[hidx] = torch.sqrt(var_dem * inv_s2).to(ct)
+        sigma_pose[hidx] = torch.sqrt(var_pose * inv_s2).to(ct)
+        sigma[hidx] = torch.sqrt((var_dem + var_pose) * inv_s2).to(ct)
+
+    return RaycastResult(status=status, range_m=range_m, point=point, normal=normal,
+                         grazing_rad=grazing, source=source, sigma_m=sigma,
+                         sigma_dem_m=sigma_dem, sigma_pose_m=sigma_pose)
