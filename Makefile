@@ -16,13 +16,14 @@ PIP_QUIET := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory'
 COLCON := .colcon
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
-APT_PACKAGES := libusb-1.0-0 libgl1 libgomp1 proj-data
+APT_PACKAGES := libusb-1.0-0 libgl1 libgomp1 proj-data libvulkan1 mesa-vulkan-drivers
 
 .PHONY: setup apt venv build test demo lint clean
 
 setup: build
 
-# apt packages: Open3D needs libusb; proj-data ships the EGM96 geoid grid.
+# apt packages: Open3D needs libusb (and Vulkan + Mesa for offscreen rendering);
+# proj-data ships the EGM96 geoid grid.
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

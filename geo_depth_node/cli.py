@@ -3,6 +3,7 @@
 Subcommands (each has --help):
     params   print the parameter table, or a commented params YAML
     scene    write an analytic textured stereo scene with exact truth as a rosbag2
+    replay   run the node's pipeline offline over a rosbag2: output.mcap, report.json, pictures
     bench    time the stereo frame path per stage against OpenCV SGBM (and accuracy)
     synth    write a synthetic outdoor world (terrain, stereo, IMU, GNSS, DEM) with exact truth
     demo     synthetic world -> live node over DDS -> cloud (PLY) + PNGs + a table of results
@@ -231,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help='rosbag2 storage (default mcap)')
     sp.set_defaults(func=_cmd_scene)
 
+    sp = sub.add_parser('replay', add_help=False,
+                        help='run the pipeline offline over a rosbag2 (--help for options)')
+    sp.add_argument('args', nargs=argparse.REMAINDER, help='options of replay')
+
     sp = sub.add_parser('bench', add_help=False,
                         help='benchmark the frame path per stage vs OpenCV SGBM (--help for options)')
     sp.add_argument('args', nargs=argparse.REMAINDER, help='options of the benchmark')
@@ -261,11 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ['bench']:  # options go to the benchmark's own parser unchanged
-        from .tools.bench import main as bench_main
+    if argv[:1] in (['bench'], ['replay']):  # options go to the tool's own parser unchanged
+        import importlib
 
         logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
-        return int(bench_main(argv[1:]) or 0)
+        tool = importlib.import_module(f'geo_depth_node.tools.{argv[0]}')
+        return int(tool.main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format='%(levelname)s %(name)s: %(message)s')

@@ -1,0 +1,315 @@
+"""rosbags-side twin of ``ros/conversions.py``: read stereo frames from a rosbag2 and build
+the node's output messages as rosbags objects. No rclpy, no DDS: works without ROS.
+
+Every builder here mirrors one function of :mod:`geo_depth_node.ros.conversions` field by
+field (same layout, same encodings, same legend content), so a bag written by
+``geo-depth replay`` carries what the live node would have published.
+
+Message types: the ROS 2 Kilted typestore of ``rosbags`` plus the package's own
+``geo_depth_node/msg/PriorSource`` and ``ProvenanceLegend``, registered from the ``.msg``
+files of the source tree or of the colcon install (see :func:`find_msg_dir`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
+
+from ..core.camera import CameraModel
+from ..core.contract import POINT_FIELDS, POINT_STEP, SIGMA_DEFINITION, legend_tables
+from ..core.images import decode_image, to_gray8
+
+_LOG = logging.getLogger(__name__)
+_LITTLE = sys.byteorder == 'little'
+
+PACKAGE = 'geo_depth_node'
+CUSTOM_MESSAGES = ('PriorSource', 'ProvenanceLegend')  # PriorSource first: the legend uses it
+#: the names of the four stereo inputs (as in ros/node.py), in the synchroniser's order
+INPUTS = ('left_image', 'left_info', 'right_image', 'right_info')
+
+# diagnostic_msgs/DiagnosticStatus levels (byte constants of the message)
+DIAG_OK, DIAG_WARN, DIAG_ERROR = 0, 1, 2
+
+
+# ------------------------------------------------------------------------- types
+def find_msg_dir() -> Path:
+    """The directory holding ``PriorSource.msg`` and ``ProvenanceLegend.msg``.
+
+    Looks in ``$GEO_DEPTH_MSG_DIR``, the source tree (``<repo>/msg``, also through the
+    colcon symlink-install), ``<prefix>/share/geo_depth_node/msg`` next to an installed
+    package, and every ``$AMENT_PREFIX_PATH`` entry.
+
+    Raises:
+        FileNotFoundError: if none of them has the files.
+    """
+    here = Path(__file__)
+    candidates: list[Path] = []
+    if os.environ.get('GEO_DEPTH_MSG_DIR'):
+        candidates.append(Path(os.environ['GEO_DEPTH_MSG_DIR']))
+    candidates.append(here.resolve().parents[2] / 'msg')  # source tree
+    if len(here.parents) > 5:  # <prefix>/lib/pythonX.Y/site-packages/geo_depth_node/tools/
+        candidates.append(here.parents[5] / 'share' / PACKAGE / 'msg')
+    for prefix in os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep):
+        if prefix:
+            candidates.append(Path(prefix) / 'share' / PACKAGE / 'msg')
+    for c in candidates:
+        if all((c / f'{m}.msg').is_file() for m in CUSTOM_MESSAGES):
+            return c
+    raise FileNotFoundError('cannot find the geo_depth_node .msg files (PriorSource.msg, '
+                            'ProvenanceLegend.msg); looked in: '
+                            + ', '.join(str(c) for c in candidates)
+                            + ' (set GEO_DEPTH_MSG_DIR)')
+
+
+def make_typestore():
+    """ROS 2 Kilted typestore with ``geo_depth_node/msg/*`` registered (rosbags Typestore)."""
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    ts = get_typestore(Stores.ROS2_KILTED)
+    msg_dir = find_msg_dir()
+    types: dict = {}
+    for name in CUSTOM_MESSAGES:
+        text = (msg_dir / f'{name}.msg').read_text(encoding='utf-8')
+        types.update(get_types_from_msg(text, f'{PACKAGE}/msg/{name}'))
+    ts.register(types)
+    return ts
+
+
+def transient_local_qos() -> list:
+    """Offered QoS of a latched topic as rosbag2 records it (reliable, transient local, 1)."""
+    from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness,
+                                    QosReliability, QosTime)
+
+    inf = QosTime(sec=2147483647, nsec=4294967295)
+    return [Qos(history=QosHistory.KEEP_LAST, depth=1, reliability=QosReliability.RELIABLE,
+                durability=QosDurability.TRANSIENT_LOCAL, deadline=inf, lifespan=inf,
+                liveliness=QosLiveliness.AUTOMATIC, liveliness_lease_duration=inf,
+                avoid_ros_namespace_conventions=False)]
+
+
+# ------------------------------------------------------------------------- builders
+def stamp_ns(msg: Any) -> int:
+    """header.stamp of a message in integer nanoseconds."""
+    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+
+
+def header(ts, stamp: int, frame_id: str):
+    """std_msgs/Header with ``stamp`` (ns) and ``frame_id``."""
+    t = ts.types['builtin_interfaces/msg/Time'](sec=int(stamp // 1_000_000_000),
+                                                nanosec=int(stamp % 1_000_000_000))
+    return ts.types['std_msgs/msg/Header'](stamp=t, frame_id=frame_id)
+
+
+def _as_bytes_array(array: np.ndarray) -> np.ndarray:
+    """Flat uint8 view (a copy only when ``array`` is not C-contiguous)."""
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+
+
+def pointcloud2_msg(ts, hdr, cloud: np.ndarray, *, dense: bool):
+    """POINT_DTYPE array ((H, W) organized or (N,)) -> sensor_msgs/PointCloud2.
+
+    Same as ``conversions.pointcloud2``: fields from core.contract.POINT_FIELDS, little-endian,
+    point_step 24, row_step 24 * width, data = the array's bytes.
+    """
+    PointField = ts.types['sensor_msgs/msg/PointField']
+    if cloud.ndim == 2:
+        height, width = int(cloud.shape[0]), int(cloud.shape[1])
+    else:
+        height, width = 1, int(cloud.shape[0])
+    fields = [PointField(name=n, offset=o, datatype=t, count=c) for n, o, t, c in POINT_FIELDS]
+    return ts.types['sensor_msgs/msg/PointCloud2'](
+        header=hdr, height=height, width=width, fields=fields, is_bigendian=False,
+        point_step=POINT_STEP, row_step=POINT_STEP * width, data=_as_bytes_array(cloud),
+        is_dense=bool(dense))
+
+
+def image_msg(ts, hdr, array: np.ndarray, encoding: str):
+    """(H, W) float32 -> 32FC1 or (H, W) uint8 -> mono8 sensor_msgs/Image (as conversions)."""
+    array = np.ascontiguousarray(array)
+    return ts.types['sensor_msgs/msg/Image'](
+        header=hdr, height=int(array.shape[0]), width=int(array.shape[1]), encoding=encoding,
+        is_bigendian=0 if _LITTLE else 1, step=int(array.strides[0]),
+        data=_as_bytes_array(array))
+
+
+_DATUM_NAMES = {'ellipsoid': 'WGS84 ellipsoid', 'egm96': 'EGM96', 'egm2008': 'EGM2008',
+                'egm84': 'EGM84'}
+
+
+def prior_source_msg(ts, source: Any):
+    """geo_depth_node/PriorSource for an opened core.dem.DemSource (as conversions)."""
+    PriorSource = ts.types[f'{PACKAGE}/msg/PriorSource']
+    spec = source.spec
+    crs = [g.crs.to_string() for g in source.groups]
+    return PriorSource(
+        id=int(spec.id), name=spec.name, uri=', '.join(source.paths),
+        kind=PriorSource.KIND_SURFACE_MODEL if spec.kind == 'dsm'
+        else PriorSource.KIND_DEM_BARE_EARTH,
+        crs=', '.join(dict.fromkeys(crs)),
+        vertical_datum=_DATUM_NAMES.get(spec.vertical_datum.lower(), spec.vertical_datum),
+        vertical_sigma_m=float(spec.sigma_v_m), horizontal_sigma_m=float(spec.sigma_h_m),
+        survey_date=spec.survey_date.isoformat() if spec.survey_date else '',
+        licence=spec.licence)
+
+
+def legend_msg(ts, stamp: int, output_frame: str, max_relative_sigma: float,
+               max_sigma_m: float, sources: Iterable = ()):
+    """geo_depth_node/ProvenanceLegend filled like ``conversions.fill_legend`` (stereo-only)."""
+    pnames, pvalues, fnames, fbits = legend_tables()
+    return ts.types[f'{PACKAGE}/msg/ProvenanceLegend'](
+        header=header(ts, stamp, output_frame), provenance_names=pnames,
+        provenance_values=np.asarray(pvalues, dtype=np.uint8), flag_names=fnames,
+        flag_bits=np.asarray(fbits, dtype=np.uint16), sources=list(sources),
+        output_frame=output_frame, georeferenced=False, datum_latitude_deg=0.0,
+        datum_longitude_deg=0.0, datum_height_m=0.0,
+        max_relative_sigma=float(max_relative_sigma), max_sigma_m=float(max_sigma_m),
+        sigma_definition=SIGMA_DEFINITION)
+
+
+def diagnostic_array(ts, stamp: int, name: str, level: int, message: str,
+                     values: Mapping[str, object], hardware_id: str = ''):
+    """diagnostic_msgs/DiagnosticArray with one status (values formatted as the node does:
+    floats with 6 significant digits, the rest with str())."""
+    KeyValue = ts.types['diagnostic_msgs/msg/KeyValue']
+    status = ts.types['diagnostic_msgs/msg/DiagnosticStatus'](
+        level=int(level), name=name, message=message, hardware_id=hardware_id,
+        values=[KeyValue(key=k, value=(f'{v:.6g}' if isinstance(v, float) else str(v)))
+                for k, v in values.items()])
+    return ts.types['diagnostic_msgs/msg/DiagnosticArray'](header=header(ts, stamp, ''),
+                                                          status=[status])
+
+
+# ------------------------------------------------------------------------- decoding
+def camera_model_from_msg(msg: Any) -> CameraModel:
+    """rosbags CameraInfo -> CameraModel (raises ValueError on an unusable calibration)."""
+    return CameraModel.from_arrays(msg.width, msg.height, msg.k, msg.d, msg.r, msg.p,
+                                   msg.distortion_model, msg.header.frame_id)
+
+
+def image_from_msg(msg: Any) -> np.ndarray:
+    """rosbags sensor_msgs/Image -> (H, W[, C]) array (raises ImageDecodeError, a ValueError)."""
+    return decode_image(msg.data, msg.width, msg.height, msg.encoding, msg.step,
+                        bool(msg.is_bigendian))
+
+
+def decode_stereo(frame: Mapping[str, Any], mono16_max: int
+                  ) -> tuple[np.ndarray, np.ndarray, CameraModel, CameraModel]:
+    """One synchronised frame -> (left, right (H, W) uint8 grey, left model, right model).
+
+    The same steps as the node's worker (ros/node.py ``_process``): camera models from the
+    CameraInfos, images decoded honouring step/endianness, 16-bit images scaled with
+    ``input.mono16_max`` (0: both by the LEFT image's maximum).
+
+    Raises:
+        ValueError: bad calibration, undecodable image or different encodings left/right.
+    """
+    li, ri = frame['left_image'], frame['right_image']
+    left_model = camera_model_from_msg(frame['left_info'])
+    right_model = camera_model_from_msg(frame['right_info'])
+    left_raw = image_from_msg(li)
+    right_raw = image_from_msg(ri)
+    if li.encoding != ri.encoding:
+        raise ValueError(f'left is {li.encoding} but right is {ri.encoding}')
+    ref = float(left_raw.max()) if li.encoding in ('mono16', '16UC1') else None
+    left = to_gray8(left_raw, li.encoding, mono16_max, ref)
+    right = to_gray8(right_raw, ri.encoding, mono16_max, ref)
+    return left, right, left_model, right_model
+
+
+# ------------------------------------------------------------------------- reading
+def input_topics(rectify: bool, prefix: str = '',
+                 overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Bag topic of each stereo input, as the node subscribes in namespace ``prefix``.
+
+    Args:
+        rectify: the ``rectify`` parameter: image_raw (True) or image_rect (False).
+        prefix: namespace prepended to the relative names ('' or '/stereo').
+        overrides: input name (INPUTS) -> full topic, like ROS remaps.
+
+    Raises:
+        ValueError: an override for an unknown input name.
+    """
+    kind = 'image_raw' if rectify else 'image_rect'
+    ns = ('/' + prefix.strip('/')) if prefix.strip('/') else ''
+    topics = {'left_image': f'{ns}/left/{kind}', 'left_info': f'{ns}/left/camera_info',
+              'right_image': f'{ns}/right/{kind}', 'right_info': f'{ns}/right/camera_info'}
+    for name, topic in (overrides or {}).items():
+        if name not in topics:
+            raise ValueError(f'unknown stereo input {name!r} in topic overrides; expected one '
+                             f'of {INPUTS}')
+        topics[name] = topic
+    return topics
+
+
+class StereoBag:
+    """An open rosbag2 (sqlite3 or mcap) read through rosbags' AnyReader (context manager).
+
+    Args:
+        path: the bag directory (or a single .mcap / .db3 file).
+        topics: input name (INPUTS) -> topic, see :func:`input_topics`.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: the bag lacks one of the four stereo topics (the message lists the
+            Image / CameraInfo topics it does have).
+    """
+
+    def __init__(self, path: str | os.PathLike, topics: Mapping[str, str]) -> None:
+        from rosbags.highlevel import AnyReader
+
+        from .scene_bag import kilted_typestore
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f'bag {self.path} does not exist')
+        self.topics = dict(topics)
+        self._reader = AnyReader([self.path], default_typestore=kilted_typestore())
+
+    def __enter__(self) -> 'StereoBag':
+        self._reader.open()
+        try:
+            self._check()
+        except BaseException:
+            self._reader.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._reader.close()
+
+    def _check(self) -> None:
+        by_topic = {c.topic: c for c in self._reader.connections}
+        missing = [f'{name} ({t})' for name, t in self.topics.items() if t not in by_topic]
+        if missing:
+            have = sorted(f'{c.topic} [{c.msgtype}]' for c in self._reader.connections
+                          if c.msgtype in ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CameraInfo'))
+            raise ValueError(
+                f'bag {self.path} has no stereo input topic(s) {", ".join(missing)}; its Image/'
+                f'CameraInfo topics are: {", ".join(have) if have else "none"} (use '
+                '--topic-prefix or --topic NAME:=TOPIC, and check the rectify parameter)')
+        for name, topic in self.topics.items():
+            want = 'sensor_msgs/msg/Image' if name.endswith('_image') else \
+                'sensor_msgs/msg/CameraInfo'
+            if by_topic[topic].msgtype != want:
+                raise ValueError(f'bag topic {topic} ({name}) is {by_topic[topic].msgtype}, '
+                                 f'expected {want}')
+        self._conns = [c for c in self._reader.connections if c.topic in self.topics.values()]
+        self._name_of = {t: n for n, t in self.topics.items()}
+
+    @property
+    def topic_names(self) -> list[str]:
+        """Every topic in the bag."""
+        return sorted({c.topic for c in self._reader.connections})
+
+    def count(self, name: str) -> int:
+        """Number of messages of one stereo input (from the bag's index)."""
+        return sum(c.msgcount for c in self._conns if c.topic == self.topics[name])
+
+    def messages(self) -> Iterator[tuple[str, Any]]:
+        """(input name, deserialized message) of the four stereo inputs, in bag order."""
+        for conn, _t, raw in self._reader.messages(connections=self._conns):
+            yield self._name_of[conn.topic], self._reader.deserialize(raw, conn.msgtype)

@@ -1,0 +1,845 @@
+"""`geo-depth replay`: run the node's pipeline offline over a rosbag2, without ROS or DDS.
+
+    geo-depth replay BAG --params PARAMS.yaml --out OUT_DIR [--truth TRUTH.npz] [--frames A:B]
+    python -m geo_depth_node.tools.replay BAG --params PARAMS.yaml --out OUT_DIR ...
+
+The bag (sqlite3 or mcap) is read with ``rosbags``; the four stereo inputs (left/right image +
+camera_info, the topics the node subscribes to: ``image_rect``, or ``image_raw`` with
+``rectify: true``) are paired by header stamp with the node's own synchroniser
+(core.sync.TimeSynchronizer with the params' ``sync.*``; exact stamps in our bags), decoded
+like the node's worker does, and run through the SAME :class:`DepthPipeline` the node builds
+from the same parameters (core.params.load_params_yaml). Written into OUT_DIR:
+
+* ``output.mcap`` (one MCAP file; ``ros2 bag play OUT_DIR/output.mcap``, Foxglove): the
+  node's outputs with the INPUT stamps and the left image's frame_id: ``/geo_depth_node/points``
+  (PointCloud2, the 24-byte layout of core.contract), ``/geo_depth_node/depth`` and
+  ``/geo_depth_node/depth_sigma`` (32FC1, m), ``/geo_depth_node/provenance`` (mono8),
+  ``/geo_depth_node/provenance_legend`` (transient local), ``/diagnostics`` (one per frame);
+* ``report.json`` (see :func:`replay_bag`);
+* ``frame_NNNN.png`` for chosen frames, ``sigma_vs_range.png``, ``cloud_3d.png``;
+* ``cloud.ply``: every point with provenance != NONE of every replayed frame, each in its
+  own frame's camera optical frame (not georeferenced yet), fields x y z sigma provenance
+  flags source.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, TextIO
+
+import numpy as np
+
+from ..core.contract import POINT_DTYPE, Flag, Provenance
+
+_LOG = logging.getLogger(__name__)
+
+NODE_NAME = 'geo_depth_node'
+STAGES_WINDOW = 50  # frames kept for the latency statistics of /diagnostics (as the node)
+SAMPLES_PER_CLASS_AND_FRAME = 4000  # points kept for the sigma-against-range plot
+REL_TOLERANCE = 1e-5  # float32 rounding allowed when checking sigma / range against the limit
+
+
+# ------------------------------------------------------------------------ helpers
+class Progress:
+    """A plain-text progress bar with rate and ETA on a stream (stderr), throttled.
+
+    Args:
+        total: expected number of items (0 = unknown).
+        stream: where to write; a terminal gets one updating line, anything else a line
+            every ``interval_s * 10`` seconds.
+        interval_s: minimum time between two updates on a terminal.
+    """
+
+    def __init__(self, total: int, stream: TextIO | None = None, interval_s: float = 0.5,
+                 label: str = 'replay') -> None:
+        self.total = max(0, int(total))
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, 'isatty', lambda: False)())
+        self.interval_s = interval_s if self.tty else interval_s * 10
+        self.label = label
+        self.t0 = time.perf_counter()
+        self._last = -math.inf
+        self._done = 0
+
+    def line(self, done: int) -> str:
+        """The progress text for ``done`` items."""
+        elapsed = time.perf_counter() - self.t0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        if self.total:
+            frac = min(1.0, done / self.total)
+            bar = '#' * int(round(24 * frac))
+            eta = (self.total - done) / rate if rate > 0 else math.inf
+            eta_s = f'{eta:5.0f} s' if math.isfinite(eta) else '    ? s'
+            return (f'{self.label} [{bar:<24}] {done}/{self.total} frames {100 * frac:5.1f} % '
+                    f'{rate:5.2f} frames/s ETA {eta_s}')
+        return f'{self.label} {done} frames {rate:5.2f} frames/s'
+
+    def update(self, done: int, force: bool = False) -> None:
+        """Report ``done`` items (printed at most every interval unless ``force``)."""
+        self._done = done
+        now = time.perf_counter()
+        if not force and now - self._last < self.interval_s:
+            return
+        self._last = now
+        end = '\r' if self.tty else '\n'
+        self.stream.write(self.line(done) + end)
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Print the final state and end the line."""
+        self.update(self._done, force=True)
+        if self.tty:
+            self.stream.write('\n')
+            self.stream.flush()
+
+
+def parse_frames(frames: Any) -> tuple[int, int | None]:
+    """'A:B' | 'A:' | ':B' | 'A' | (A, B) | slice | None -> (start, stop or None), 0-based.
+
+    Frames are the synchronised stereo frames in bag order; B is exclusive (Python slice).
+
+    Raises:
+        ValueError: negative or reversed bounds, a step, or unparsable text.
+    """
+    if frames is None:
+        return 0, None
+    if isinstance(frames, slice):
+        if frames.step not in (None, 1):
+            raise ValueError(f'--frames takes no step: {frames!r}')
+        start, stop = frames.start, frames.stop
+    elif isinstance(frames, str):
+        text = frames.strip()
+        try:
+            if ':' in text:
+                a, b = text.split(':', 1)
+                start = int(a) if a.strip() else None
+                stop = int(b) if b.strip() else None
+            else:
+                start = int(text)
+                stop = start + 1
+        except ValueError as exc:
+            raise ValueError(f'--frames must look like A:B (0-based, B exclusive), got '
+                             f'{frames!r}') from exc
+    else:
+        try:
+            start, stop = frames
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f'frames must be "A:B", (A, B) or a slice, got {frames!r}') from exc
+    start = 0 if start is None else int(start)
+    if start < 0 or (stop is not None and int(stop) < start):
+        raise ValueError(f'--frames {frames!r}: need 0 <= A <= B (negative indices are not '
+                         'supported)')
+    return start, (None if stop is None else int(stop))
+
+
+def _load_params(params: str | os.PathLike | Mapping[str, Any] | None) -> tuple[dict, str]:
+    from ..core.params import load_params_yaml
+
+    if params is None:
+        return {}, 'defaults'
+    if isinstance(params, Mapping):
+        return dict(params), 'mapping'
+    path = Path(params)
+    if not path.is_file():
+        raise FileNotFoundError(f'params file {path} does not exist')
+    return load_params_yaml(str(path), NODE_NAME), str(path)
+
+
+def _open_dem_sources(params: Mapping[str, Any]) -> list:
+    """Open the configured DEM sources (metadata only), as the node does at start-up, for the
+    legend. A missing file is a ValueError, as it stops the node."""
+    from ..core.params import dem_source_names
+
+    names = dem_source_names(params['dem.sources'])
+    if not names:
+        return []
+    from ..core.dem import DemSource, parse_dem_sources
+
+    specs = parse_dem_sources({k: v for k, v in params.items() if k.startswith('dem.')}
+                              | {'dem.sources': names})
+    opened = []
+    for spec in specs:
+        try:
+            opened.append(DemSource(spec))
+        except FileNotFoundError as exc:
+            raise ValueError(f'DEM source {spec.name}: {exc} (the node refuses to start '
+                             'without it, and so does replay)') from exc
+    return opened
+
+
+def _load_truth(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f'truth file {p} does not exist')
+    with np.load(p) as z:
+        data = {k: z[k] for k in z.files}
+    for key in ('stamps_ns', 'depth'):
+        if key not in data:
+            raise ValueError(f'truth file {p} has no {key!r} array (expected the truth.npz of '
+                             '`geo-depth synth` / `geo-depth scene`)')
+    if data['depth'].ndim != 3 or data['depth'].shape[0] != data['stamps_ns'].shape[0]:
+        raise ValueError(f'truth file {p}: depth must be (F, H, W) with one row per stamp, got '
+                         f'{data["depth"].shape} for {data["stamps_ns"].shape[0]} stamps')
+    return data
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(float(x)) else None
+
+
+def _json_ready(obj: Any) -> Any:
+    """Replace NaN/inf by None and numpy scalars by Python ones (strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return _finite_or_none(float(obj))
+    return obj
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {'p50': None, 'p95': None}
+    arr = np.asarray(values, dtype=np.float64)
+    return {'p50': float(np.percentile(arr, 50)), 'p95': float(np.percentile(arr, 95))}
+
+
+def count_violations(result: Any, max_relative_sigma: float, max_sigma_m: float = 0.0
+                     ) -> dict[str, int]:
+    """Count breaches of the point cloud contract in one FrameResult.
+
+    Args:
+        result: a core.pipeline.FrameResult ((H, W) arrays).
+        max_relative_sigma, max_sigma_m: the physical limit (``limit.*``; 0 = no absolute cap).
+
+    Returns:
+        ``measured_beyond_limit``: MEASURED/FUSED points with sigma / range above
+        max_relative_sigma, or sigma above max_sigma_m (> 0), beyond float32 rounding;
+        ``nan_without_flag``: NONE points without any flag, plus points with a class whose
+        x, y, z or sigma is not finite.
+    """
+    prov = result.provenance
+    rng = np.linalg.norm(result.points, axis=-1)
+    sigma = result.sigma
+    none = prov == np.uint8(Provenance.NONE)
+    finite = np.all(np.isfinite(result.points), axis=-1) & np.isfinite(sigma)
+    stereo = (prov == np.uint8(Provenance.MEASURED)) | (prov == np.uint8(Provenance.FUSED))
+    with np.errstate(invalid='ignore', divide='ignore'):
+        beyond = stereo & (sigma > max_relative_sigma * (1 + REL_TOLERANCE) * rng)
+        if max_sigma_m > 0:
+            beyond |= stereo & (sigma > max_sigma_m * (1 + REL_TOLERANCE))
+    return {'measured_beyond_limit': int(np.count_nonzero(beyond)),
+            'nan_without_flag': int(np.count_nonzero(none & (result.flags == 0))
+                                    + np.count_nonzero(~none & ~finite))}
+
+
+# ------------------------------------------------------------------------ the replay
+class _Replay:
+    """State of one replay: pipeline, output bag, statistics, what the pictures need."""
+
+    def __init__(self, params: Mapping[str, Any], out: Path, truth: dict | None,
+                 output_prefix: str) -> None:
+        from ..core.pipeline import DepthPipeline
+        from .bag_io import make_typestore
+
+        self.pipeline = DepthPipeline(params)  # built exactly as the node builds it
+        self.params = self.pipeline.params
+        self.out = out
+        self.truth = truth
+        self.truth_index = ({int(s): i for i, s in enumerate(truth['stamps_ns'])}
+                            if truth is not None else {})
+        self.ts = make_typestore()
+        self.prefix = '/' + output_prefix.strip('/')
+        self.status_name = f'{self.prefix}: depth pipeline'
+        self.sources = _open_dem_sources(self.params)
+        self.picture_indices: set[int] = set()
+        self.sync_stats: tuple[int, int] = (0, 0)  # (dropped_unmatched, out_of_order)
+        self.size: tuple[int, int] | None = None  # (W, H)
+
+        self.class_counts = np.zeros(len(Provenance), dtype=np.int64)
+        self.flag_counts = {f.name: 0 for f in Flag}
+        self.latency: dict[str, list[float]] = collections.defaultdict(list)
+        self.window: dict[str, collections.deque] = collections.defaultdict(
+            lambda: collections.deque(maxlen=STAGES_WINDOW))
+        self.errors: dict[str, list[np.ndarray]] = {p.name: [] for p in Provenance}
+        self.sigmas: dict[str, list[np.ndarray]] = {p.name: [] for p in Provenance}
+        self.samples: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {p.name: [] for p in
+                                                                       Provenance}
+        self.violations = {'measured_beyond_limit': 0, 'nan_without_flag': 0}
+        self.problems: collections.Counter = collections.Counter()
+        self.chunks: list[np.ndarray] = []
+        self.chunk_frames: list[int] = []
+        self.poses: dict[int, np.ndarray] = {}
+        self.kept: dict[int, dict[str, Any]] = {}
+        self.last_kept: dict[str, Any] | None = None
+        self.stamps: list[int] = []
+        self.frame_ids: set[str] = set()
+        self.rig: tuple[float, float] | None = None  # (f px, B m)
+        self.truth_frames = 0
+        self.written: collections.Counter = collections.Counter()
+        self._legend_key: tuple | None = None
+        self._rng = np.random.default_rng(0)
+        self.writer = None
+        self.conns: dict[str, Any] = {}
+
+    # -- output bag ---------------------------------------------------------------------
+    def open_writer(self, tmp_dir: Path) -> None:
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        from .bag_io import transient_local_qos
+
+        self.writer = Writer(tmp_dir, version=9, storage_plugin=StoragePlugin.MCAP)
+        self.writer.open()
+        p = self.prefix
+        for key, topic, typ in (
+                ('points', f'{p}/points', 'sensor_msgs/msg/PointCloud2'),
+                ('depth', f'{p}/depth', 'sensor_msgs/msg/Image'),
+                ('depth_sigma', f'{p}/depth_sigma', 'sensor_msgs/msg/Image'),
+                ('provenance', f'{p}/provenance', 'sensor_msgs/msg/Image'),
+                ('legend', f'{p}/provenance_legend', f'{NODE_NAME}/msg/ProvenanceLegend'),
+                ('diagnostics', '/diagnostics', 'diagnostic_msgs/msg/DiagnosticArray')):
+            qos = transient_local_qos() if key == 'legend' else ()
+            self.conns[key] = self.writer.add_connection(topic, typ, typestore=self.ts,
+                                                         offered_qos_profiles=qos)
+
+    def close_writer(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def _write(self, key: str, stamp: int, msg: Any) -> None:
+        conn = self.conns[key]
+        self.writer.write(conn, stamp, self.ts.serialize_cdr(msg, conn.msgtype))
+        self.written[conn.topic] += 1
+
+    # -- per frame ----------------------------------------------------------------------
+    def problem(self, kind: str, text: str) -> None:
+        """Count an input problem (the node's input_problem.<kind>) and log it."""
+        self.problems[kind] += 1
+        _LOG.warning('%s', text)
+
+    def process(self, index: int, frame: Mapping[str, Any]) -> bool:
+        """Decode, run the pipeline, write the outputs and collect statistics of one frame.
+
+        Returns:
+            False if the frame was rejected (bad input / calibration / no frame id).
+        """
+        from ..core.camera import StereoModel
+        from ..core.cloud import pack_points
+        from . import bag_io as bio
+
+        p = self.params
+        t0 = time.perf_counter()
+        try:
+            left, right, left_model, right_model = bio.decode_stereo(frame, p['input.mono16_max'])
+        except ValueError as exc:
+            self.problem('bad_input', f'frame {index}: stereo frame rejected: {exc}')
+            return False
+        t_decode = (time.perf_counter() - t0) * 1e3
+        try:
+            result = self.pipeline.process(left, right, left_model, right_model,
+                                           rectify=p['rectify'])
+        except ValueError as exc:
+            self.problem('bad_calibration', f'frame {index}: stereo frame rejected: {exc}')
+            return False
+
+        t1 = time.perf_counter()
+        li = frame['left_image']
+        stamp = bio.stamp_ns(li)
+        frame_id = li.header.frame_id or frame['left_info'].header.frame_id
+        if not frame_id:
+            self.problem('no_frame_id', f'frame {index}: left image and camera_info have no '
+                                        'frame_id')
+            return False
+        key = (frame_id, p['limit.max_relative_sigma'], p['limit.max_sigma_m'])
+        if key != self._legend_key:
+            self._write('legend', stamp, bio.legend_msg(
+                self.ts, stamp, frame_id, key[1], key[2],
+                [bio.prior_source_msg(self.ts, s) for s in self.sources]))
+            self._legend_key = key
+        organized = bool(p['output.organized'])
+        cloud = pack_points(result, organized=organized)
+        hdr = bio.header(self.ts, stamp, frame_id)
+        msgs = (('points', bio.pointcloud2_msg(self.ts, hdr, cloud, dense=not organized)),
+                ('depth', bio.image_msg(self.ts, hdr, result.depth, '32FC1')),
+                ('depth_sigma', bio.image_msg(self.ts, hdr, result.depth_sigma, '32FC1')),
+                ('provenance', bio.image_msg(self.ts, hdr, result.provenance, 'mono8')))
+        raws = [(k, self.ts.serialize_cdr(m, self.conns[k].msgtype)) for k, m in msgs]
+        t_pack = (time.perf_counter() - t1) * 1e3
+        t2 = time.perf_counter()
+        for k, raw in raws:
+            self.writer.write(self.conns[k], stamp, raw)
+            self.written[self.conns[k].topic] += 1
+        t_write = (time.perf_counter() - t2) * 1e3
+
+        stages = dict(result.timings_ms)
+        stages.update(decode=t_decode, pack=t_pack, write=t_write,
+                      frame_total=(time.perf_counter() - t0) * 1e3)
+        for k, v in stages.items():
+            self.latency[k].append(v)
+            self.window[k].append(v)
+        self.stamps.append(stamp)
+        self.frame_ids.add(frame_id)
+        self.size = (left_model.width, left_model.height)
+        if self.rig is None:
+            st = StereoModel.from_cameras(left_model, right_model)
+            self.rig = (st.left.fx, st.baseline_m)
+        self._collect(index, stamp, result, cloud, left, left_model)
+        self._write_diagnostics(stamp, result, stages)
+        return True
+
+    def _write_diagnostics(self, stamp: int, result: Any, stages: Mapping[str, float]) -> None:
+        from . import bag_io as bio
+
+        values: dict[str, object] = {
+            'frames_processed': len(self.stamps), 'frames_in_period': 1,
+            'dropped_frames_queue': 0, 'dropped_messages_unmatched': self.sync_stats[0],
+            'messages_out_of_order': self.sync_stats[1], 'processing_errors': 0,
+            'input_problems': sum(self.problems.values())}
+        for kind, n in sorted(self.problems.items()):
+            values[f'input_problem.{kind}'] = n
+        for name, frac in result.class_fractions().items():
+            values[f'fraction.{name}'] = float(frac)
+        for stage, q in sorted(self.window.items()):
+            arr = np.fromiter(q, dtype=np.float64)
+            values[f'latency_ms.{stage}.p50'] = float(np.median(arr))
+            values[f'latency_ms.{stage}.max'] = float(arr.max())
+            values[f'latency_ms.{stage}.frame'] = float(stages.get(stage, float('nan')))
+        level, text = bio.DIAG_OK, f'frame {len(self.stamps)} replayed offline'
+        self._write('diagnostics', stamp, bio.diagnostic_array(
+            self.ts, stamp, self.status_name, level, text, values, hardware_id='stereo'))
+
+    def _collect(self, index: int, stamp: int, result: Any, cloud: np.ndarray,
+                 left: np.ndarray, left_model: Any) -> None:
+        """Statistics, truth errors, violations and what the pictures and the PLY need."""
+        from ..core.camera import ray_norms
+
+        p = self.params
+        prov = result.provenance
+        self.class_counts += np.bincount(prov.reshape(-1), minlength=len(Provenance))[:len(Provenance)]
+        for name, n in result.flag_counts().items():
+            self.flag_counts[name] += n
+
+        for k, v in count_violations(result, float(p['limit.max_relative_sigma']),
+                                     float(p['limit.max_sigma_m'])).items():
+            self.violations[k] += v
+        rng = np.linalg.norm(result.points, axis=-1)
+        sigma = result.sigma
+
+        t_idx = self.truth_index.get(stamp)
+        if t_idx is not None:
+            depth_true = self.truth['depth'][t_idx]
+            if depth_true.shape != prov.shape:
+                raise ValueError(f'truth depth of stamp {stamp} is {depth_true.shape[::-1]} but the '
+                                 f'frame is {prov.shape[::-1]} (W, H): wrong truth file?')
+            r_true = depth_true * ray_norms(left_model)
+            for cls in (Provenance.MEASURED, Provenance.FUSED, Provenance.PRIOR):
+                sel = prov == np.uint8(cls)
+                if sel.any():
+                    with np.errstate(invalid='ignore'):
+                        self.errors[cls.name].append(np.abs(rng[sel] - r_true[sel]).astype(np.float64))
+                    self.sigmas[cls.name].append(sigma[sel].astype(np.float64))
+            self.truth_frames += 1
+            if 'T_enu_left' in self.truth:
+                self.poses[index] = self.truth['T_enu_left'][t_idx]
+
+        for cls in (Provenance.MEASURED, Provenance.FUSED, Provenance.PRIOR):
+            sel = np.flatnonzero((prov == np.uint8(cls)).reshape(-1))
+            if sel.size:
+                if sel.size > SAMPLES_PER_CLASS_AND_FRAME:
+                    sel = self._rng.choice(sel, SAMPLES_PER_CLASS_AND_FRAME, replace=False)
+                self.samples[cls.name].append((rng.reshape(-1)[sel], sigma.reshape(-1)[sel]))
+
+        pts = cloud if cloud.ndim == 1 else cloud[prov != np.uint8(Provenance.NONE)]
+        self.chunks.append(np.ascontiguousarray(pts))
+        self.chunk_frames.append(index)
+
+        keep = {'index': index, 'stamp': stamp, 'left': left, 'model': left_model,
+                'provenance': prov, 'flags': result.flags, 'depth': result.depth,
+                'sigma': result.sigma}
+        if index in self.picture_indices:
+            self.kept[index] = keep
+        self.last_kept = keep
+
+    # -- report -------------------------------------------------------------------------
+    def class_report(self, with_truth: bool) -> dict[str, dict[str, Any]]:
+        total = max(1, int(self.class_counts.sum()))
+        out: dict[str, dict[str, Any]] = {}
+        for cls in Provenance:
+            n = int(self.class_counts[int(cls)])
+            entry: dict[str, Any] = {'count': n, 'fraction': n / total}
+            if with_truth:
+                errs = self.errors[cls.name]
+                if cls != Provenance.NONE and errs:
+                    err = np.concatenate(errs)
+                    sig = np.concatenate(self.sigmas[cls.name])
+                    m = max(1, err.size)
+                    entry.update(coverage_1sigma=float(np.count_nonzero(err <= sig)) / m,
+                                 coverage_2sigma=float(np.count_nonzero(err <= 2 * sig)) / m,
+                                 median_abs_error_m=_finite_or_none(float(np.median(err))),
+                                 truth_points=int(err.size))
+                else:
+                    entry.update(coverage_1sigma=None, coverage_2sigma=None,
+                                 median_abs_error_m=None, truth_points=0)
+            out[cls.name] = entry
+        return out
+
+
+def _concat_points(chunks: list[np.ndarray]) -> np.ndarray:
+    """Concatenate (N_i,) POINT_DTYPE arrays keeping POINT_DTYPE (np.concatenate drops the
+    padding of the 24-byte layout)."""
+    out = np.zeros(sum(int(c.shape[0]) for c in chunks), dtype=POINT_DTYPE)
+    i = 0
+    for c in chunks:
+        out[i:i + c.shape[0]] = c
+        i += c.shape[0]
+    return out
+
+
+def _picture_indices(selected: range, n: int) -> list[int]:
+    """First, middle, last (n = 3) or n evenly spaced of the selected frame indices."""
+    if n <= 0 or len(selected) == 0:
+        return []
+    pos = np.unique(np.round(np.linspace(0, len(selected) - 1, min(n, len(selected)))).astype(int))
+    return [selected[int(k)] for k in pos]
+
+
+def _make_pictures(rep: _Replay, out: Path, renderer: str) -> dict[str, Any]:
+    """Frame panels, the sigma-against-range plot and the 3D view; returns the report entry."""
+    from ..core.camera import Rectifier
+    from .pictures import save_frame_png
+    from .replay_pictures import save_cloud_view, save_sigma_range_plot
+
+    files: list[str] = []
+    kept = dict(rep.kept)
+    if rep.last_kept is not None and rep.last_kept['index'] not in kept and \
+            (not kept or rep.last_kept['index'] > max(kept)):
+        kept[rep.last_kept['index']] = rep.last_kept  # the bag ended early: still show the last
+    for index in sorted(kept):
+        k = kept[index]
+        image = k['left']
+        if rep.params['rectify']:  # draw on the rectified grid the results live on
+            image = Rectifier().rectify(image, k['model'])[0]
+        path = out / f'frame_{index:04d}.png'
+        save_frame_png(path, image, k['provenance'], k['flags'], k['depth'], k['sigma'],
+                       title=f'frame {index} (stamp {k["stamp"]} ns), replay of '
+                             f'{rep.pipeline.matcher_name}')
+        files.append(path.name)
+    entry: dict[str, Any] = {'frames': sorted(kept)}
+    if rep.rig is not None:
+        samples = {}
+        for name, lst in rep.samples.items():
+            if lst:
+                samples[name] = (np.concatenate([a for a, _ in lst]),
+                                 np.concatenate([b for _, b in lst]))
+        path = out / 'sigma_vs_range.png'
+        save_sigma_range_plot(path, samples, focal_px=rep.rig[0], baseline_m=rep.rig[1],
+                              sigma_d_px=float(rep.params['sigma.disparity_px']),
+                              max_relative_sigma=float(rep.params['limit.max_relative_sigma']),
+                              max_sigma_m=float(rep.params['limit.max_sigma_m']),
+                              title=f'sigma against range, {len(rep.stamps)} frame(s)')
+        files.append(path.name)
+    chunks = [(i, c) for i, c in zip(rep.chunk_frames, rep.chunks, strict=True) if c.size]
+    if chunks:
+        posed = [(i, c) for i, c in chunks if i in rep.poses]
+        if posed and len(posed) == len(chunks):
+            xyz_l, prov_l, fwd = [], [], np.zeros(3)
+            for i, c in posed:
+                t = rep.poses[i]
+                xyz = np.stack([c['x'], c['y'], c['z']], axis=-1).astype(np.float64)
+                xyz_l.append(xyz @ t[:3, :3].T + t[:3, 3])
+                prov_l.append(c['provenance'])
+                fwd += t[:3, 2]
+            xyz, prov, frame = np.concatenate(xyz_l), np.concatenate(prov_l), 'enu'
+            note = (f'accumulated cloud of {len(posed)} frame(s) placed in the local ENU frame '
+                    'with the TRUTH poses (truth T_enu_left); picture only: the cloud itself '
+                    '(output.mcap, cloud.ply) is not georeferenced yet')
+            title = f'{len(posed)} frame(s) placed with TRUTH poses (picture only), ENU'
+        else:
+            i, c = chunks[-1]
+            xyz = np.stack([c['x'], c['y'], c['z']], axis=-1).astype(np.float64)
+            prov, frame, fwd = c['provenance'], 'camera', None
+            note = (f'one frame only (frame {i}) in its camera optical frame: no poses '
+                    '(georeferencing does not exist yet and no truth poses were given)')
+            title = f'frame {i} only, camera optical frame (no poses)'
+        path = out / 'cloud_3d.png'
+        res = save_cloud_view(path, xyz, prov, frame=frame, title=title, forward=fwd,
+                              renderer=renderer)
+        files.append(path.name)
+        entry.update(cloud_3d=note, renderer_3d=res['renderer'])
+        if res['open3d_error']:
+            entry['open3d_unavailable'] = res['open3d_error']
+    entry['files'] = files
+    return entry
+
+
+def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, Any] | None,
+               out_dir: str | os.PathLike, truth: str | os.PathLike | None = None,
+               frames: Any = None, *, topic_prefix: str = '',
+               topics: Mapping[str, str] | None = None, output_prefix: str = f'/{NODE_NAME}',
+               pictures: int = 3, renderer: str = 'auto', progress: bool = False) -> dict:
+    """Replay a rosbag2 through the node's pipeline offline; write outputs; return the report.
+
+    Args:
+        bag: rosbag2 directory (sqlite3 or mcap) or a single .mcap/.db3 file.
+        params: a node params file (``geo_depth_node: ros__parameters:``), a mapping of dotted
+            names, or None for the defaults.
+        out_dir: output directory (created; output.mcap, report.json, PNGs and cloud.ply in it
+            are replaced).
+        truth: optional truth.npz (``stamps_ns`` (F,), ``depth`` (F, H, W) Z in metres along
+            the left rectified optical axis; ``T_enu_left`` (F, 4, 4) to place the 3D picture).
+        frames: which synchronised frames (0-based, stop exclusive): 'A:B', (A, B), a slice.
+        topic_prefix: namespace of the input topics in the bag (e.g. '/stereo').
+        topics: input name (left_image, left_info, right_image, right_info) -> topic overrides.
+        output_prefix: the node's namespace + name for the output topics.
+        pictures: how many frames get a picture (evenly spaced: 3 = first, middle, last);
+            0 = no pictures at all.
+        renderer: 3D view: 'auto' (Open3D offscreen, else matplotlib), 'open3d', 'matplotlib'.
+        progress: print a progress bar with ETA on stderr.
+
+    Returns:
+        The report (also written to OUT_DIR/report.json): ``frames``; ``classes`` -> NONE,
+        MEASURED, FUSED, PRIOR -> ``count``, ``fraction`` [, with truth: ``coverage_1sigma``,
+        ``coverage_2sigma``, ``median_abs_error_m`` (|range - truth depth * |ray||, m; None for
+        classes without points), ``truth_points``]; ``flags`` -> pixels per flag name;
+        ``latency_ms`` -> stage (FrameResult.timings_ms keys incl. ``total`` = pipeline,
+        plus ``decode``, ``pack``, ``write``, ``frame_total``) -> ``p50``, ``p95``;
+        ``violations`` -> ``measured_beyond_limit``, ``nan_without_flag``; ``device``;
+        ``matcher``; and more (input problems, outputs, cloud, pictures, timing).
+
+    Raises:
+        FileNotFoundError: bag, params or truth file missing.
+        ValueError: bad parameters, a bag without the stereo topics, a bad --frames, a truth
+            file that does not fit.
+    """
+    from ..core.cloud import write_ply
+    from ..core.sync import TimeSynchronizer
+    from .bag_io import INPUTS, StereoBag, input_topics, stamp_ns
+
+    t_wall = time.perf_counter()
+    if pictures < 0:
+        raise ValueError(f'pictures must be >= 0, got {pictures}')
+    start, stop = parse_frames(frames)
+    values, params_src = _load_params(params)
+    truth_data = _load_truth(truth) if truth is not None else None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    rep = _Replay(values, out, truth_data, output_prefix)
+    p = rep.params
+    in_topics = input_topics(bool(p['rectify']), topic_prefix, topics)
+    with StereoBag(bag, in_topics) as sb:
+        n_bag = min(sb.count(n) for n in INPUTS)
+        selected = range(n_bag)[start:stop]
+        rep.picture_indices = set(_picture_indices(selected, pictures))
+        bag_topics = sb.topic_names
+        tmp = out / '.output_bag'
+        final = out / 'output.mcap'
+        for stale in (tmp, final):
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            elif stale.exists():
+                stale.unlink()
+        emitted: list[dict[str, Any]] = []
+        sync = TimeSynchronizer(INPUTS, emitted.append, mode=p['sync.mode'],
+                                slop_ns=int(round(p['sync.slop_s'] * 1e9)),
+                                queue_size=p['sync.queue_size'])
+        bar = Progress(len(selected)) if progress else None
+        _LOG.info('replaying %s (%d stereo frame(s) in the bag, %d selected) with %s on %s',
+                  bag, n_bag, len(selected), rep.pipeline.matcher_name, rep.pipeline.device)
+        paired = processed = 0
+        t_proc = time.perf_counter()
+        rep.open_writer(tmp)
+        try:
+            for name, msg in sb.messages():
+                st = stamp_ns(msg)
+                if st <= 0:
+                    rep.problem('zero_stamp', f'{name}: message with a zero stamp ignored')
+                    continue
+                sync.add(name, st, msg)
+                finished = False
+                while emitted:
+                    frame = emitted.pop(0)
+                    index, paired = paired, paired + 1
+                    if index < start:
+                        continue
+                    if stop is not None and index >= stop:
+                        finished = True
+                        break
+                    s = sync.stats
+                    rep.sync_stats = (s.dropped_unmatched, s.out_of_order)
+                    if rep.process(index, frame):
+                        processed += 1
+                    if bar:
+                        bar.update(processed)
+                if finished:
+                    break
+        finally:
+            rep.close_writer()
+            if bar:
+                bar.close()
+        t_proc = time.perf_counter() - t_proc
+    produced = tmp / f'{tmp.name}.mcap'
+    if produced.exists():
+        produced.replace(final)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    all_pts = _concat_points(rep.chunks)
+    n_ply = write_ply(out / 'cloud.ply', all_pts)
+    pics: dict[str, Any] = {'files': []}
+    if pictures > 0 and processed:
+        pics = _make_pictures(rep, out, renderer)
+    sync_s = sync.stats
+    report: dict[str, Any] = {
+        'frames': len(rep.stamps),
+        'classes': rep.class_report(truth_data is not None),
+        'flags': dict(rep.flag_counts),
+        'latency_ms': {k: _percentiles(v) for k, v in rep.latency.items()},
+        'violations': dict(rep.violations),
+        'device': rep.pipeline.device,
+        'matcher': rep.pipeline.matcher_name,
+        'bag': str(bag),
+        'params': params_src,
+        'frames_in_bag': n_bag,
+        'frame_range': [start, stop],
+        'size': list(rep.size) if rep.size else None,
+        'stamps_ns': {'first': rep.stamps[0] if rep.stamps else None,
+                      'last': rep.stamps[-1] if rep.stamps else None},
+        'frame_ids': sorted(rep.frame_ids),
+        'input_topics': in_topics,
+        'input_problems': dict(rep.problems),
+        'sync': {'mode': p['sync.mode'], 'dropped_unmatched': sync_s.dropped_unmatched,
+                 'out_of_order': sync_s.out_of_order},
+        'output': {'bag': str(final), 'messages': dict(rep.written)},
+        'cloud': {'path': str(out / 'cloud.ply'), 'points': n_ply,
+                  'points_per_frame': [int(c.shape[0]) for c in rep.chunks],
+                  'frame': 'each point in the camera optical frame of its own frame (frame ids '
+                           f'{sorted(rep.frame_ids)}); not georeferenced: frames are not '
+                           'aligned with each other'},
+        'pictures': pics,
+        'truth': ({'path': str(truth), 'frames_matched': rep.truth_frames,
+                   'ground_truth_odometry_in_bag': '/ground_truth/odometry' in bag_topics}
+                  if truth_data is not None else None),
+        'processing_s': t_proc,
+        'frames_per_s': (len(rep.stamps) / t_proc) if t_proc > 0 else None,
+        'wall_time_s': time.perf_counter() - t_wall,
+    }
+    if 'total' not in report['latency_ms']:
+        report['latency_ms']['total'] = {'p50': None, 'p95': None}
+    if truth_data is not None and rep.stamps and rep.truth_frames == 0:
+        _LOG.warning('no replayed frame has a stamp in %s: coverage not computed', truth)
+    report = _json_ready(report)
+    (out / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
+    return report
+
+
+# ------------------------------------------------------------------------ CLI
+def format_report(r: Mapping[str, Any]) -> str:
+    """The report as a short readable table (for the terminal)."""
+    lines = [f'replayed {r["frames"]} frame(s) with {r["matcher"]} on {r["device"]}: '
+             f'{r["frames_per_s"] or 0:.2f} frames/s ({r["processing_s"]:.1f} s), '
+             f'wall time {r["wall_time_s"]:.1f} s', '',
+             f'{"class":<10}{"pixels":>12}{"fraction":>10}{"in 1 sigma":>12}{"in 2 sigma":>12}'
+             f'{"median |err|":>14}']
+    for name, c in r['classes'].items():
+        def pct(v: Any) -> str:
+            return f'{100 * v:10.1f} %' if isinstance(v, (int, float)) else f'{"-":>12}'
+        med = c.get('median_abs_error_m')
+        med_s = f'{med:12.4f} m' if isinstance(med, (int, float)) else f'{"-":>14}'
+        lines.append(f'{name:<10}{c["count"]:>12d}{100 * c["fraction"]:>9.1f}%'
+                     f'{pct(c.get("coverage_1sigma"))}{pct(c.get("coverage_2sigma"))}{med_s}')
+    flags = {k: v for k, v in r['flags'].items() if v}
+    if flags:
+        lines += ['', 'reasons (pixels carrying the flag): '
+                  + ', '.join(f'{k} {v}' for k, v in flags.items())]
+    lat = r['latency_ms']
+    lines += ['', 'latency ms (p50 / p95): ' + ', '.join(
+        f'{k} {v["p50"]:.1f}/{v["p95"]:.1f}' for k, v in lat.items() if v['p50'] is not None)]
+    v = r['violations']
+    lines.append(f'contract violations: measured_beyond_limit {v["measured_beyond_limit"]}, '
+                 f'nan_without_flag {v["nan_without_flag"]}')
+    if r.get('input_problems'):
+        lines.append(f'input problems: {r["input_problems"]}')
+    return '\n'.join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``geo-depth replay``."""
+    ap = argparse.ArgumentParser(
+        prog='geo-depth replay',
+        description='Run the node\'s depth pipeline offline over a rosbag2 (sqlite3 or mcap), '
+                    'without ROS/DDS; write output.mcap, report.json, pictures and cloud.ply.')
+    ap.add_argument('bag', help='rosbag2 directory (or a single .mcap / .db3 file)')
+    ap.add_argument('--params', required=True,
+                    help='node params file (the one the node is started with)')
+    ap.add_argument('--out', required=True, help='output directory')
+    ap.add_argument('--truth', help='truth.npz of geo-depth synth/scene: coverage against truth')
+    ap.add_argument('--frames', help='A:B = synchronised frames A..B-1 (0-based)')
+    ap.add_argument('--pictures', type=int, default=3,
+                    help='frames with a picture, evenly spaced (3 = first, middle, last; '
+                         '0 = no pictures at all)')
+    ap.add_argument('--renderer', choices=('auto', 'open3d', 'matplotlib'), default='auto',
+                    help='3D view: Open3D offscreen (needs libvulkan1 mesa-vulkan-drivers), '
+                         'matplotlib, or auto (Open3D if it works)')
+    ap.add_argument('--topic-prefix', default='',
+                    help='namespace of the stereo topics in the bag, e.g. /stereo')
+    ap.add_argument('--topic', action='append', default=[], metavar='NAME:=TOPIC',
+                    help='remap one input (left_image, left_info, right_image, right_info), '
+                         'e.g. left_image:=/cam0/image_rect; repeatable')
+    ap.add_argument('--output-prefix', default=f'/{NODE_NAME}',
+                    help='namespace/name of the output topics (default /geo_depth_node)')
+    ap.add_argument('--quiet', action='store_true', help='no progress bar, no table')
+    ap.add_argument('-v', '--verbose', action='store_true', help='log at INFO level')
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``geo-depth replay ...``; returns the exit code (0 ok, 1 no frame replayed, 2 bad input)."""
+    args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format='%(levelname)s %(name)s: %(message)s')
+    remaps: dict[str, str] = {}
+    for item in args.topic:
+        name, sep, topic = item.partition(':=')
+        if not sep or not topic:
+            print(f'error: --topic wants NAME:=TOPIC, got {item!r}', file=sys.stderr)
+            return 2
+        remaps[name.strip()] = topic.strip()
+    try:
+        report = replay_bag(args.bag, args.params, args.out, truth=args.truth, frames=args.frames,
+                            topic_prefix=args.topic_prefix, topics=remaps,
+                            output_prefix=args.output_prefix, pictures=args.pictures,
+                            renderer=args.renderer, progress=not args.quiet)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if not args.quiet:
+        print(format_report(report))
+        print(f'\noutput bag: {out / "output.mcap"}  (ros2 bag play; Foxglove)')
+        print(f'report:     {out / "report.json"}')
+        print(f'cloud:      {out / "cloud.ply"} ({report["cloud"]["points"]} points)')
+        pics = report['pictures'].get('files', [])
+        if pics:
+            print(f'pictures:   {", ".join(str(out / f) for f in pics)}'
+                  f'  (3D view: {report["pictures"].get("renderer_3d", "-")})')
+    if report['frames'] == 0:
+        print('error: no stereo frame was replayed (see the warnings above)', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
