@@ -6,8 +6,9 @@ with the same failure labels, plus per-pixel features for a disparity-sigma mode
 :meth:`TorchSGMMatcher.match_tensors` keeps everything on the device for a frame loop.
 
 Algorithm (identical on CPU and CUDA; the CPU runs the pure-torch functions of this
-module, CUDA the Triton kernels of :mod:`.sgm_triton` for census, cost, aggregation and
-selection; the post-filter is shared torch code):
+module, which define it; CUDA runs the Triton kernels of :mod:`.sgm_triton` for every
+stage, post-filter included, and gives bit-identical results: integer costs, the same
+fixed speckle rounds, correctly rounded float32 divisions):
 
 1. Census transform, ``census_width`` x ``census_height`` window (default 9 x 7 -> 62
    bits; bit = neighbour < centre; borders replicated).
@@ -683,6 +684,16 @@ class TorchSGMMatcher:
         mark('aggregate')
         sel = self.select(agg)
         mark('select')
+        if self.use_triton:
+            from . import sgm_triton as kt
+
+            post = kt.postfilter_triton(c, sel['disparity'], sel['unique'], sel['disparity_right'],
+                                        sel['min_cost'], sel['second_cost'], left, left_valid,
+                                        right_valid)
+            out = {'disparity_raw': sel['disparity'], 'disparity_right': sel['disparity_right'],
+                   'curvature': sel['curvature'], **post}
+            mark('postfilter')
+            return out
         tex = texture_torch(left, c.texture_window)
         lab = label_matches(c, sel['disparity'], sel['unique'], sel['disparity_right'], tex,
                             left_valid, right_valid)

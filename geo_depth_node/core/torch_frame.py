@@ -3,7 +3,8 @@
 :class:`TorchFrame` does on a torch device exactly what ``DepthPipeline._triangulate``
 (core/pipeline.py) and ``core.cloud.pack_points`` do in numpy, with the same float32
 formulas in the same order (so the CPU result is bit-identical, CUDA equal to float
-rounding of the optional rotation):
+rounding of the optional rotation; on CUDA with triton, :meth:`TorchFrame.triangulate` and
+:meth:`TorchFrame.pack` are one Triton launch each, same bytes):
 
     sigma_d = sqrt(sigma.disparity_px^2 + (sigma.lr_gain * lr_diff)^2)           [px]
     d_eff   = d - delta_cx;  Z = f*B / d_eff;  rel = sigma_d / d_eff             [m, -]
@@ -56,6 +57,10 @@ class TorchFrame:
         self._cache_key: tuple | None = None
         self._geo: dict[str, Any] = {}
 
+    def _use_triton(self) -> bool:
+        """CUDA device with triton: one fused kernel per step instead of ~30 torch ops."""
+        return self.device.type == 'cuda' and _triton_ok()
+
     def _geometry(self, stereo: StereoModel) -> dict[str, Any]:
         """Per-calibration constants on the device (computed in numpy exactly as the pipeline)."""
         import torch
@@ -78,7 +83,7 @@ class TorchFrame:
                 'u': torch.from_numpy(u).to(self.device), 'v': torch.from_numpy(v).to(self.device),
                 'ray': torch.from_numpy(ray_norms(left)).to(self.device), 'rot': rot,
                 's0': c[0], 'gain': c[1], 'dcx': c[2], 'fb': c[3], 'max_rel': c[4], 'max_sigma': c[5],
-                'nan': c[6], 'inf': c[7], 'ninf': c[8],
+                'nan': c[6], 'inf': c[7], 'ninf': c[8], 'consts': c,
             }
             self._cache_key = key
         return self._geo
@@ -108,6 +113,11 @@ class TorchFrame:
                              f'{stereo.left.width}x{stereo.left.height}')
         p = self.params
         g = self._geometry(stereo)
+        if self._use_triton():
+            from . import sgm_triton as kt
+
+            return kt.triangulate_triton(disparity, lr_diff, flags, g['u'], g['v'], g['ray'], g['rot'],
+                                         g['consts'], float(p['limit.max_sigma_m']) > 0)
         nan = g['nan']
         matched = ~torch.isnan(disparity)
         s0, gain = g['s0'], g['gain']
@@ -152,6 +162,10 @@ class TorchFrame:
         import torch
 
         pts = tri['points']
+        if pts.device.type == 'cuda' and _triton_ok():
+            from . import sgm_triton as kt
+
+            return kt.pack_triton(tri)
         h, w = pts.shape[:2]
         measured = tri['measured']
         nan = tri['depth_sigma'].new_full((), float('nan'))
@@ -167,6 +181,18 @@ class TorchFrame:
         """:meth:`triangulate` then :meth:`pack`; returns (triangulation dict, packed tensor)."""
         tri = self.triangulate(disparity, lr_diff, flags, stereo)
         return tri, self.pack(tri)
+
+
+_TRITON_OK: list[bool] = []
+
+
+def _triton_ok() -> bool:
+    """Whether triton can be imported (looked up once)."""
+    if not _TRITON_OK:
+        from .sgm_triton import triton_available
+
+        _TRITON_OK.append(triton_available())
+    return _TRITON_OK[0]
 
 
 def packed_to_numpy(packed: Any) -> np.ndarray:
