@@ -220,7 +220,8 @@ def test_diagnostics_report_classes_latency_and_bad_input(live):
         for arr in reversed(rx.diagnostics):
             for st in arr.status:
                 kv = {k.key: k.value for k in st.values}
-                if int(kv.get('input_problem.bad_input', 0)) >= 1:
+                if int(kv.get('input_problem.bad_input', 0)) >= 1 \
+                        and int(kv.get('frames_processed', 0)) >= FRAMES + 1:
                     return kv
         return None
 

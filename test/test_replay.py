@@ -43,6 +43,8 @@ def reference(world):
 
     from geo_depth_node.tools.scene_bag import kilted_typestore
 
+    from geo_depth_node.core.pose import gnss_fix_from_msg, imu_sample_from_msg
+
     ts = kilted_typestore()
     pipeline = DepthPipeline(load_params_yaml(world['params']))
     msgs: dict[int, dict] = {}
@@ -50,6 +52,13 @@ def reference(world):
         conns = [c for c in reader.connections if c.topic.startswith(('/left/', '/right/'))]
         for conn, t, raw in reader.messages(connections=conns):
             msgs.setdefault(t, {})[conn.topic] = ts.deserialize_cdr(raw, conn.msgtype)
+        for conn, t, raw in reader.messages(connections=[
+                c for c in reader.connections if c.topic in ('/imu/data', '/gnss/fix')]):
+            m = ts.deserialize_cdr(raw, conn.msgtype)
+            if conn.topic == '/imu/data':
+                pipeline.add_imu(imu_sample_from_msg(m))
+            else:
+                pipeline.add_gnss(gnss_fix_from_msg(m))
     out = {}
     for stamp in sorted(msgs):
         f = msgs[stamp]
@@ -57,7 +66,7 @@ def reference(world):
                                           m.distortion_model, m.header.frame_id)
                   for m in (f['/left/camera_info'], f['/right/camera_info'])]
         imgs = [f[t].data.reshape(H, W) for t in ('/left/image_rect', '/right/image_rect')]
-        out[stamp] = pipeline.process(imgs[0], imgs[1], *models)
+        out[stamp] = pipeline.process(imgs[0], imgs[1], *models, stamp_ns=stamp)
     assert len(out) == FRAMES
     return out
 
@@ -122,13 +131,16 @@ def test_report_schema_and_values_against_truth(replayed, reference):
         assert c['count'] == counts[int(p)]
         assert set(c) >= {'count', 'fraction', 'coverage_1sigma', 'coverage_2sigma',
                           'median_abs_error_m'}
-    meas = r['classes']['MEASURED']
-    assert meas['count'] > 300 * FRAMES  # 256x192: ~1000 MEASURED points per frame
-    assert meas['coverage_2sigma'] >= 0.9 and 0.0 < meas['coverage_1sigma'] <= meas['coverage_2sigma']
-    assert 0.0 < meas['median_abs_error_m'] < 0.5
-    for name in ('NONE', 'FUSED', 'PRIOR'):  # no points in those classes (stereo only)
-        assert r['classes'][name]['coverage_1sigma'] is None
-        assert r['classes'][name]['median_abs_error_m'] is None
+    # The world's params carry its DEM: near stereo points are FUSED with the prior (a few
+    # stay MEASURED with PRIOR_CONFLICT), far terrain is PRIOR.
+    fused = r['classes']['FUSED']
+    assert fused['count'] + r['classes']['MEASURED']['count'] > 300 * FRAMES
+    assert fused['coverage_2sigma'] >= 0.9 and 0.0 < fused['coverage_1sigma'] <= fused['coverage_2sigma']
+    assert 0.0 < fused['median_abs_error_m'] < 0.5
+    prior = r['classes']['PRIOR']
+    assert prior['count'] > 0 and prior['coverage_2sigma'] is not None
+    assert r['classes']['NONE']['coverage_1sigma'] is None
+    assert r['classes']['NONE']['median_abs_error_m'] is None
     flags = {f.name: 0 for f in Flag}
     for res in reference.values():
         for k, v in res.flag_counts().items():
@@ -154,9 +166,9 @@ def test_violations_are_counted(reference):
 
     res = copy.deepcopy(next(iter(reference.values())))
     assert count_violations(res, 0.05) == {'measured_beyond_limit': 0, 'nan_without_flag': 0}
-    v, u = np.argwhere(res.provenance == Provenance.MEASURED)[:2].T
+    v, u = np.argwhere(np.isin(res.provenance, [Provenance.MEASURED, Provenance.FUSED]))[:2].T
     res.sigma[v[0], u[0]] *= 100.0  # beyond the limit
-    res.sigma[v[1], u[1]] = np.nan  # MEASURED with a NaN sigma
+    res.sigma[v[1], u[1]] = np.nan  # a point with a NaN sigma
     v0, u0 = np.argwhere(res.provenance == Provenance.NONE)[0]
     res.flags[v0, u0] = 0  # NONE without a reason
     assert count_violations(res, 0.05) == {'measured_beyond_limit': 1, 'nan_without_flag': 2}
@@ -179,7 +191,7 @@ def test_output_bag_has_every_topic_with_the_input_stamps(replayed, reference):
     assert list(lg.flag_names) == [f.name for f in Flag]
     assert list(lg.flag_bits) == [int(f) for f in Flag]
     assert list(lg.provenance_names) == ['NONE', 'MEASURED', 'FUSED', 'PRIOR']
-    assert lg.max_relative_sigma > 0 and 'ray' in lg.sigma_definition and not lg.georeferenced
+    assert lg.max_relative_sigma > 0 and 'ray' in lg.sigma_definition and lg.georeferenced
     assert [s.name for s in lg.sources] == ['synth'] and lg.sources[0].id == 1  # the DEM
 
 
@@ -367,7 +379,8 @@ def test_live_node_and_replay_give_the_same_outputs(world, replayed, tmp_path):
     with NodeProcess(env, params_file=world['params'], log_path=tmp_path / 'node.log') as node:
         rep = BagReplayer(domain)
         try:
-            sent = rep.replay(world['bag'], frame_timeout=60.0, discovery_timeout=60.0)
+            sent = rep.replay(world['bag'], frame_timeout=60.0, discovery_timeout=60.0,
+                              wait_topics={'/imu/data', '/gnss/fix'})
             rep.wait_for(lambda: len(rep.received.legends) >= 1, 10.0)
             rx = rep.received
         finally:

@@ -175,9 +175,15 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               'Largest |d_left(x) - d_right(x - d_left)| that passes the left-right check.',
               'px', 0.0, 16.0),
     # --- uncertainty model and the physical limit ------------------------------------
+    ParamSpec('sigma.model', 'calibrated',
+              'Disparity sigma: calibrated = per-pixel model of the matcher (core/sigma_model.py: '
+              'left-right disagreement, local disparity range, rejected neighbours, texture, '
+              'cost curvature, disparity), fitted on ground truth so that ~68 %/95 % of points '
+              'fall within 1/2 sigma; constant = sigma.disparity_px (+ sigma.lr_gain * '
+              '|d_left - d_right|).', choices=('calibrated', 'constant')),
     ParamSpec('sigma.disparity_px', 0.35,
-              'sigma_d floor: 1-sigma disparity error of a good match. The depth sigma is '
-              'sigma_Z = Z^2/(f*B) * sigma_d.', 'px', 0.01, 10.0),
+              'sigma.model constant: 1-sigma disparity error of a good match. The depth sigma '
+              'is sigma_Z = Z^2/(f*B) * sigma_d.', 'px', 0.01, 10.0),
     ParamSpec('sigma.lr_gain', 1.0,
               'sigma_d grows with the left-right disagreement: sigma_d^2 = disparity_px^2 + '
               '(lr_gain * |d_left - d_right|)^2.', '', 0.0, 10.0),
@@ -228,6 +234,49 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               'kind (dem|dsm), vertical_datum (ellipsoid|egm96|egm2008|...), sigma_v_m, '
               'sigma_h_m, survey_date, licence, priority (see config/geo_depth.yaml). Empty = '
               'stereo only.', read_only=True),
+    ParamSpec('dem.grid_cell_m', 2.0,
+              'Cell size of the local ENU height grid the DEM sources are resampled onto.', 'm',
+              0.1, 100.0, read_only=True),
+    ParamSpec('dem.grid_half_extent_m', 1500.0,
+              'The height grid spans +- this around the robot (east and north).', 'm', 50.0,
+              20000.0, read_only=True),
+    ParamSpec('dem.grid_retile_margin_m', 500.0,
+              'Rebuild the grid around the robot when it comes closer than this to an edge; '
+              'must leave dem.max_range_m inside: max_range <= half_extent - margin.', 'm', 0.0,
+              19000.0, read_only=True),
+    ParamSpec('dem.max_range_m', 1000.0,
+              'Farthest DEM prior along a pixel ray; rays that hit nothing closer are SKY.', 'm',
+              1.0, 20000.0, read_only=True),
+    ParamSpec('dem.device', 'auto',
+              'torch device of the height grid and the ray-cast: auto = cuda when available.',
+              choices=('auto', 'cpu', 'cuda'), read_only=True),
+    ParamSpec('fusion.gate_k', 3.0,
+              'Stereo and prior are consistent (FUSED) when |r_stereo - r_prior| <= gate_k * '
+              'sqrt(sigma_stereo^2 + sigma_prior^2); otherwise the point stays MEASURED with '
+              'PRIOR_CONFLICT.', 'sigma', 0.5, 10.0),
+    ParamSpec('fusion.max_prior_relative_sigma', 0.25,
+              'A DEM prior whose range sigma exceeds this fraction of its range (grazing rays, '
+              'poor pose) is not used: NONE + PRIOR_UNAVAILABLE instead of a PRIOR point.', '',
+              0.001, 10.0),
+    ParamSpec('pose.max_gnss_gap_s', 1.0,
+              'Largest time between the two GNSS fixes that bracket an image stamp; larger '
+              'gaps (NO_FIX, dropouts) give no pose: NONE points get PRIOR_UNAVAILABLE.', 's',
+              0.01, 60.0, read_only=True),
+    ParamSpec('pose.max_imu_gap_s', 0.1,
+              'Largest time between the two IMU samples that bracket an image stamp.', 's',
+              0.001, 10.0, read_only=True),
+    ParamSpec('pose.wait_s', 0.3,
+              'How long a frame waits for the GNSS fix / IMU sample after its stamp (the pose '
+              'is interpolated, never taken from the latest message).', 's', 0.0, 10.0),
+    ParamSpec('pose.default_gnss_sigma_m', 5.0,
+              'Position sigma used for fixes whose covariance type is UNKNOWN (such poses are '
+              'POSE_DEGRADED).', 'm', 0.01, 1000.0),
+    ParamSpec('pose.tilt_sigma_rad', 0.02,
+              'Stated roll/pitch sigma of the gravity+gyro filter used when the IMU gives no '
+              'orientation (vehicle accelerations bias it).', 'rad', 0.0001, 1.0),
+    ParamSpec('pose.course_min_speed_mps', 1.0,
+              'Without IMU orientation the yaw comes from the GNSS course over ground, only '
+              'above this speed.', 'm/s', 0.1, 100.0),
     ParamSpec('diagnostics_period_s', 1.0,
               'Period of the DiagnosticArray on /diagnostics.', 's', 0.1, 60.0,
               read_only=True),
@@ -274,6 +323,10 @@ def validate_params(values: Mapping[str, Any], *, allow_unknown: Iterable[str] =
 
         parse_dem_sources({'dem.sources': names, **source_keys})
     out.update(source_keys)
+    if out['dem.max_range_m'] > out['dem.grid_half_extent_m'] - out['dem.grid_retile_margin_m']:
+        raise ValueError(f'parameter dem.max_range_m ({out["dem.max_range_m"]}) must not exceed '
+                         f'dem.grid_half_extent_m - dem.grid_retile_margin_m '
+                         f'({out["dem.grid_half_extent_m"] - out["dem.grid_retile_margin_m"]})')
     p1, p2 = out['stereo.p1'], out['stereo.p2']
     if p1 and p2 and p2 <= p1:
         raise ValueError(f'parameter stereo.p2 ({p2}) must exceed stereo.p1 ({p1})')

@@ -25,7 +25,7 @@ import numpy as np
 
 from .camera import CameraModel, Rectifier, StereoModel, ray_norms
 from .contract import Flag, Provenance
-from .params import ROS_ONLY_PARAMS, validate_params
+from .params import ROS_ONLY_PARAMS, dem_source_names, validate_params
 from .stereo import MatcherConfig, OpenCVStereoMatcher
 
 _LOG = logging.getLogger(__name__)
@@ -47,6 +47,10 @@ class FrameResult:
         disparity: float32 matched disparity, px (NaN where unmatched); diagnostic.
         sigma_disparity: float32 sigma_d, px (NaN where unmatched); diagnostic.
         timings_ms: stage -> milliseconds for this frame.
+        pose_status: 'ok', 'off' (no DEM sources) or why there was no pose (no prior then).
+        pose_degraded: the pose behind the priors was degraded (POSE_DEGRADED on them).
+        prior_counts: fused / prior / conflict / measured pixel counts of the fusion.
+        T_enu_cam: (4, 4) pose of the left optical frame in the local ENU frame, or None.
     """
 
     depth: np.ndarray
@@ -59,6 +63,10 @@ class FrameResult:
     disparity: np.ndarray
     sigma_disparity: np.ndarray
     timings_ms: dict[str, float]
+    pose_status: str = 'off'
+    pose_degraded: bool = False
+    prior_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    T_enu_cam: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -124,6 +132,13 @@ class DepthPipeline:
                 device=self.device)
         else:
             self.matcher = OpenCVStereoMatcher(self.matcher_config)
+        self.sigma_model = None
+        if self.params['sigma.model'] == 'calibrated':
+            from .sigma_model import SigmaModel
+
+            self.sigma_model = SigmaModel.for_matcher(self.matcher_name)
+        self.georef = _Georef(self.params) if dem_source_names(self.params['dem.sources']) \
+            else None
         self._rect_left = Rectifier()
         self._rect_right = Rectifier()
         self._ray_cache: tuple[tuple, np.ndarray] | None = None
@@ -140,13 +155,17 @@ class DepthPipeline:
         return self._ray_cache[1]
 
     def process(self, left: np.ndarray, right: np.ndarray, left_model: CameraModel,
-                right_model: CameraModel, *, rectify: bool = False) -> FrameResult:
+                right_model: CameraModel, *, rectify: bool = False,
+                stamp_ns: int | None = None, wait_s: float = 0.0) -> FrameResult:
         """Run the pipeline on one pair.
 
         Args:
             left, right: (H, W) uint8 grey images (raw if ``rectify`` else rectified).
             left_model, right_model: the cameras (from CameraInfo).
             rectify: rectify raw inputs with the models' K, D, R, P first.
+            stamp_ns: the frame's stamp; needed when DEM sources are configured (the pose is
+                interpolated at it from the buffered IMU/GNSS).
+            wait_s: how long to wait for IMU/GNSS data newer than the stamp (live node).
 
         Raises:
             ValueError: bad shapes / dtypes, or camera models that are not a rectified pair.
@@ -171,23 +190,47 @@ class DepthPipeline:
         timings.update(m.timings_ms)
 
         t = time.perf_counter()
-        result = self._triangulate(m.disparity, m.lr_diff, m.flags, stereo)
+        sigma_d = None
+        if self.sigma_model is not None:
+            sigma_d = self.sigma_model.sigma_d(m.features, m.disparity)
+            timings['sigma'] = (time.perf_counter() - t) * 1e3
+        result = self._triangulate(m.disparity, m.lr_diff, m.flags, stereo, sigma_d)
         timings['triangulate'] = (time.perf_counter() - t) * 1e3
-        timings['total'] = (time.perf_counter() - t_start) * 1e3
         result.timings_ms = timings
+        if self.georef is not None:
+            if stamp_ns is None:
+                raise ValueError('DEM priors are configured: process() needs the frame stamp_ns')
+            self.georef.apply(result, stamp_ns, left_model, self.params, wait_s)
+        timings['total'] = (time.perf_counter() - t_start) * 1e3
         return result
 
+    # -- georeferencing inputs (thread-safe; no-ops without DEM sources) -----------------
+    def add_imu(self, sample) -> None:
+        """Buffer a core.pose.ImuSample (sensor_msgs/Imu)."""
+        if self.georef is not None:
+            self.georef.add(sample, imu=True)
+
+    def add_gnss(self, fix) -> None:
+        """Buffer a core.pose.GnssFix (sensor_msgs/NavSatFix)."""
+        if self.georef is not None:
+            self.georef.add(fix, imu=False)
+
     def _triangulate(self, disparity: np.ndarray, lr_diff: np.ndarray, match_flags: np.ndarray,
-                     stereo: StereoModel) -> FrameResult:
+                     stereo: StereoModel, sigma_d: np.ndarray | None = None) -> FrameResult:
+        """Depth, sigma and provenance from a disparity map. ``sigma_d``: (H, W) per-pixel
+        disparity sigma (px) of the calibrated model; None = the constant model."""
         p = self.params
         left = stereo.left
         h, w = disparity.shape
         flags = match_flags.astype(np.uint16, copy=True)
         matched = ~np.isnan(disparity)
 
-        s0 = np.float32(self.sigma_d0)
-        gain = np.float32(p['sigma.lr_gain'])
-        sigma_d = np.sqrt(s0 * s0 + (gain * lr_diff) ** 2).astype(np.float32)
+        if sigma_d is None:
+            s0 = np.float32(self.sigma_d0)
+            gain = np.float32(p['sigma.lr_gain'])
+            sigma_d = np.sqrt(s0 * s0 + (gain * lr_diff) ** 2).astype(np.float32)
+        else:
+            sigma_d = np.asarray(sigma_d, dtype=np.float32).copy()
         sigma_d[~matched] = np.nan
 
         d_eff = disparity - np.float32(stereo.delta_cx)
@@ -235,3 +278,77 @@ class DepthPipeline:
             provenance=provenance, flags=flags, source=np.zeros((h, w), dtype=np.uint16),
             disparity=disparity, sigma_disparity=sigma_d, timings_ms={})
 
+
+
+class _Georef:
+    """Pose estimator + DEM prior engine of a DepthPipeline (created when DEM sources exist).
+
+    IMU/GNSS arrive from other threads in the node: every access takes the lock.
+    """
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        import threading
+
+        from .dem import parse_dem_sources
+        from .pose import Extrinsics, PoseConfig, PoseEstimator
+
+        self.specs = parse_dem_sources({k: v for k, v in params.items() if k.startswith('dem.')}
+                                       | {'dem.sources': dem_source_names(params['dem.sources'])})
+        datum = None
+        if params['georef.datum_mode'] == 'fixed':
+            datum = (params['georef.datum_latitude_deg'], params['georef.datum_longitude_deg'],
+                     params['georef.datum_height_m'])
+        self.pose = PoseEstimator(PoseConfig(
+            datum=datum, max_gnss_gap_s=params['pose.max_gnss_gap_s'],
+            max_imu_gap_s=params['pose.max_imu_gap_s'],
+            default_gnss_sigma_m=params['pose.default_gnss_sigma_m'],
+            tilt_sigma_rad=params['pose.tilt_sigma_rad'],
+            course_min_speed_mps=params['pose.course_min_speed_mps']),
+            Extrinsics.from_params(dict(params)))
+        self.prior = None  # GeoPrior, built once the ENU frame (datum) is known
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+
+    def add(self, sample, imu: bool) -> None:
+        with self.cond:
+            (self.pose.add_imu if imu else self.pose.add_gnss)(sample)
+            self.cond.notify_all()
+
+    def _prior(self, params: Mapping[str, Any]):
+        from .fusion import FusionConfig
+        from .geoprior import GeoPrior
+
+        if self.prior is None and self.pose.frame is not None:
+            self.prior = GeoPrior(
+                self.specs, self.pose.frame, cell_m=params['dem.grid_cell_m'],
+                half_extent_m=params['dem.grid_half_extent_m'],
+                retile_margin_m=params['dem.grid_retile_margin_m'],
+                max_range_m=params['dem.max_range_m'], device=params['dem.device'],
+                fusion=FusionConfig(params['fusion.gate_k'],
+                                    params['fusion.max_prior_relative_sigma']))
+        return self.prior
+
+    def apply(self, result: FrameResult, stamp_ns: int, model: CameraModel,
+              params: Mapping[str, Any], wait_s: float) -> None:
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + max(0.0, wait_s)
+        with self.cond:
+            while True:
+                pose, why = self.pose.pose_at(stamp_ns)
+                if pose is not None or 'after the newest' not in why \
+                        or time.monotonic() >= deadline:
+                    break
+                self.cond.wait(min(0.02, max(0.0, deadline - time.monotonic())))
+            prior = self._prior(params) if pose is not None else None
+        result.timings_ms['pose'] = (time.perf_counter() - t0) * 1e3
+        result.pose_status = why
+        if pose is None or prior is None:
+            from .contract import Flag, Provenance
+
+            result.flags[result.provenance == Provenance.NONE] |= np.uint16(Flag.PRIOR_UNAVAILABLE)
+            return
+        result.pose_degraded = pose.degraded
+        T = np.eye(4)
+        T[:3, :3], T[:3, 3] = pose.R_enu_cam, pose.p_enu_cam
+        result.T_enu_cam = T
+        result.prior_counts = prior.apply(result, pose, model, params)

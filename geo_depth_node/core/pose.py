@@ -163,6 +163,37 @@ class ImuSample:
     orientation_cov: np.ndarray | None
 
 
+def imu_sample_from_msg(msg: Any) -> ImuSample:
+    """ImuSample of a sensor_msgs/Imu-like object (rclpy or rosbags message; duck-typed);
+    the orientation is None when orientation_covariance[0] == -1.
+
+    Raises:
+        ValueError: on a covariance that is not 9 numbers.
+    """
+    oc = np.asarray(msg.orientation_covariance, dtype=np.float64)
+    if oc.size != 9:
+        raise ValueError(f'orientation_covariance has {oc.size} elements, expected 9')
+    oc = oc.reshape(3, 3)
+    q = msg.orientation
+    has = oc[0, 0] != -1.0
+    stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+    return ImuSample(stamp,
+                     np.array([msg.angular_velocity.x, msg.angular_velocity.y,
+                               msg.angular_velocity.z]),
+                     np.array([msg.linear_acceleration.x, msg.linear_acceleration.y,
+                               msg.linear_acceleration.z]),
+                     (q.x, q.y, q.z, q.w) if has else None, oc)
+
+
+def gnss_fix_from_msg(msg: Any) -> GnssFix:
+    """GnssFix of a sensor_msgs/NavSatFix-like object (duck-typed; covariance ENU m^2)."""
+    stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+    return GnssFix(stamp, int(msg.status.status), float(msg.latitude), float(msg.longitude),
+                   float(msg.altitude),
+                   np.asarray(msg.position_covariance, dtype=np.float64).reshape(3, 3),
+                   int(msg.position_covariance_type))
+
+
 @dataclasses.dataclass(frozen=True)
 class PoseConfig:
     """Settings of :class:`PoseEstimator` (parameters ``pose.*`` and ``georef.*``)."""

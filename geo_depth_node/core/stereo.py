@@ -193,4 +193,7 @@ class OpenCVStereoMatcher:
 
         d_left[flags != 0] = np.nan  # d_left is this call's own array: no copy needed
         timings['match'] = (time.perf_counter() - t0) * 1e3
-        return MatchResult(d_left, lr_diff, flags, timings)
+        # Disparity-sigma features (core.sigma_model): lr_diff px, texture DN/px (the texture
+        # test's measure, recomputed here so that it exists also with min_texture = 0).
+        features = {'lr_diff': lr_diff, 'texture': texture_map(left, c.texture_window)}
+        return MatchResult(d_left, lr_diff, flags, timings, features=features)

@@ -179,6 +179,8 @@ class BagReplayer:
         self.resend_s = 2.0
         self.resends = 0
         self.skipped_topics: list[str] = []
+        self.lookahead_s = 0.25  # bag time published past a frame before waiting for it
+        self.sensor_pause_s = 0.0005  # pause after each non-frame message
         ns = node_namespace.rstrip('/')
         base = f'{ns}/{node_name}'
         self._subscribe(base)
@@ -300,10 +302,24 @@ class BagReplayer:
             sent: list[int] = []
             frame_msgs: dict[int, list] = {}
             left_topics = {t for t in frame_topics if t.startswith('/left/image')}
-            for conn, _t, raw in reader.messages(connections=conns):
+            # Lock-step with a look-ahead: a frame is waited for only once the sensor messages
+            # up to ``lookahead_s`` after its stamp are out (the node interpolates IMU/GNSS at
+            # the image stamp, so it needs the fix that follows the image).
+            pending: list[tuple[int, list]] = []
+            look_ns = int(self.lookahead_s * 1e9)
+
+            def flush(until_ns: int | None) -> None:
+                while pending and (until_ns is None or pending[0][0] + look_ns <= until_ns):
+                    st, ms = pending.pop(0)
+                    self._wait_frame(st, ms, frame_timeout)
+
+            for conn, t_bag, raw in reader.messages(connections=conns):
+                if lockstep:
+                    flush(t_bag)
                 pub = self._pubs[topic_prefix + conn.topic]
                 pub.publish(bytes(raw))
                 if conn.topic not in frame_topics:
+                    time.sleep(self.sensor_pause_s)  # do not burst past small queues
                     continue
                 stamp = _header_stamp_from_cdr(raw)
                 frame_msgs.setdefault(stamp, []).append((pub, bytes(raw), conn.topic))
@@ -315,7 +331,9 @@ class BagReplayer:
                 if any(t in left_topics for _p, _r, t in msgs):
                     sent.append(stamp)
                 if lockstep:
-                    self._wait_frame(stamp, msgs, frame_timeout)
+                    pending.append((stamp, msgs))
+            if lockstep:
+                flush(None)
             return sent
 
     def _wait_frame(self, stamp: int, msgs: list, timeout: float) -> None:

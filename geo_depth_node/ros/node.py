@@ -24,7 +24,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
 from rclpy.qos_overriding_options import QoSOverridingOptions
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, Image, Imu, NavSatFix, PointCloud2
 
 from geo_depth_node.msg import ProvenanceLegend
 
@@ -110,6 +110,7 @@ class GeoDepthNode(Node):
         self._input_problems: collections.Counter = collections.Counter()
         self._last_problem = ''
         self._processing_errors = 0
+        self._pose_status: collections.Counter = collections.Counter()
 
         # --- inputs ------------------------------------------------------------------------
         self._queue: DropOldestQueue[dict[str, Any]] = DropOldestQueue(
@@ -132,6 +133,20 @@ class GeoDepthNode(Node):
                                      lambda m: self._on_input('right_info', m), in_qos,
                                      qos_overriding_options=overrides),
         ]
+        if self._pipeline.georef is not None:  # DEM priors need the pose on the Earth
+            # sensor-data QoS, but deep queues: 200 Hz IMU must not be lost to a busy executor
+            imu_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=400,
+                                 reliability=ReliabilityPolicy.BEST_EFFORT)
+            gnss_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50,
+                                  reliability=ReliabilityPolicy.BEST_EFFORT)
+            self._subs += [
+                self.create_subscription(Imu, 'imu/data', self._on_imu, imu_qos,
+                                         qos_overriding_options=overrides),
+                self.create_subscription(NavSatFix, 'gnss/fix', self._on_gnss, gnss_qos,
+                                         qos_overriding_options=overrides),
+            ]
+            self.get_logger().info(f'georeferencing from {self._subs[4].topic_name} and '
+                                   f'{self._subs[5].topic_name}')
         self._worker.start()
         self._diag_timer = self.create_timer(self._params['diagnostics_period_s'],
                                              self._publish_diagnostics)
@@ -193,9 +208,6 @@ class GeoDepthNode(Node):
                 f'DEM source {spec.name} (id {spec.id}, {spec.kind}, {spec.vertical_datum}, '
                 f'sigma_v {spec.sigma_v_m} m, survey {spec.survey_date}): '
                 f'{len(opened[-1].paths)} file(s)')
-        self.get_logger().warning(
-            'DEM sources are validated and listed in the legend; ray-casting them into PRIOR '
-            'and FUSED points is not implemented yet: the cloud is stereo-only')
         return opened
 
     def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:
@@ -260,6 +272,23 @@ class GeoDepthNode(Node):
         self.get_logger().error(f'frame processing failed: {exc!r}', throttle_duration_sec=float(
             self._params['input_error_throttle_s']))
 
+    def _on_imu(self, msg: Any) -> None:
+        """Executor thread: buffer an Imu message for the pose (cheap)."""
+        try:
+            sample = conv.imu_sample_from_msg(msg)
+        except ValueError as exc:
+            self._input_problem('bad_imu', f'Imu ignored: {exc}')
+            return
+        with self._lock:
+            pipeline = self._pipeline
+        pipeline.add_imu(sample)
+
+    def _on_gnss(self, msg: Any) -> None:
+        """Executor thread: buffer a NavSatFix for the pose (cheap)."""
+        with self._lock:
+            pipeline = self._pipeline
+        pipeline.add_gnss(conv.gnss_fix_from_msg(msg))
+
     # ---------------------------------------------------------------- worker
     def _process(self, frame: dict[str, Any]) -> None:
         """Worker thread: decode, run the pipeline, publish."""
@@ -283,7 +312,8 @@ class GeoDepthNode(Node):
         t_decode = (time.perf_counter() - t0) * 1e3
         try:
             result = pipeline.process(left, right, left_model, right_model,
-                                      rectify=params['rectify'])
+                                      rectify=params['rectify'], stamp_ns=_stamp_ns(li),
+                                      wait_s=params['pose.wait_s'])
         except ValueError as exc:
             self._input_problem('bad_calibration', f'stereo frame rejected: {exc}')
             return
@@ -320,20 +350,30 @@ class GeoDepthNode(Node):
             for k, v in stages.items():
                 self._latency[k].append(v)
             self._fractions = result.class_fractions()
+            if result.pose_status != 'off':
+                self._pose_status['ok' if result.pose_status == 'ok'
+                                  else 'unavailable'] += 1
+                self._pose_status['degraded'] += int(result.pose_degraded)
             self._frames_done += 1
             self._frames_in_period += 1
 
     # ---------------------------------------------------------------- legend, diagnostics
     def _publish_legend(self, frame_id: str) -> None:
         with self._lock:
+            georef = self._pipeline.georef
+            frame = georef.pose.frame if georef is not None else None
             key = (frame_id, self._params['limit.max_relative_sigma'],
-                   self._params['limit.max_sigma_m'])
+                   self._params['limit.max_sigma_m'],
+                   None if frame is None else (frame.lat0_deg, frame.lon0_deg, frame.h0_m))
         if key == self._legend_key:
             return
         msg = ProvenanceLegend()
         conv.fill_legend(msg, stamp=self.get_clock().now().to_msg(), output_frame=frame_id,
                          max_relative_sigma=key[1], max_sigma_m=key[2],
                          sources=[conv.prior_source_msg(s) for s in self._dem_sources])
+        if key[3] is not None:
+            msg.georeferenced = True
+            msg.datum_latitude_deg, msg.datum_longitude_deg, msg.datum_height_m = key[3]
         self._pub_legend.publish(msg)
         self._legend_frame, self._legend_key = frame_id, key
 
@@ -349,6 +389,8 @@ class GeoDepthNode(Node):
                 'processing_errors': self._processing_errors,
                 'input_problems': sum(self._input_problems.values()),
             }
+            for kind, n in sorted(self._pose_status.items()):
+                values[f'pose.{kind}'] = n
             for kind, n in sorted(self._input_problems.items()):
                 values[f'input_problem.{kind}'] = n
             for name, frac in self._fractions.items():

@@ -42,6 +42,10 @@ def node_params(world: 'World', dem_path: Path) -> dict[str, Any]:
         'extrinsics.base_to_camera': _pose6(m.base_left),
         'extrinsics.base_to_gnss': [float(x) for x in m.base_gnss[:3, 3]],
         'dem.sources': 'synth',
+        # the height grid stays inside the DEM (and the DEM inside the rendered terrain)
+        'dem.grid_half_extent_m': float(min(1500.0, cfg.dem_extent_m - 100.0)),
+        'dem.grid_retile_margin_m': 100.0,
+        'dem.max_range_m': float(min(1500.0, cfg.dem_extent_m - 100.0) - 100.0),
         src + 'id': 1,
         src + 'path': str(Path(dem_path).resolve()),
         src + 'kind': cfg.dem_kind,

@@ -157,15 +157,17 @@ def prior_source_msg(ts, source: Any):
 
 
 def legend_msg(ts, stamp: int, output_frame: str, max_relative_sigma: float,
-               max_sigma_m: float, sources: Iterable = ()):
-    """geo_depth_node/ProvenanceLegend filled like ``conversions.fill_legend`` (stereo-only)."""
+               max_sigma_m: float, sources: Iterable = (), datum=None):
+    """geo_depth_node/ProvenanceLegend filled like the node's (``datum``: the EnuFrame or None)."""
     pnames, pvalues, fnames, fbits = legend_tables()
+    lat, lon, h = (datum.lat0_deg, datum.lon0_deg, datum.h0_m) if datum is not None \
+        else (0.0, 0.0, 0.0)
     return ts.types[f'{PACKAGE}/msg/ProvenanceLegend'](
         header=header(ts, stamp, output_frame), provenance_names=pnames,
         provenance_values=np.asarray(pvalues, dtype=np.uint8), flag_names=fnames,
         flag_bits=np.asarray(fbits, dtype=np.uint16), sources=list(sources),
-        output_frame=output_frame, georeferenced=False, datum_latitude_deg=0.0,
-        datum_longitude_deg=0.0, datum_height_m=0.0,
+        output_frame=output_frame, georeferenced=datum is not None, datum_latitude_deg=lat,
+        datum_longitude_deg=lon, datum_height_m=h,
         max_relative_sigma=float(max_relative_sigma), max_sigma_m=float(max_sigma_m),
         sigma_definition=SIGMA_DEFINITION)
 

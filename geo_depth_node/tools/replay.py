@@ -349,7 +349,8 @@ class _Replay:
         t_decode = (time.perf_counter() - t0) * 1e3
         try:
             result = self.pipeline.process(left, right, left_model, right_model,
-                                           rectify=p['rectify'])
+                                           rectify=p['rectify'],
+                                           stamp_ns=bio.stamp_ns(frame['left_image']))
         except ValueError as exc:
             self.problem('bad_calibration', f'frame {index}: stereo frame rejected: {exc}')
             return False
@@ -362,11 +363,14 @@ class _Replay:
             self.problem('no_frame_id', f'frame {index}: left image and camera_info have no '
                                         'frame_id')
             return False
-        key = (frame_id, p['limit.max_relative_sigma'], p['limit.max_sigma_m'])
+        georef = self.pipeline.georef
+        datum = georef.pose.frame if georef is not None else None
+        key = (frame_id, p['limit.max_relative_sigma'], p['limit.max_sigma_m'],
+               None if datum is None else (datum.lat0_deg, datum.lon0_deg, datum.h0_m))
         if key != self._legend_key:
             self._write('legend', stamp, bio.legend_msg(
                 self.ts, stamp, frame_id, key[1], key[2],
-                [bio.prior_source_msg(self.ts, s) for s in self.sources]))
+                [bio.prior_source_msg(self.ts, s) for s in self.sources], datum))
             self._legend_key = key
         organized = bool(p['output.organized'])
         cloud = pack_points(result, organized=organized)
@@ -584,6 +588,35 @@ def _make_pictures(rep: _Replay, out: Path, renderer: str) -> dict[str, Any]:
     return entry
 
 
+def _feed_pose_inputs(pipeline, sb) -> int:
+    """Offline, every IMU/GNSS message of the bag is known in advance: buffer them all (the
+    pose is interpolated at each image stamp, as in the node, which waits for them)."""
+    import dataclasses
+
+    from ..core.pose import gnss_fix_from_msg, imu_sample_from_msg
+
+    georef = pipeline.georef
+    if georef is None:
+        return 0
+    georef.pose.config = dataclasses.replace(georef.pose.config, buffer_s=1e9)
+    reader = sb._reader
+    conns = [c for c in reader.connections
+             if c.msgtype in ('sensor_msgs/msg/Imu', 'sensor_msgs/msg/NavSatFix')]
+    n = 0
+    for conn, _t, raw in reader.messages(connections=conns):
+        msg = reader.deserialize(raw, conn.msgtype)
+        try:
+            if conn.msgtype.endswith('Imu'):
+                pipeline.add_imu(imu_sample_from_msg(msg))
+            else:
+                pipeline.add_gnss(gnss_fix_from_msg(msg))
+        except (ValueError, AttributeError) as exc:  # malformed message: say so, go on
+            _LOG.warning('%s message on %s ignored: %s', conn.msgtype, conn.topic, exc)
+            continue
+        n += 1
+    return n
+
+
 def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, Any] | None,
                out_dir: str | os.PathLike, truth: str | os.PathLike | None = None,
                frames: Any = None, *, topic_prefix: str = '',
@@ -659,6 +692,9 @@ def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, 
         _LOG.info('replaying %s (%d stereo frame(s) in the bag, %d selected) with %s on %s',
                   bag, n_bag, len(selected), rep.pipeline.matcher_name, rep.pipeline.device)
         paired = processed = 0
+        n_pose_msgs = _feed_pose_inputs(rep.pipeline, sb)
+        if n_pose_msgs:
+            _LOG.info('fed %d IMU/GNSS messages to the pose estimator', n_pose_msgs)
         t_proc = time.perf_counter()
         rep.open_writer(tmp)
         try:
