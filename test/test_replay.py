@@ -52,7 +52,7 @@ def reference(world):
         conns = [c for c in reader.connections if c.topic.startswith(('/left/', '/right/'))]
         for conn, t, raw in reader.messages(connections=conns):
             msgs.setdefault(t, {})[conn.topic] = ts.deserialize_cdr(raw, conn.msgtype)
-        for conn, t, raw in reader.messages(connections=[
+        for conn, _t, raw in reader.messages(connections=[
                 c for c in reader.connections if c.topic in ('/imu/data', '/gnss/fix')]):
             m = ts.deserialize_cdr(raw, conn.msgtype)
             if conn.topic == '/imu/data':
