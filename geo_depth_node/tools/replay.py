@@ -279,6 +279,7 @@ class _Replay:
         self.violations = {'measured_beyond_limit': 0, 'nan_without_flag': 0}
         self.problems: collections.Counter = collections.Counter()
         self.chunks: list[np.ndarray] = []
+        self.est_poses: dict[int, np.ndarray] = {}  # frame index -> estimated T_enu_left
         self.chunk_frames: list[int] = []
         self.poses: dict[int, np.ndarray] = {}
         self.kept: dict[int, dict[str, Any]] = {}
@@ -466,6 +467,8 @@ class _Replay:
                 self.samples[cls.name].append((rng.reshape(-1)[sel], sigma.reshape(-1)[sel]))
 
         pts = cloud if cloud.ndim == 1 else cloud[prov != np.uint8(Provenance.NONE)]
+        if result.T_enu_cam is not None:  # the pipeline's own pose estimate (not the truth)
+            self.est_poses[index] = result.T_enu_cam
         self.chunks.append(np.ascontiguousarray(pts))
         self.chunk_frames.append(index)
 
@@ -498,6 +501,16 @@ class _Replay:
                                  median_abs_error_m=None, truth_points=0)
             out[cls.name] = entry
         return out
+
+
+def _concat_enu(chunks: list, poses: dict[int, np.ndarray]) -> np.ndarray:
+    """(N, 3) float64 ENU of the (frame index, POINT_DTYPE chunk) list, with 4x4 T_enu_cam."""
+    out = []
+    for i, c in chunks:
+        t = poses[i]
+        xyz = np.stack([c['x'], c['y'], c['z']], axis=-1).astype(np.float64)
+        out.append(xyz @ t[:3, :3].T + t[:3, 3])
+    return np.concatenate(out) if out else np.zeros((0, 3))
 
 
 def _concat_points(chunks: list[np.ndarray]) -> np.ndarray:
@@ -556,8 +569,18 @@ def _make_pictures(rep: _Replay, out: Path, renderer: str) -> dict[str, Any]:
         files.append(path.name)
     chunks = [(i, c) for i, c in zip(rep.chunk_frames, rep.chunks, strict=True) if c.size]
     if chunks:
-        posed = [(i, c) for i, c in chunks if i in rep.poses]
-        if posed and len(posed) == len(chunks):
+        est = all(i in rep.est_poses for i, _c in chunks)
+        poses = rep.est_poses if est else rep.poses
+        posed = [(i, c) for i, c in chunks if i in poses]
+        if est:
+            xyz = _concat_enu(chunks, poses)
+            prov = np.concatenate([c['provenance'] for _i, c in chunks])
+            fwd = sum(poses[i][:3, 2] for i, _c in chunks)
+            frame = 'enu'
+            note = (f'accumulated cloud of {len(chunks)} frame(s) in the local ENU frame, placed '
+                    'with the pipeline\'s own GNSS/IMU pose estimates (as cloud.ply)')
+            title = f'{len(chunks)} frame(s), georeferenced (estimated poses), ENU'
+        elif posed and len(posed) == len(chunks):
             xyz_l, prov_l, fwd = [], [], np.zeros(3)
             for i, c in posed:
                 t = rep.poses[i]
@@ -565,7 +588,7 @@ def _make_pictures(rep: _Replay, out: Path, renderer: str) -> dict[str, Any]:
                 xyz_l.append(xyz @ t[:3, :3].T + t[:3, 3])
                 prov_l.append(c['provenance'])
                 fwd += t[:3, 2]
-            xyz, prov, frame = np.concatenate(xyz_l), np.concatenate(prov_l), 'enu'
+            xyz, prov, frame = np.concatenate(xyz_l), np.concatenate(prov_l), 'enu'  # noqa: F841
             note = (f'accumulated cloud of {len(posed)} frame(s) placed in the local ENU frame '
                     'with the TRUTH poses (truth T_enu_left); picture only: the cloud itself '
                     '(output.mcap, cloud.ply) is not georeferenced yet')
@@ -732,6 +755,10 @@ def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, 
     shutil.rmtree(tmp, ignore_errors=True)
 
     all_pts = _concat_points(rep.chunks)
+    georef_cloud = bool(rep.chunks) and all(i in rep.est_poses for i in rep.chunk_frames)
+    if georef_cloud:  # accumulate in the local ENU frame with the estimated poses
+        xyz = _concat_enu(list(zip(rep.chunk_frames, rep.chunks, strict=True)), rep.est_poses)
+        all_pts['x'], all_pts['y'], all_pts['z'] = (xyz[:, k].astype(np.float32) for k in range(3))
     n_ply = write_ply(out / 'cloud.ply', all_pts)
     pics: dict[str, Any] = {'files': []}
     if pictures > 0 and processed:
@@ -760,9 +787,11 @@ def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, 
         'output': {'bag': str(final), 'messages': dict(rep.written)},
         'cloud': {'path': str(out / 'cloud.ply'), 'points': n_ply,
                   'points_per_frame': [int(c.shape[0]) for c in rep.chunks],
-                  'frame': 'each point in the camera optical frame of its own frame (frame ids '
-                           f'{sorted(rep.frame_ids)}); not georeferenced: frames are not '
-                           'aligned with each other'},
+                  'frame': ('local ENU at the datum of the legend (georeferenced with the '
+                            'pipeline\'s GNSS/IMU pose of every frame)') if georef_cloud else
+                           ('each point in the camera optical frame of its own frame (frame ids '
+                            f'{sorted(rep.frame_ids)}); not georeferenced (no DEM sources / '
+                            'pose): frames are not aligned with each other')},
         'pictures': pics,
         'truth': ({'path': str(truth), 'frames_matched': rep.truth_frames,
                    'ground_truth_odometry_in_bag': '/ground_truth/odometry' in bag_topics}
