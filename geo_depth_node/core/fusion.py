@@ -50,7 +50,7 @@ class FusionConfig:
     sigma/range of a usable prior."""
 
     gate_k: float = 3.0
-    max_prior_relative_sigma: float = 0.25
+    max_prior_relative_sigma: float = 0.5
 
     def __post_init__(self) -> None:
         if not self.gate_k > 0:

@@ -254,7 +254,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               'Stereo and prior are consistent (FUSED) when |r_stereo - r_prior| <= gate_k * '
               'sqrt(sigma_stereo^2 + sigma_prior^2); otherwise the point stays MEASURED with '
               'PRIOR_CONFLICT.', 'sigma', 0.5, 10.0),
-    ParamSpec('fusion.max_prior_relative_sigma', 0.25,
+    ParamSpec('fusion.max_prior_relative_sigma', 0.5,
               'A DEM prior whose range sigma exceeds this fraction of its range (grazing rays, '
               'poor pose) is not used: NONE + PRIOR_UNAVAILABLE instead of a PRIOR point.', '',
               0.001, 10.0),
