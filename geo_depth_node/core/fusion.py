@@ -63,7 +63,8 @@ class FusionConfig:
 def fuse(result, ray_unit: np.ndarray, ray_norm_rect: np.ndarray, prior_range: np.ndarray,
          prior_sigma: np.ndarray, prior_status: np.ndarray, prior_source: np.ndarray,
          config: FusionConfig, *, pose_degraded: bool = False,
-         surface_model_ids: Iterable[int] = ()) -> dict[str, int]:
+         surface_model_ids: Iterable[int] = (),
+         consistent: np.ndarray | None = None) -> dict[str, int]:
     """Fuse in place: updates ``result`` (a FrameResult) and returns class counts.
 
     Args:
@@ -76,6 +77,9 @@ def fuse(result, ray_unit: np.ndarray, ray_norm_rect: np.ndarray, prior_range: n
         config: FusionConfig.
         pose_degraded: the pose behind the prior is degraded (flag POSE_DEGRADED).
         surface_model_ids: ids of DSM sources (flag PRIOR_SURFACE_MODEL).
+        consistent: optional (H, W) bool from a better test of stereo vs prior (e.g. the height
+            gate of core.geoprior); it replaces the range gate where given (True/False) —
+            pixels outside ``consistent`` that are not MEASURED are unaffected.
 
     Raises:
         ValueError: on shapes that do not match the result.
@@ -93,9 +97,13 @@ def fuse(result, ray_unit: np.ndarray, ray_norm_rect: np.ndarray, prior_range: n
     usable = hit & (prior_sigma <= config.max_prior_relative_sigma * prior_range)
     r_s = np.linalg.norm(np.nan_to_num(result.points), axis=-1)
     s_s = result.sigma
-    with np.errstate(invalid='ignore'):
-        consistent = meas & hit & (np.abs(r_s - prior_range)
-                                   <= config.gate_k * np.sqrt(s_s ** 2 + prior_sigma ** 2))
+    if consistent is None:
+        with np.errstate(invalid='ignore'):
+            consistent = np.abs(r_s - prior_range) <= config.gate_k * np.sqrt(
+                s_s ** 2 + prior_sigma ** 2)
+    elif consistent.shape != (h, w):
+        raise ValueError(f'consistent has shape {consistent.shape}, expected ({h}, {w})')
+    consistent = meas & hit & consistent
     fused = consistent
     conflict = meas & ((hit & ~consistent) | sky)
     prior_only = ~meas & usable

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import math
 import time
 from typing import Any, Mapping
 
@@ -21,6 +22,23 @@ from .geodesy import EnuFrame
 from .pose import PoseEstimate
 
 _LOG = logging.getLogger(__name__)
+
+
+def range_gradient(rng: np.ndarray) -> np.ndarray:
+    """(H, W) largest |range difference| to a 4-neighbour, metres per pixel; a neighbour that is
+    not a hit (NaN) counts as a jump to infinity (a silhouette against the sky)."""
+    g = np.zeros_like(rng, dtype=np.float64)
+    with np.errstate(invalid='ignore'):
+        for axis in (0, 1):
+            d = np.abs(np.diff(rng, axis=axis))
+            d = np.where(np.isnan(d), np.inf, d)
+            pad_lo = [(0, 0), (0, 0)]
+            pad_hi = [(0, 0), (0, 0)]
+            pad_lo[axis] = (1, 0)
+            pad_hi[axis] = (0, 1)
+            g = np.maximum(g, np.pad(d, pad_lo))
+            g = np.maximum(g, np.pad(d, pad_hi))
+    return np.where(np.isfinite(rng), g, np.nan)
 
 
 @contextlib.contextmanager
@@ -101,12 +119,66 @@ class GeoPrior:
             res = raycast(self.grid.field, pose.p_enu_cam, d_enu, max_range_m=self.max_range_m,
                           pose_cov=pose.pose_covariance())
         h, w = model.height, model.width
-        out = {'range_m': res.range_m.cpu().numpy().reshape(h, w),
-               'sigma_m': res.sigma_m.cpu().numpy().reshape(h, w),
+        rng = res.range_m.cpu().numpy().reshape(h, w)
+        sigma = res.sigma_m.cpu().numpy().reshape(h, w)
+        # Beyond first order: where the prior range changes fast across pixels (terrain
+        # silhouettes, grazing rays over crests) a small attitude error moves the ray onto a
+        # different surface. Add |dr/dpixel| * f * sigma_attitude in quadrature, so those
+        # priors carry the sigma they really have (and usually fail the usability test).
+        sig_att = math.sqrt(max(float(np.linalg.eigvalsh(pose.pose_covariance().attitude).max()),
+                                0.0))
+        if sig_att > 0:
+            sigma = np.sqrt(sigma ** 2 + (range_gradient(rng) * model.fx * sig_att) ** 2)
+        out = {'range_m': rng,
+               'sigma_m': sigma.astype(np.float32),
                'status': res.status.cpu().numpy().reshape(h, w),
                'source': res.source.cpu().numpy().reshape(h, w),
                'timings_ms': {'dem_retile': (t1 - t0) * 1e3,
                               'dem_raycast': (time.perf_counter() - t1) * 1e3}}
+        return out
+
+    def height_consistency(self, result, pose: PoseEstimate, model: CameraModel
+                           ) -> np.ndarray | None:
+        """Is each MEASURED stereo point consistent with the DEM, judged in HEIGHT?
+
+        The stereo point is placed in ENU; its height above/below the DEM surface at its
+        (x, y) is compared with ``gate_k`` times the combined vertical sigma: DEM vertical
+        sigma, DEM horizontal sigma times the slope, camera height sigma, attitude error times
+        the horizontal reach, and the stereo range sigma projected on the vertical and on the
+        slope. Gating in range along the ray is weak for grazing rays (a height error and the
+        prior's sigma grow alike, non-linearly), and an object or a changed surface is a
+        height statement. (H, W) bool, False where there is no DEM under the point (the range
+        test then applies); None when there are no stereo points.
+        """
+        import torch
+
+        from .contract import Provenance
+
+        meas = result.provenance == Provenance.MEASURED
+        if not meas.any():
+            return None
+        field = self.grid.field
+        d_cam, _, _ = self._rays(model, True)
+        d = d_cam[meas] @ pose.R_enu_cam.T  # unit rays, ENU
+        r = np.linalg.norm(result.points[meas].astype(np.float64), axis=-1)
+        p = pose.p_enu_cam + d * r[:, None]
+        eps = max(0.5 * field.cell_m, 0.5)
+        xs = np.concatenate([p[:, 0], p[:, 0] + eps, p[:, 0] - eps, p[:, 0], p[:, 0]])
+        ys = np.concatenate([p[:, 1], p[:, 1], p[:, 1], p[:, 1] + eps, p[:, 1] - eps])
+        with torch.no_grad():
+            z = field.sample(xs, ys).double().cpu().numpy().reshape(5, -1)
+        slope = np.hypot(z[1] - z[2], z[3] - z[4]) / (2 * eps)
+        sig_v = float(max(s.sigma_v_m for s in self.grid.specs_by_id.values()))
+        sig_h = float(max(s.sigma_h_m for s in self.grid.specs_by_id.values()))
+        d_h = np.hypot(d[:, 0], d[:, 1])
+        att = float(max(pose.rpy_sigma[0], pose.rpy_sigma[1]))
+        s_s = result.sigma[meas].astype(np.float64)
+        var = (sig_v ** 2 + (sig_h * slope) ** 2 + float(pose.position_cov[2, 2])
+               + (r * att * d_h) ** 2 + (s_s * (np.abs(d[:, 2]) + d_h * slope)) ** 2)
+        with np.errstate(invalid='ignore'):
+            ok = np.abs(p[:, 2] - z[0]) <= self.fusion.gate_k * np.sqrt(var)
+        out = np.zeros(meas.shape, dtype=bool)
+        out[meas] = ok & np.isfinite(z[0])
         return out
 
     def apply(self, result, pose: PoseEstimate | None, model: CameraModel,
@@ -123,9 +195,10 @@ class GeoPrior:
         pri = self.cast(pose, model)
         _, ray_unit, norm = self._rays(model, bool(params.get('output.unrectify_points', True)))
         t = time.perf_counter()
+        consistent = self.height_consistency(result, pose, model)
         counts = fuse(result, ray_unit, norm, pri['range_m'], pri['sigma_m'], pri['status'],
                       pri['source'], self.fusion, pose_degraded=pose.degraded,
-                      surface_model_ids=self.surface_model_ids)
+                      surface_model_ids=self.surface_model_ids, consistent=consistent)
         result.timings_ms.update(pri['timings_ms'])
         result.timings_ms['fusion'] = (time.perf_counter() - t) * 1e3
         return counts

@@ -50,7 +50,7 @@ def node_params(world: 'World', dem_path: Path) -> dict[str, Any]:
         src + 'path': str(Path(dem_path).resolve()),
         src + 'kind': cfg.dem_kind,
         src + 'vertical_datum': cfg.dem_vertical_datum,
-        src + 'sigma_v_m': float(cfg.dem_sigma_m),
+        src + 'sigma_v_m': max(float(cfg.dem_sigma_m), 0.01),  # a survey always states one
         src + 'sigma_h_m': float(cfg.dem_sigma_h_m),
         src + 'survey_date': cfg.dem_survey_date,
         src + 'licence': cfg.dem_licence,
