@@ -424,27 +424,16 @@ def write_bag(world: World, frames: list[dict[str, Any]], bag_dir: Path) -> dict
         conns = {}
         for key, (topic, typ) in topics.items():
             if key == 'tf_static':
-                conns[key] = writer.add_connection(
-                    topic, typ, typestore=ts,
-                    offered_qos_profiles=_transient_local_qos())
+                from ..tools.bag_io import transient_local_qos
+
+                conns[key] = writer.add_connection(topic, typ, typestore=ts,
+                                                   offered_qos_profiles=transient_local_qos())
             else:
                 conns[key] = writer.add_connection(topic, typ, typestore=ts)
         for ns, key, msg in bag_messages(world, frames):
             writer.write(conns[key], ns, bytes(ts.serialize_cdr(msg, topics[key][1])))
             counts[topics[key][0]] = counts.get(topics[key][0], 0) + 1
     return counts
-
-
-def _transient_local_qos():
-    """QoS of /tf_static as rosbag2 records it (reliable, transient local, keep last 1)."""
-    from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness,
-                                    QosReliability, QosTime)
-
-    inf = QosTime(sec=2147483647, nsec=4294967295)
-    return [Qos(history=QosHistory.KEEP_LAST, depth=1, reliability=QosReliability.RELIABLE,
-                durability=QosDurability.TRANSIENT_LOCAL, deadline=inf, lifespan=inf,
-                liveliness=QosLiveliness.AUTOMATIC, liveliness_lease_duration=inf,
-                avoid_ros_namespace_conventions=False)]
 
 
 # -- truth, params, everything -------------------------------------------------------------
