@@ -155,3 +155,27 @@ def test_torch_sgm_pipeline_on_the_scene():
     assert np.all(r.sigma[meas] / np.linalg.norm(r.points[meas], axis=-1)
                   <= pipe.params['limit.max_relative_sigma'] * (1 + 1e-5))
     assert meas[s.textureless].mean() < 0.05
+
+
+def test_torch_device_path_equals_the_host_path():
+    """stereo.matcher sgm_torch keeps the frame on the device (one upload, one download of one
+    buffer); it gives the same cloud as matching + sigma + triangulation + packing on the host."""
+    from geo_depth_node.core.cloud import pack_points
+
+    s = render_scene(160, 120, seed=5)
+    models = [CameraModel.from_arrays(160, 120, s.K, np.zeros(5), np.eye(3), P)
+              for P in (s.P_left, s.P_right)]
+    pipe = DepthPipeline({'stereo.matcher': 'sgm_torch', 'stereo.device': 'cpu',
+                          'stereo.num_disparities': 32})
+    assert pipe.device_path
+    dev = pipe.process(s.left, s.right, *models)
+    assert 'upload' in dev.timings_ms and dev.packed is not None
+    pipe.device_path = False  # the same pipeline object on the host path
+    host = pipe.process(s.left, s.right, *models)
+    np.testing.assert_array_equal(dev.provenance, host.provenance)
+    np.testing.assert_array_equal(dev.flags, host.flags)
+    np.testing.assert_allclose(dev.depth, host.depth, rtol=1e-5)
+    np.testing.assert_allclose(dev.sigma, host.sigma, rtol=1e-4)
+    a, b = pack_points(dev), pack_points(host)
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a['z'], b['z'], rtol=1e-5)

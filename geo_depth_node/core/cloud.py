@@ -21,6 +21,11 @@ def pack_points(result: FrameResult, organized: bool = True) -> np.ndarray:
         A C-contiguous structured array; ``arr.tobytes()`` is the message payload.
     """
     h, w = result.shape
+    packed = getattr(result, 'packed', None)  # packed on the device by the torch frame path
+    if packed is not None:
+        if organized:
+            return packed
+        return np.ascontiguousarray(packed[result.provenance != np.uint8(Provenance.NONE)])
     cloud = np.zeros((h, w), dtype=POINT_DTYPE)  # zeroed: padding bytes are deterministic
     cloud['x'] = result.points[..., 0]
     cloud['y'] = result.points[..., 1]

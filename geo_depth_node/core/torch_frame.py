@@ -88,7 +88,8 @@ class TorchFrame:
             self._cache_key = key
         return self._geo
 
-    def triangulate(self, disparity: Any, lr_diff: Any, flags: Any, stereo: StereoModel) -> dict[str, Any]:
+    def triangulate(self, disparity: Any, lr_diff: Any, flags: Any, stereo: StereoModel,
+                    sigma_d: Any = None) -> dict[str, Any]:
         """Depth, sigma, provenance, points of every pixel, on the device.
 
         Args:
@@ -96,6 +97,8 @@ class TorchFrame:
             lr_diff: (H, W) float32 px.
             flags: (H, W) integer Flag bits from the matcher.
             stereo: the rectified pair (StereoModel.from_cameras).
+            sigma_d: optional (H, W) float32 per-pixel disparity sigma (px) of the calibrated
+                model (core.sigma_model ``sigma_d_torch``); None = the constant model above.
 
         Returns:
             dict of (H, W) tensors: 'depth', 'depth_sigma', 'sigma', 'sigma_disparity' (float32),
@@ -113,7 +116,7 @@ class TorchFrame:
                              f'{stereo.left.width}x{stereo.left.height}')
         p = self.params
         g = self._geometry(stereo)
-        if self._use_triton():
+        if self._use_triton() and sigma_d is None:
             from . import sgm_triton as kt
 
             return kt.triangulate_triton(disparity, lr_diff, flags, g['u'], g['v'], g['ray'], g['rot'],
@@ -123,7 +126,10 @@ class TorchFrame:
         s0, gain = g['s0'], g['gain']
         # sqrt via float64 = the correctly rounded float32 root (numpy's); torch's float32 CPU
         # sqrt differs from it in the last bit for ~15 % of inputs (measured)
-        sigma_d = torch.sqrt((s0 * s0 + (gain * lr_diff) ** 2).double()).float()
+        if sigma_d is None:
+            sigma_d = torch.sqrt((s0 * s0 + (gain * lr_diff) ** 2).double()).float()
+        else:
+            sigma_d = sigma_d.float()
         sigma_d = torch.where(matched, sigma_d, nan)
         d_eff = disparity - g['dcx']
         z = g['fb'] / d_eff
