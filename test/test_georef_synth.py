@@ -129,3 +129,33 @@ def test_vertical_datum_of_the_dem_does_not_change_the_priors(tmp_path):
     rb = np.linalg.norm(b.points[prior], axis=-1)
     assert np.percentile(np.abs(ra - rb), 99) < 0.02  # float32 DEM storage: mm-level
     np.testing.assert_array_equal(a.provenance, b.provenance)
+
+
+def test_output_in_the_enu_frame(tmp_path):
+    """output.frame enu: the same points, moved into the local ENU frame with the frame's
+    pose; they land on the true terrain."""
+    import copy
+
+    from geo_depth_node.synth.generate import World
+
+    runs = _run(tmp_path, seed=0, frames=1)
+    cam = runs[0]['res']
+    pipe = runs[0]['pipe']
+    pipe.params['output.frame'] = 'enu'
+    try:
+        res = copy.deepcopy(cam)
+        pipe._to_enu(res)
+    finally:
+        pipe.params['output.frame'] = 'camera'
+    assert res.output_frame == 'enu'
+    T = cam.T_enu_cam
+    sel = np.isin(cam.provenance, [Provenance.FUSED, Provenance.PRIOR])
+    want = cam.points[sel].astype(np.float64) @ T[:3, :3].T + T[:3, 3]
+    np.testing.assert_allclose(res.points[sel], want, atol=1e-3)
+    # FUSED points in ENU are on the true terrain within their sigma (3 sigma)
+    f = (cam.provenance == Provenance.FUSED) & (runs[0]['surface'] == 1)
+    world = World(SynthConfig(seed=0, frames=1, width=W, height=H))
+    p = res.points[f].astype(np.float64)
+    dz = p[:, 2] - world.terrain.height(p[:, 0], p[:, 1])
+    assert np.mean(np.abs(dz) <= 3 * res.sigma[f] + 0.3) > 0.95  # + GNSS height error
+

@@ -277,6 +277,15 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('pose.course_min_speed_mps', 1.0,
               'Without IMU orientation the yaw comes from the GNSS course over ground, only '
               'above this speed.', 'm/s', 0.1, 100.0),
+    ParamSpec('output.frame', 'camera',
+              'Frame of x, y, z in ~/points: camera = the left camera optical frame (the image '
+              'header frame); enu = the local ENU frame at the datum (needs DEM sources and a '
+              'pose; a frame without a pose is published in the camera frame, its header says '
+              'so). The depth images always stay in the camera frame.',
+              choices=('camera', 'enu')),
+    ParamSpec('output.enu_frame_id', 'map',
+              'frame_id written into ~/points when output.frame is enu (REP-105: a world-fixed '
+              'frame; its origin is the ENU datum published in the legend).'),
     ParamSpec('diagnostics_period_s', 1.0,
               'Period of the DiagnosticArray on /diagnostics.', 's', 0.1, 60.0,
               read_only=True),

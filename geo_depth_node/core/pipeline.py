@@ -68,6 +68,7 @@ class FrameResult:
     prior_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     T_enu_cam: np.ndarray | None = None
     packed: np.ndarray | None = None  # (H, W) POINT_DTYPE cloud already packed on the device
+    output_frame: str = 'camera'  # frame of ``points``: 'camera' or 'enu'
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -201,6 +202,7 @@ class DepthPipeline:
                                      'stamp_ns')
                 self.georef.apply(result, stamp_ns, left_model, self.params, wait_s)
                 result.packed = None  # fused on the host: pack_points() packs it again
+                self._to_enu(result)
             timings['total'] = (time.perf_counter() - t_start) * 1e3
             return result
 
@@ -219,8 +221,19 @@ class DepthPipeline:
             if stamp_ns is None:
                 raise ValueError('DEM priors are configured: process() needs the frame stamp_ns')
             self.georef.apply(result, stamp_ns, left_model, self.params, wait_s)
+            self._to_enu(result)
         timings['total'] = (time.perf_counter() - t_start) * 1e3
         return result
+
+    def _to_enu(self, result: FrameResult) -> None:
+        """output.frame enu: move the points into the local ENU frame with the frame's pose."""
+        if self.params['output.frame'] != 'enu' or result.T_enu_cam is None:
+            return
+        T = result.T_enu_cam
+        pts = result.points.reshape(-1, 3).astype(np.float64) @ T[:3, :3].T + T[:3, 3]
+        result.points = pts.astype(np.float32).reshape(result.points.shape)
+        result.output_frame = 'enu'
+        result.packed = None
 
     # -- georeferencing inputs (thread-safe; no-ops without DEM sources) -----------------
     def add_imu(self, sample) -> None:

@@ -8,6 +8,7 @@ reported on /diagnostics.
 from __future__ import annotations
 
 import collections
+import copy
 import threading
 import time
 from typing import Any
@@ -325,11 +326,15 @@ class GeoDepthNode(Node):
             if not header.frame_id:
                 self._input_problem('no_frame_id', 'left image and camera_info have no frame_id')
                 return
-        if header.frame_id != self._legend_frame:
-            self._publish_legend(header.frame_id)
+        cloud_header = header
+        if result.output_frame == 'enu':
+            cloud_header = copy.deepcopy(header)
+            cloud_header.frame_id = params['output.enu_frame_id']
+        if cloud_header.frame_id != self._legend_frame:
+            self._publish_legend(cloud_header.frame_id)
         organized = params['output.organized']
         cloud = pack_points(result, organized=organized)
-        points_msg = conv.pointcloud2(header, cloud, dense=not organized)
+        points_msg = conv.pointcloud2(cloud_header, cloud, dense=not organized)
         depth_msg = conv.image_msg(header, result.depth, '32FC1')
         sigma_msg = conv.image_msg(header, result.depth_sigma, '32FC1')
         prov_msg = conv.image_msg(header, result.provenance, 'mono8')

@@ -364,6 +364,9 @@ class _Replay:
             self.problem('no_frame_id', f'frame {index}: left image and camera_info have no '
                                         'frame_id')
             return False
+        image_frame_id = frame_id
+        if result.output_frame == 'enu':
+            frame_id = p['output.enu_frame_id']
         georef = self.pipeline.georef
         datum = georef.pose.frame if georef is not None else None
         key = (frame_id, p['limit.max_relative_sigma'], p['limit.max_sigma_m'],
@@ -376,10 +379,11 @@ class _Replay:
         organized = bool(p['output.organized'])
         cloud = pack_points(result, organized=organized)
         hdr = bio.header(self.ts, stamp, frame_id)
+        ihdr = bio.header(self.ts, stamp, image_frame_id)  # images stay in the camera frame
         msgs = (('points', bio.pointcloud2_msg(self.ts, hdr, cloud, dense=not organized)),
-                ('depth', bio.image_msg(self.ts, hdr, result.depth, '32FC1')),
-                ('depth_sigma', bio.image_msg(self.ts, hdr, result.depth_sigma, '32FC1')),
-                ('provenance', bio.image_msg(self.ts, hdr, result.provenance, 'mono8')))
+                ('depth', bio.image_msg(self.ts, ihdr, result.depth, '32FC1')),
+                ('depth_sigma', bio.image_msg(self.ts, ihdr, result.depth_sigma, '32FC1')),
+                ('provenance', bio.image_msg(self.ts, ihdr, result.provenance, 'mono8')))
         raws = [(k, self.ts.serialize_cdr(m, self.conns[k].msgtype)) for k, m in msgs]
         t_pack = (time.perf_counter() - t1) * 1e3
         t2 = time.perf_counter()
