@@ -4,6 +4,7 @@ Subcommands (each has --help):
     params   print the parameter table, or a commented params YAML
     scene    write an analytic textured stereo scene with exact truth as a rosbag2
     replay   run the node's pipeline offline over a rosbag2: output.mcap, report.json, pictures
+    kitti2bag  convert the KITTI raw drive (stereo, OXTS GNSS/IMU, calibration) to a rosbag2
     bench    time the stereo frame path per stage against OpenCV SGBM (and accuracy)
     synth    write a synthetic outdoor world (terrain, stereo, IMU, GNSS, DEM) with exact truth
     demo     synthetic world -> live node over DDS -> cloud (PLY) + PNGs + a table of results
@@ -236,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help='run the pipeline offline over a rosbag2 (--help for options)')
     sp.add_argument('args', nargs=argparse.REMAINDER, help='options of replay')
 
+    sp = sub.add_parser('kitti2bag', add_help=False,
+                        help='KITTI raw drive -> rosbag2 + params (--help for options)')
+    sp.add_argument('args', nargs=argparse.REMAINDER, help='options of kitti2bag')
+
     sp = sub.add_parser('bench', add_help=False,
                         help='benchmark the frame path per stage vs OpenCV SGBM (--help for options)')
     sp.add_argument('args', nargs=argparse.REMAINDER, help='options of the benchmark')
@@ -266,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] in (['bench'], ['replay']):  # options go to the tool's own parser unchanged
+    if argv[:1] in (['bench'], ['replay'], ['kitti2bag']):  # options go to the tool's own parser unchanged
         import importlib
 
         logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
