@@ -58,21 +58,27 @@ def node_params(world: 'World', dem_path: Path) -> dict[str, Any]:
     }
 
 
-def write_node_params(world: 'World', path: Path, dem_path: Path) -> Path:
-    """Write ``path`` as a ROS 2 params file for node ``geo_depth_node``."""
+def write_params_file(params: dict[str, Any], path: Path, header: str) -> Path:
+    """Write dotted ``params`` as a ROS 2 params file for node ``geo_depth_node``, nested as
+    ROS flattens it back; ``header`` is written first (comment lines)."""
     import yaml
 
     nested: dict[str, Any] = {}
-    for name, value in node_params(world, dem_path).items():
+    for name, value in params.items():
         d = nested
         parts = name.split('.')
         for p in parts[:-1]:
             d = d.setdefault(p, {})
         d[parts[-1]] = value
+    path.write_text(header + yaml.safe_dump({'geo_depth_node': {'ros__parameters': nested}},
+                                            sort_keys=True, default_flow_style=None))
+    return path
+
+
+def write_node_params(world: 'World', path: Path, dem_path: Path) -> Path:
+    """Write ``path`` as a ROS 2 params file for node ``geo_depth_node``."""
     header = (f'# Node parameters for the synthetic world seed={world.cfg.seed} (written by '
               'geo-depth synth):\n# the DEM with its stated accuracy, datum and survey date, '
               'the ENU datum and the\n# extrinsics ([x, y, z, roll, pitch, yaw], m and rad, '
               'see config/geo_depth.yaml).\n')
-    path.write_text(header + yaml.safe_dump({'geo_depth_node': {'ros__parameters': nested}},
-                                            sort_keys=True, default_flow_style=None))
-    return path
+    return write_params_file(node_params(world, dem_path), path, header)

@@ -491,22 +491,13 @@ def node_params(drive_dir: Path, dem: str = 'srtm', color: bool = False) -> dict
 
 def write_params(params: dict[str, Any], path: Path, drive_dir: Path) -> Path:
     """Write ``params`` (dotted) as a ROS 2 params file for node ``geo_depth_node``."""
-    import yaml
+    from ..synth.params_out import write_params_file
 
-    nested: dict[str, Any] = {}
-    for name, value in params.items():
-        d = nested
-        parts = name.split('.')
-        for part in parts[:-1]:
-            d = d.setdefault(part, {})
-        d[parts[-1]] = value
     header = (f'# Node parameters for the KITTI drive {drive_dir.name} (written by geo-depth '
               'kitti2bag).\n# base_link = the OXTS/IMU frame; extrinsics [x, y, z, roll, pitch, '
               'yaw] (m, rad, fixed axes);\n# SRTM3 sigma_v = 16 m LE90 / 1.645 = 9.73 m; Rhine '
               'DEM datum EGM96 and sigmas are assumptions.\n')
-    path.write_text(header + yaml.safe_dump({'geo_depth_node': {'ros__parameters': nested}},
-                                            sort_keys=True, default_flow_style=None))
-    return path
+    return write_params_file(params, path, header)
 
 
 # ----------------------------------------------------------------------------- bag
