@@ -253,11 +253,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('fusion.gate_k', 3.0,
               'Stereo and prior are consistent (FUSED) when |r_stereo - r_prior| <= gate_k * '
               'sqrt(sigma_stereo^2 + sigma_prior^2); otherwise the point stays MEASURED with '
-              'PRIOR_CONFLICT.', 'sigma', 0.5, 10.0),
+              'PRIOR_CONFLICT.', 'sigma', 0.5, 10.0, read_only=True),
     ParamSpec('fusion.max_prior_relative_sigma', 0.5,
               'A DEM prior whose range sigma exceeds this fraction of its range (grazing rays, '
               'poor pose) is not used: NONE + PRIOR_UNAVAILABLE instead of a PRIOR point.', '',
-              0.001, 10.0),
+              0.001, 10.0, read_only=True),
     ParamSpec('pose.max_gnss_gap_s', 1.0,
               'Largest time between the two GNSS fixes that bracket an image stamp; larger '
               'gaps (NO_FIX, dropouts) give no pose: NONE points get PRIOR_UNAVAILABLE.', 's',
@@ -267,25 +267,25 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               0.001, 10.0, read_only=True),
     ParamSpec('pose.wait_s', 0.3,
               'How long a frame waits for the GNSS fix / IMU sample after its stamp (the pose '
-              'is interpolated, never taken from the latest message).', 's', 0.0, 10.0),
+              'is interpolated, never taken from the latest message).', 's', 0.0, 10.0, read_only=True),
     ParamSpec('pose.default_gnss_sigma_m', 5.0,
               'Position sigma used for fixes whose covariance type is UNKNOWN (such poses are '
-              'POSE_DEGRADED).', 'm', 0.01, 1000.0),
+              'POSE_DEGRADED).', 'm', 0.01, 1000.0, read_only=True),
     ParamSpec('pose.tilt_sigma_rad', 0.02,
               'Stated roll/pitch sigma of the gravity+gyro filter used when the IMU gives no '
-              'orientation (vehicle accelerations bias it).', 'rad', 0.0001, 1.0),
+              'orientation (vehicle accelerations bias it).', 'rad', 0.0001, 1.0, read_only=True),
     ParamSpec('pose.course_min_speed_mps', 1.0,
               'Without IMU orientation the yaw comes from the GNSS course over ground, only '
-              'above this speed.', 'm/s', 0.1, 100.0),
+              'above this speed.', 'm/s', 0.1, 100.0, read_only=True),
     ParamSpec('output.frame', 'camera',
               'Frame of x, y, z in ~/points: camera = the left camera optical frame (the image '
               'header frame); enu = the local ENU frame at the datum (needs DEM sources and a '
               'pose; a frame without a pose is published in the camera frame, its header says '
               'so). The depth images always stay in the camera frame.',
-              choices=('camera', 'enu')),
+              choices=('camera', 'enu'), read_only=True),
     ParamSpec('output.enu_frame_id', 'map',
               'frame_id written into ~/points when output.frame is enu (REP-105: a world-fixed '
-              'frame; its origin is the ENU datum published in the legend).'),
+              'frame; its origin is the ENU datum published in the legend).', read_only=True),
     ParamSpec('diagnostics_period_s', 1.0,
               'Period of the DiagnosticArray on /diagnostics.', 's', 0.1, 60.0,
               read_only=True),

@@ -237,7 +237,10 @@ class GeoDepthNode(Node):
         with self._lock:
             for p in changed:
                 self._params[p.name] = PARAMS_BY_NAME[p.name].validate(p.value)
+            old = self._pipeline
             self._pipeline = DepthPipeline(self._params)
+            if old.georef is not None:  # georef parameters are read-only: keep the buffered
+                self._pipeline.georef = old.georef  # IMU/GNSS, the datum and the DEM grid
             self._make_synchronizer()
         self.get_logger().info('parameters changed: ' + ', '.join(f'{p.name}={p.value}'
                                                                 for p in changed))
