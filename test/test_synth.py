@@ -410,7 +410,7 @@ def test_world_renders_deterministically_without_writing():
 def test_params_file_points_at_the_dem_with_its_statement(small_world):
     from geo_depth_node.core.dem import parse_dem_sources
     from geo_depth_node.core.params import load_params_yaml
-    from geo_depth_node.synth.params_out import matrix_to_rpy
+    from geo_depth_node.synth.motion import matrix_to_rpy
 
     cfg, world = small_world['cfg'], small_world['world']
     p = load_params_yaml(small_world['info']['params'])

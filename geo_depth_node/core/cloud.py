@@ -21,7 +21,7 @@ def pack_points(result: FrameResult, organized: bool = True) -> np.ndarray:
         A C-contiguous structured array; ``arr.tobytes()`` is the message payload.
     """
     h, w = result.shape
-    packed = getattr(result, 'packed', None)  # packed on the device by the torch frame path
+    packed = result.packed  # packed on the device by the torch frame path
     if packed is not None:
         if organized:
             return packed

@@ -459,6 +459,30 @@ class DemSource:
 
 # --- the local grid -----------------------------------------------------------------------
 
+def open_dem_sources(params: Mapping[str, Any]) -> list['DemSource']:
+    """Parse ``dem.sources`` / ``dem.source.<name>.*`` of validated parameters and open every
+    source (metadata only), in the order of :func:`parse_dem_sources`; [] when none is set.
+
+    Raises:
+        ValueError: a bad source parameter, an unusable vertical datum, or a path that matches
+            no file (a missing DEM stops the node and replay at start-up, never later).
+    """
+    from .params import dem_source_names
+
+    names = dem_source_names(params['dem.sources'])
+    if not names:
+        return []
+    specs = parse_dem_sources({k: v for k, v in params.items() if k.startswith('dem.')}
+                              | {'dem.sources': names})
+    opened = []
+    for spec in specs:
+        try:
+            opened.append(DemSource(spec))
+        except FileNotFoundError as exc:
+            raise ValueError(str(exc)) from exc
+    return opened
+
+
 def _lattice_index(n: int, stride: int) -> np.ndarray:
     idx = np.arange(0, n, stride)
     if idx[-1] != n - 1:

@@ -7,7 +7,6 @@ left camera optical frame (``R`` of the left CameraInfo), ``d_enu = R_enu_cam d_
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import logging
 import math
@@ -20,6 +19,7 @@ from .camera import CameraModel
 from .fusion import FusionConfig, fuse
 from .geodesy import EnuFrame
 from .pose import PoseEstimate
+from .torch_util import cpu_threads
 
 _LOG = logging.getLogger(__name__)
 
@@ -41,29 +41,11 @@ def range_gradient(rng: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(rng), g, np.nan)
 
 
-@contextlib.contextmanager
-def _cpu_threads(device: Any, n: int):
-    """On the CPU, run torch with ``n`` threads and restore the setting afterwards: the marching
-    loop issues many small ops, and torch's 2-thread pool on a loaded 2-core machine made it
-    10-50x slower (measured: 0.7 s with 1 thread vs 4-37 s with 2 for 320x240 rays)."""
-    import torch
-
-    if torch.device(device).type != 'cpu':
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 class GeoPrior:
     """A DEM height grid around the robot plus the per-frame ray-cast and fusion.
 
     Args:
-        specs: DEM source specs (core.dem.parse_dem_sources).
+        specs: DEM sources: opened core.dem.DemSource objects or their specs.
         frame: the local ENU frame.
         cell_m, half_extent_m, retile_margin_m: height-grid geometry, metres.
         max_range_m: farthest prior, metres.
@@ -91,8 +73,11 @@ class GeoPrior:
                                   if s.is_surface_model]
         self._ray_cache: tuple | None = None
 
-    def _rays(self, model: CameraModel, unrectify: bool) -> tuple[np.ndarray, np.ndarray,
+    def rays(self, model: CameraModel, unrectify: bool) -> tuple[np.ndarray, np.ndarray,
                                                                    np.ndarray]:
+        """Unit pixel rays of the left camera, cached per calibration: (d_cam (H, W, 3) float64
+        in the camera optical frame, the rays of the output frame (H, W, 3) float32 — camera if
+        ``unrectify`` else rectified —, |((u-cx)/fx, (v-cy)/fy, 1)| (H, W) float64)."""
         key = (model.width, model.height, model.fx, model.fy, model.cx, model.cy,
                model.R.tobytes(), unrectify)
         if self._ray_cache is None or self._ray_cache[0] != key:
@@ -113,11 +98,12 @@ class GeoPrior:
         t0 = time.perf_counter()
         self.grid.retile_if_needed(pose.p_enu_cam)
         t1 = time.perf_counter()
-        d_cam, _, _ = self._rays(model, True)
+        d_cam, _, _ = self.rays(model, True)
         d_enu = d_cam.reshape(-1, 3) @ pose.R_enu_cam.T
-        with _cpu_threads(self.grid.field.device, 1):
+        pose_cov = pose.pose_covariance()
+        with cpu_threads(self.grid.field.device, 1):
             res = raycast(self.grid.field, pose.p_enu_cam, d_enu, max_range_m=self.max_range_m,
-                          pose_cov=pose.pose_covariance())
+                          pose_cov=pose_cov)
         h, w = model.height, model.width
         rng = res.range_m.cpu().numpy().reshape(h, w)
         sigma = res.sigma_m.cpu().numpy().reshape(h, w)
@@ -125,8 +111,7 @@ class GeoPrior:
         # silhouettes, grazing rays over crests) a small attitude error moves the ray onto a
         # different surface. Add |dr/dpixel| * f * sigma_attitude in quadrature, so those
         # priors carry the sigma they really have (and usually fail the usability test).
-        sig_att = math.sqrt(max(float(np.linalg.eigvalsh(pose.pose_covariance().attitude).max()),
-                                0.0))
+        sig_att = math.sqrt(max(float(np.linalg.eigvalsh(pose_cov.attitude).max()), 0.0))
         if sig_att > 0:
             sigma = np.sqrt(sigma ** 2 + (range_gradient(rng) * model.fx * sig_att) ** 2)
         out = {'range_m': rng,
@@ -158,7 +143,7 @@ class GeoPrior:
         if not meas.any():
             return None
         field = self.grid.field
-        d_cam, _, _ = self._rays(model, True)
+        d_cam, _, _ = self.rays(model, True)
         d = d_cam[meas] @ pose.R_enu_cam.T  # unit rays, ENU
         r = np.linalg.norm(result.points[meas].astype(np.float64), axis=-1)
         p = pose.p_enu_cam + d * r[:, None]
@@ -193,7 +178,7 @@ class GeoPrior:
             return {'fused': 0, 'prior': 0, 'conflict': 0,
                     'measured': int((result.provenance == Provenance.MEASURED).sum())}
         pri = self.cast(pose, model)
-        _, ray_unit, norm = self._rays(model, bool(params.get('output.unrectify_points', True)))
+        _, ray_unit, norm = self.rays(model, bool(params.get('output.unrectify_points', True)))
         t = time.perf_counter()
         consistent = self.height_consistency(result, pose, model)
         counts = fuse(result, ray_unit, norm, pri['range_m'], pri['sigma_m'], pri['status'],

@@ -136,7 +136,6 @@ class DepthPipeline:
             self.matcher = OpenCVStereoMatcher(self.matcher_config)
         # torch matcher: keep the frame on the device (core/torch_frame.py)
         self.device_path = self.matcher_name == 'sgm_torch'
-        self.profile_device = False
         self._torch_frame = None
         self._pinned = None
         self.sigma_model = None
@@ -270,9 +269,6 @@ class DepthPipeline:
         sigma_d = None
         if self.sigma_model is not None:
             sigma_d = self.sigma_model.sigma_d_torch(m, m['disparity'])
-        if self.profile_device:  # synchronise per stage (diagnostics only: it costs time)
-            torch.cuda.synchronize() if dev.type == 'cuda' else None
-            timings['match_sigma'] = (time.perf_counter() - t) * 1e3
         if self._torch_frame is None:
             self._torch_frame = TorchFrame(self.params, dev)
         tri = self._torch_frame.triangulate(m['disparity'], m['lr_diff'], m['flags'], stereo,
@@ -379,11 +375,10 @@ class _Georef:
     def __init__(self, params: Mapping[str, Any]) -> None:
         import threading
 
-        from .dem import parse_dem_sources
+        from .dem import open_dem_sources
         from .pose import Extrinsics, PoseConfig, PoseEstimator
 
-        self.specs = parse_dem_sources({k: v for k, v in params.items() if k.startswith('dem.')}
-                                       | {'dem.sources': dem_source_names(params['dem.sources'])})
+        self.sources = open_dem_sources(params)  # opened once: the grid and the legend use them
         datum = None
         if params['georef.datum_mode'] == 'fixed':
             datum = (params['georef.datum_latitude_deg'], params['georef.datum_longitude_deg'],
@@ -410,7 +405,7 @@ class _Georef:
 
         if self.prior is None and self.pose.frame is not None:
             self.prior = GeoPrior(
-                self.specs, self.pose.frame, cell_m=params['dem.grid_cell_m'],
+                self.sources, self.pose.frame, cell_m=params['dem.grid_cell_m'],
                 half_extent_m=params['dem.grid_half_extent_m'],
                 retile_margin_m=params['dem.grid_retile_margin_m'],
                 max_range_m=params['dem.max_range_m'], device=params['dem.device'],

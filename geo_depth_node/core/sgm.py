@@ -620,16 +620,12 @@ class TorchSGMMatcher:
             return kt.aggregate_triton(cost, left, c.directions, c.p1, c.p2, c.p2_gradient_k,
                                        out=self._agg_buf, lines=self.agg_lines)
         s = torch.zeros(cost.shape, dtype=torch.int32, device=cost.device)
-        # The per-step tensors are small (scanlines x D): intra-op threads cost more than they
-        # give (measured 15x slower with 2 threads on a busy 2-core CPU), so run this loop
-        # single-threaded and restore the setting afterwards.
-        nthreads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        # The per-step tensors are small (scanlines x D): run this loop single-threaded.
+        from .torch_util import cpu_threads
+
+        with cpu_threads(cost.device, 1):
             for r in c.directions:
                 aggregate_path_torch(cost, left, r, c.p1, c.p2, c.p2_gradient_k, accumulate=s)
-        finally:
-            torch.set_num_threads(nthreads)
         return s
 
     def select(self, agg: Any) -> dict[str, Any]:

@@ -33,8 +33,7 @@ from ..core.cloud import pack_points
 from ..core.contract import Provenance
 from ..core.images import to_gray8
 from ..core.params import (DEM_SOURCE_PREFIX, PARAMETERS, PARAMS_BY_NAME, ROS_ONLY_PARAMS,
-                           ParamSpec, dem_source_names,
-                           validate_params)
+                           ParamSpec, validate_params)
 from ..core.pipeline import DepthPipeline
 from ..core.sync import TimeSynchronizer
 from ..core.workqueue import DropOldestQueue, Worker
@@ -74,9 +73,15 @@ class GeoDepthNode(Node):
         values.update(self._declare_dem_source_params())
         # Raises ValueError with the bad name/value: main() logs it and exits non-zero.
         self._params = validate_params(values)
-        self._dem_sources = self._open_dem_sources()
         self._lock = threading.Lock()
-        self._pipeline = DepthPipeline(self._params)
+        self._pipeline = DepthPipeline(self._params)  # opens the DEM sources (or refuses)
+        self._dem_sources = self._pipeline.georef.sources if self._pipeline.georef else []
+        for src in self._dem_sources:
+            spec = src.spec
+            self.get_logger().info(
+                f'DEM source {spec.name} (id {spec.id}, {spec.kind}, {spec.vertical_datum}, '
+                f'sigma_v {spec.sigma_v_m} m, survey {spec.survey_date}): '
+                f'{len(src.paths)} file(s)')
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
 
@@ -188,28 +193,6 @@ class GeoDepthNode(Node):
             self.declare_parameter(name, overrides[name].value, desc)
             out[name] = self.get_parameter(name).value
         return out
-
-    def _open_dem_sources(self) -> list:
-        """Open every configured DEM source (metadata only): a missing file or an unusable
-        vertical datum stops the node at start-up with the reason, never later."""
-        from ..core.dem import DemSource, parse_dem_sources
-
-        names = dem_source_names(self._params['dem.sources'])
-        if not names:
-            return []
-        specs = parse_dem_sources({k: v for k, v in self._params.items()
-                                   if k.startswith('dem.')} | {'dem.sources': names})
-        opened = []
-        for spec in specs:
-            try:
-                opened.append(DemSource(spec))
-            except FileNotFoundError as exc:
-                raise ValueError(str(exc)) from exc
-            self.get_logger().info(
-                f'DEM source {spec.name} (id {spec.id}, {spec.kind}, {spec.vertical_datum}, '
-                f'sigma_v {spec.sigma_v_m} m, survey {spec.survey_date}): '
-                f'{len(opened[-1].paths)} file(s)')
-        return opened
 
     def _validate_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Reject a change that does not pass the parameter table's checks."""

@@ -38,6 +38,13 @@ def rpy_to_matrix(roll: float, pitch: float, yaw: float) -> np.ndarray:
     return rz @ ry @ rx
 
 
+def matrix_to_rpy(r: np.ndarray) -> tuple[float, float, float]:
+    """(roll, pitch, yaw) with R = Rz(yaw) Ry(pitch) Rx(roll) (fixed axes x, y, z)."""
+    pitch = math.asin(max(-1.0, min(1.0, -float(r[2, 0]))))
+    return (math.atan2(float(r[2, 1]), float(r[2, 2])), pitch,
+            math.atan2(float(r[1, 0]), float(r[0, 0])))
+
+
 def so3_exp(w: np.ndarray) -> np.ndarray:
     """Rotation matrices (..., 3, 3) of rotation vectors (..., 3) (Rodrigues)."""
     w = np.asarray(w, dtype=np.float64)

@@ -1,21 +1,15 @@
 """The node params file written next to a synthetic world (points the node at its DEM)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .motion import matrix_to_rpy
+
 if TYPE_CHECKING:
     from .generate import World
-
-
-def matrix_to_rpy(r: np.ndarray) -> tuple[float, float, float]:
-    """(roll, pitch, yaw) with R = Rz(yaw) Ry(pitch) Rx(roll) (fixed axes x, y, z)."""
-    pitch = math.asin(max(-1.0, min(1.0, -float(r[2, 0]))))
-    return (math.atan2(float(r[2, 1]), float(r[2, 2])), pitch,
-            math.atan2(float(r[1, 0]), float(r[0, 0])))
 
 
 def _pose6(m: np.ndarray) -> list[float]:

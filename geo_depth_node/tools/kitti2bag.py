@@ -131,16 +131,22 @@ def default_drive_dir() -> Path | None:
 
 # ----------------------------------------------------------------------------- readers
 def read_calib_file(path: str | Path) -> dict[str, np.ndarray]:
-    """KITTI calib text file -> {key: float64 array}; non-numeric lines (calib_time) skipped."""
+    """KITTI calib text file -> {key: float64 array} (the ``calib_time`` date line is skipped).
+
+    Raises:
+        ValueError: on any other line whose value is not a list of numbers (names file and key).
+    """
     out: dict[str, np.ndarray] = {}
     for line in Path(path).read_text().splitlines():
         if ':' not in line:
             continue
-        key, val = line.split(':', 1)
-        try:
-            out[key.strip()] = np.array([float(x) for x in val.split()], dtype=np.float64)
-        except ValueError:
+        key, val = (x.strip() for x in line.split(':', 1))
+        if key == 'calib_time':
             continue
+        try:
+            out[key] = np.array([float(x) for x in val.split()], dtype=np.float64)
+        except ValueError as exc:
+            raise ValueError(f'{path}: {key!r} is not a list of numbers: {val!r}') from exc
     return out
 
 

@@ -158,7 +158,7 @@ def evaluate(bag: str | Path, params_path: str | Path, *, dem: str = 'srtm',
             per_frame.append({'stamp_ns': fr['stamp'], 'pose': why})
             continue
         if prior is None:
-            prior = GeoPrior(georef.specs, georef.pose.frame, cell_m=params['dem.grid_cell_m'],
+            prior = GeoPrior(georef.sources, georef.pose.frame, cell_m=params['dem.grid_cell_m'],
                              half_extent_m=params['dem.grid_half_extent_m'],
                              retile_margin_m=params['dem.grid_retile_margin_m'],
                              max_range_m=params['dem.max_range_m'], device='cpu',
@@ -166,7 +166,7 @@ def evaluate(bag: str | Path, params_path: str | Path, *, dem: str = 'srtm',
                                                  params['fusion.max_prior_relative_sigma']))
         pri = prior.cast(pose, lm)
         h, w = left.shape
-        d_cam, _, _ = prior._rays(lm, True)
+        d_cam, _, _ = prior.rays(lm, True)
         d_enu = d_cam.reshape(-1, 3) @ pose.R_enu_cam.T
         meas = (res.provenance == Provenance.MEASURED).reshape(-1)
         r_st = np.linalg.norm(res.points.reshape(-1, 3).astype(np.float64), axis=1)

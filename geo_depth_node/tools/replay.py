@@ -153,28 +153,6 @@ def _load_params(params: str | os.PathLike | Mapping[str, Any] | None) -> tuple[
     return load_params_yaml(str(path), NODE_NAME), str(path)
 
 
-def _open_dem_sources(params: Mapping[str, Any]) -> list:
-    """Open the configured DEM sources (metadata only), as the node does at start-up, for the
-    legend. A missing file is a ValueError, as it stops the node."""
-    from ..core.params import dem_source_names
-
-    names = dem_source_names(params['dem.sources'])
-    if not names:
-        return []
-    from ..core.dem import DemSource, parse_dem_sources
-
-    specs = parse_dem_sources({k: v for k, v in params.items() if k.startswith('dem.')}
-                              | {'dem.sources': names})
-    opened = []
-    for spec in specs:
-        try:
-            opened.append(DemSource(spec))
-        except FileNotFoundError as exc:
-            raise ValueError(f'DEM source {spec.name}: {exc} (the node refuses to start '
-                             'without it, and so does replay)') from exc
-    return opened
-
-
 def _load_truth(path: str | os.PathLike) -> dict[str, np.ndarray]:
     p = Path(path)
     if not p.is_file():
@@ -262,7 +240,8 @@ class _Replay:
         self.ts = make_typestore()
         self.prefix = '/' + output_prefix.strip('/')
         self.status_name = f'{self.prefix}: depth pipeline'
-        self.sources = _open_dem_sources(self.params)
+        georef = self.pipeline.georef  # the DEM sources it opened (for the legend)
+        self.sources = georef.sources if georef is not None else []
         self.picture_indices: set[int] = set()
         self.sync_stats: tuple[int, int] = (0, 0)  # (dropped_unmatched, out_of_order)
         self.size: tuple[int, int] | None = None  # (W, H)
@@ -626,19 +605,16 @@ def _feed_pose_inputs(pipeline, sb) -> int:
     if georef is None:
         return 0
     georef.pose.config = dataclasses.replace(georef.pose.config, buffer_s=1e9)
-    reader = sb._reader
-    conns = [c for c in reader.connections
-             if c.msgtype in ('sensor_msgs/msg/Imu', 'sensor_msgs/msg/NavSatFix')]
     n = 0
-    for conn, _t, raw in reader.messages(connections=conns):
-        msg = reader.deserialize(raw, conn.msgtype)
+    for topic, msgtype, msg in sb.messages_of_types(('sensor_msgs/msg/Imu',
+                                                     'sensor_msgs/msg/NavSatFix')):
         try:
-            if conn.msgtype.endswith('Imu'):
+            if msgtype.endswith('Imu'):
                 pipeline.add_imu(imu_sample_from_msg(msg))
             else:
                 pipeline.add_gnss(gnss_fix_from_msg(msg))
         except (ValueError, AttributeError) as exc:  # malformed message: say so, go on
-            _LOG.warning('%s message on %s ignored: %s', conn.msgtype, conn.topic, exc)
+            _LOG.warning('%s message on %s ignored: %s', msgtype, topic, exc)
             continue
         n += 1
     return n
