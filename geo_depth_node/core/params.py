@@ -258,6 +258,15 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               'A DEM prior whose range sigma exceeds this fraction of its range (grazing rays, '
               'poor pose) is not used: NONE + PRIOR_UNAVAILABLE instead of a PRIOR point.', '',
               0.001, 10.0, read_only=True),
+    ParamSpec('pose.source', 'gnss_imu',
+              'Where the pose of base_link on the Earth comes from: gnss_imu = sensor_msgs/Imu '
+              'on imu/data + sensor_msgs/NavSatFix on gnss/fix (core/pose.py PoseEstimator); '
+              'odometry = nav_msgs/Odometry on odom from an existing estimator (e.g. '
+              'robot_localization): its header frame is a local ENU frame (x east, y north, '
+              'z up) whose origin is the fixed datum georef.datum_* (georef.datum_mode must be '
+              'fixed), child_frame_id is base_link, pose.covariance (x, y, z, rotX, rotY, rotZ '
+              'about the fixed ENU axes) is the pose covariance.',
+              choices=('gnss_imu', 'odometry'), read_only=True),
     ParamSpec('pose.max_gnss_gap_s', 1.0,
               'Largest time between the two GNSS fixes that bracket an image stamp; larger '
               'gaps (NO_FIX, dropouts) give no pose: NONE points get PRIOR_UNAVAILABLE.', 's',
@@ -266,8 +275,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               'Largest time between the two IMU samples that bracket an image stamp.', 's',
               0.001, 10.0, read_only=True),
     ParamSpec('pose.wait_s', 0.3,
-              'How long a frame waits for the GNSS fix / IMU sample after its stamp (the pose '
-              'is interpolated, never taken from the latest message).', 's', 0.0, 10.0, read_only=True),
+              'How long a frame waits for the GNSS fix / IMU sample / odometry message after '
+              'its stamp (the pose is interpolated, never taken from the latest message).', 's',
+              0.0, 10.0, read_only=True),
     ParamSpec('pose.default_gnss_sigma_m', 5.0,
               'Position sigma used for fixes whose covariance type is UNKNOWN (such poses are '
               'POSE_DEGRADED).', 'm', 0.01, 1000.0, read_only=True),
@@ -277,6 +287,19 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('pose.course_min_speed_mps', 1.0,
               'Without IMU orientation the yaw comes from the GNSS course over ground, only '
               'above this speed.', 'm/s', 0.1, 100.0, read_only=True),
+    ParamSpec('pose.max_odometry_gap_s', 0.25,
+              'pose.source odometry: largest time between the two Odometry messages that '
+              'bracket an image stamp (position is interpolated linearly, attitude by slerp); '
+              'larger gaps give no pose: NONE points get PRIOR_UNAVAILABLE.', 's', 0.001, 10.0,
+              read_only=True),
+    ParamSpec('pose.odometry_default_position_sigma_m', 5.0,
+              'pose.source odometry: position sigma (each ENU axis) used when the message\'s '
+              'position covariance is all zero, non-finite or not positive definite (such '
+              'poses are POSE_DEGRADED).', 'm', 0.001, 1000.0, read_only=True),
+    ParamSpec('pose.odometry_default_attitude_sigma_rad', 0.05,
+              'pose.source odometry: attitude sigma (about each ENU axis) used when the '
+              'message\'s orientation covariance is all zero, non-finite or not positive '
+              'definite (such poses are POSE_DEGRADED).', 'rad', 0.0001, 3.2, read_only=True),
     ParamSpec('output.frame', 'camera',
               'Frame of x, y, z in ~/points: camera = the left camera optical frame (the image '
               'header frame); enu = the local ENU frame at the datum (needs DEM sources and a '
@@ -336,6 +359,11 @@ def validate_params(values: Mapping[str, Any], *, allow_unknown: Iterable[str] =
         raise ValueError(f'parameter dem.max_range_m ({out["dem.max_range_m"]}) must not exceed '
                          f'dem.grid_half_extent_m - dem.grid_retile_margin_m '
                          f'({out["dem.grid_half_extent_m"] - out["dem.grid_retile_margin_m"]})')
+    if out['pose.source'] == 'odometry' and out['georef.datum_mode'] != 'fixed':
+        raise ValueError(f'parameter pose.source is odometry: georef.datum_mode must be fixed '
+                         f'(the Odometry header frame is a local ENU frame whose origin is '
+                         f'georef.datum_latitude_deg/longitude_deg/height_m), got '
+                         f'{out["georef.datum_mode"]!r}')
     p1, p2 = out['stereo.p1'], out['stereo.p2']
     if p1 and p2 and p2 <= p1:
         raise ValueError(f'parameter stereo.p2 ({p2}) must exceed stereo.p1 ({p1})')

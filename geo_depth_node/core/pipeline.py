@@ -235,15 +235,22 @@ class DepthPipeline:
         result.packed = None
 
     # -- georeferencing inputs (thread-safe; no-ops without DEM sources) -----------------
+    # An input the configured pose.source does not use is ignored and counted in
+    # ``georef.pose.counts['<kind>_ignored']``.
     def add_imu(self, sample) -> None:
-        """Buffer a core.pose.ImuSample (sensor_msgs/Imu)."""
+        """Buffer a core.pose.ImuSample (sensor_msgs/Imu; pose.source gnss_imu)."""
         if self.georef is not None:
-            self.georef.add(sample, imu=True)
+            self.georef.add(sample, 'imu')
 
     def add_gnss(self, fix) -> None:
-        """Buffer a core.pose.GnssFix (sensor_msgs/NavSatFix)."""
+        """Buffer a core.pose.GnssFix (sensor_msgs/NavSatFix; pose.source gnss_imu)."""
         if self.georef is not None:
-            self.georef.add(fix, imu=False)
+            self.georef.add(fix, 'gnss')
+
+    def add_odometry(self, sample) -> None:
+        """Buffer a core.pose.OdometrySample (nav_msgs/Odometry; pose.source odometry)."""
+        if self.georef is not None:
+            self.georef.add(sample, 'odometry')
 
     def _process_on_device(self, left: np.ndarray, right: np.ndarray, left_valid, right_valid,
                            stereo: StereoModel, timings: dict[str, float]) -> FrameResult:
@@ -367,36 +374,60 @@ class DepthPipeline:
 
 
 class _Georef:
-    """Pose estimator + DEM prior engine of a DepthPipeline (created when DEM sources exist).
+    """Pose source + DEM prior engine of a DepthPipeline (created when DEM sources exist).
 
-    IMU/GNSS arrive from other threads in the node: every access takes the lock.
+    The pose source follows ``pose.source``: gnss_imu = core.pose.PoseEstimator (IMU + GNSS),
+    odometry = core.pose.OdometryPoseSource (nav_msgs/Odometry in ENU at the fixed datum).
+    Both have ``frame``, ``counts``, ``config`` and ``pose_at``. Inputs arrive from other
+    threads in the node: every access takes the lock.
     """
 
     def __init__(self, params: Mapping[str, Any]) -> None:
         import threading
 
         from .dem import open_dem_sources
-        from .pose import Extrinsics, PoseConfig, PoseEstimator
+        from .pose import (Extrinsics, OdometryPoseConfig, OdometryPoseSource, PoseConfig,
+                           PoseEstimator)
 
         self.sources = open_dem_sources(params)  # opened once: the grid and the legend use them
         datum = None
         if params['georef.datum_mode'] == 'fixed':
             datum = (params['georef.datum_latitude_deg'], params['georef.datum_longitude_deg'],
                      params['georef.datum_height_m'])
-        self.pose = PoseEstimator(PoseConfig(
-            datum=datum, max_gnss_gap_s=params['pose.max_gnss_gap_s'],
-            max_imu_gap_s=params['pose.max_imu_gap_s'],
-            default_gnss_sigma_m=params['pose.default_gnss_sigma_m'],
-            tilt_sigma_rad=params['pose.tilt_sigma_rad'],
-            course_min_speed_mps=params['pose.course_min_speed_mps']),
-            Extrinsics.from_params(dict(params)))
+        ext = Extrinsics.from_params(dict(params))
+        self.source_kind = params['pose.source']
+        if self.source_kind == 'odometry':
+            if datum is None:  # validate_params refuses it; a direct caller gets it here
+                raise ValueError('pose.source odometry needs georef.datum_mode fixed, got '
+                                 f'{params["georef.datum_mode"]!r}')
+            self.pose = OdometryPoseSource(OdometryPoseConfig(
+                datum=datum, max_gap_s=params['pose.max_odometry_gap_s'],
+                default_position_sigma_m=params['pose.odometry_default_position_sigma_m'],
+                default_attitude_sigma_rad=params['pose.odometry_default_attitude_sigma_rad'],
+                frame_id=params['output.enu_frame_id']), ext)
+        else:
+            self.pose = PoseEstimator(PoseConfig(
+                datum=datum, max_gnss_gap_s=params['pose.max_gnss_gap_s'],
+                max_imu_gap_s=params['pose.max_imu_gap_s'],
+                default_gnss_sigma_m=params['pose.default_gnss_sigma_m'],
+                tilt_sigma_rad=params['pose.tilt_sigma_rad'],
+                course_min_speed_mps=params['pose.course_min_speed_mps']), ext)
         self.prior = None  # GeoPrior, built once the ENU frame (datum) is known
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
 
-    def add(self, sample, imu: bool) -> None:
+    def add(self, sample, kind: str) -> None:
+        """Buffer one input of ``kind`` 'imu', 'gnss' or 'odometry'; one the pose source does
+        not take is counted in ``pose.counts['<kind>_ignored']`` (warned about once)."""
         with self.cond:
-            (self.pose.add_imu if imu else self.pose.add_gnss)(sample)
+            add = getattr(self.pose, f'add_{kind}', None)
+            if add is None:
+                key = f'{kind}_ignored'
+                if key not in self.pose.counts:
+                    _LOG.warning('%s input ignored: pose.source is %s', kind, self.source_kind)
+                self.pose.counts[key] = self.pose.counts.get(key, 0) + 1
+                return
+            add(sample)
             self.cond.notify_all()
 
     def _prior(self, params: Mapping[str, Any]):

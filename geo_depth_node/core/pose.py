@@ -24,6 +24,13 @@ Message conventions honoured
   GNSS course over ground while the vehicle moves faster than ``course_min_speed_mps`` (no
   sideslip assumed); before the first course the yaw is unknown (sigma = pi, degraded).
 
+Alternative source (``pose.source: odometry``): :class:`OdometryPoseSource` takes the pose of
+base_link from an existing estimator (nav_msgs/Odometry, e.g. robot_localization) whose header
+frame is a local ENU frame (REP-103/105: x east, y north, z up) with its origin at the fixed
+georef datum; ``pose.covariance`` (6x6, row-major x, y, z, rotX, rotY, rotZ, rotations about the
+fixed axes of the header frame) becomes the pose covariance; an all-zero, non-finite or not
+positive definite block is replaced by the configured default sigma and the pose is degraded.
+
 Lookup at a stamp: never "latest". Position is interpolated linearly between the two fixes
 that bracket the stamp (at most ``max_gnss_gap_s`` apart; the covariance is interpolated
 linearly, conservatively, since GNSS errors are correlated in time); attitude is interpolated
@@ -215,7 +222,9 @@ class PoseConfig:
 class PoseEstimate:
     """Pose at one stamp: ``R_enu_base``, ``p_enu_base``, ``R_enu_cam``, ``p_enu_cam``,
     ``position_cov`` (3, 3) ENU m^2 of the camera centre, ``rpy_sigma`` (3,) rad of the body
-    attitude, ``degraded`` and the ``reasons``."""
+    attitude, ``degraded`` and the ``reasons``; ``attitude_cov`` (3, 3) rad^2 of the attitude
+    as a rotation vector about the fixed ENU axes when the source gives one (odometry), else
+    None (the covariance is built from ``rpy_sigma``)."""
 
     R_enu_base: np.ndarray
     p_enu_base: np.ndarray
@@ -225,11 +234,19 @@ class PoseEstimate:
     rpy_sigma: np.ndarray
     degraded: bool
     reasons: list[str]
+    attitude_cov: np.ndarray | None = None
 
     def pose_covariance(self):
-        """:class:`~geo_depth_node.core.raycast.PoseCovariance` of the camera (ENU)."""
+        """:class:`~geo_depth_node.core.raycast.PoseCovariance` of the camera (ENU).
+
+        With ``attitude_cov`` ((3, 3) rad^2, rotation vector about the fixed ENU axes, as
+        PoseCovariance.attitude) it is used as it is; otherwise it is built from the body's
+        roll/pitch/yaw and ``rpy_sigma``.
+        """
         from .raycast import PoseCovariance
 
+        if self.attitude_cov is not None:
+            return PoseCovariance(self.position_cov, self.attitude_cov)
         return PoseCovariance.from_rpy(self.position_cov, matrix_to_rpy(self.R_enu_base),
                                        self.rpy_sigma)
 
@@ -445,3 +462,214 @@ class PoseEstimator:
         r_cam = r_base @ self.ext.base_camera[:3, :3]
         p_cam = p_base + r_base @ self.ext.base_camera[:3, 3]
         return PoseEstimate(r_base, p_base, r_cam, p_cam, cov, sig, bool(reasons), reasons), 'ok'
+
+
+# ---------------------------------------------------------------------------------------------
+# Alternative pose source: nav_msgs/Odometry of an existing estimator in a local ENU frame.
+
+#: A quaternion whose norm differs from 1 by more than this is refused (ValueError); within
+#: it, the quaternion is normalised (float32 round trips, estimators that do not renormalise).
+QUAT_UNIT_TOL = 1e-3
+
+
+def _unit_quaternion(q: Sequence[float]) -> tuple[float, float, float, float]:
+    """``q`` (x, y, z, w) as floats, checked to be a finite unit quaternion.
+
+    Raises:
+        ValueError: not 4 numbers, a non-finite element, or a norm off 1 by > QUAT_UNIT_TOL.
+    """
+    v = tuple(float(x) for x in q)
+    if len(v) != 4:
+        raise ValueError(f'orientation quaternion must be (x, y, z, w), got {list(v)}')
+    n = math.sqrt(sum(x * x for x in v))
+    if not math.isfinite(n) or abs(n - 1.0) > QUAT_UNIT_TOL:
+        raise ValueError(f'orientation quaternion (x, y, z, w) {list(v)} is not a unit '
+                         f'quaternion (norm {n:.6g})')
+    return v[0], v[1], v[2], v[3]
+
+
+@dataclasses.dataclass(frozen=True)
+class OdometrySample:
+    """The pose part of one nav_msgs/Odometry message.
+
+    Attributes:
+        stamp_ns: header stamp, ns.
+        position: (3,) position of base_link (the child frame) in the header frame, m; the
+            header frame is the local ENU frame at the datum (x east, y north, z up).
+        orientation_xyzw: unit quaternion (x, y, z, w) of base_link in the header frame
+            (``R_enu_base``).
+        covariance: (6, 6) ``pose.covariance`` reshaped row-major: order x, y, z, rotX, rotY,
+            rotZ; m^2, m*rad, rad^2; rotations about the FIXED axes of the header frame (as
+            geometry_msgs/PoseWithCovariance).
+        frame_id: header frame id (the ENU frame), for diagnostics.
+        child_frame_id: the body frame id (base_link), for diagnostics.
+    """
+
+    stamp_ns: int
+    position: np.ndarray
+    orientation_xyzw: tuple[float, float, float, float]
+    covariance: np.ndarray
+    frame_id: str = ''
+    child_frame_id: str = ''
+
+
+def odometry_sample_from_msg(msg: Any) -> OdometrySample:
+    """OdometrySample of a nav_msgs/Odometry-like object (rclpy or rosbags message;
+    duck-typed). The twist is not used.
+
+    Raises:
+        ValueError: a non-finite position, a non-unit or non-finite quaternion, or a pose
+            covariance that is not 36 numbers.
+    """
+    stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+    pp, q = msg.pose.pose.position, msg.pose.pose.orientation
+    pos = np.array([pp.x, pp.y, pp.z], dtype=np.float64)
+    if not np.all(np.isfinite(pos)):
+        raise ValueError(f'odometry position {pos.tolist()} is not finite')
+    quat = _unit_quaternion((q.x, q.y, q.z, q.w))
+    cov = np.asarray(msg.pose.covariance, dtype=np.float64)
+    if cov.size != 36:
+        raise ValueError(f'pose covariance has {cov.size} elements, expected 36')
+    return OdometrySample(stamp, pos, quat, cov.reshape(6, 6).copy(), str(msg.header.frame_id),
+                          str(msg.child_frame_id))
+
+
+@dataclasses.dataclass(frozen=True)
+class OdometryPoseConfig:
+    """Settings of :class:`OdometryPoseSource` (parameters ``pose.*`` and ``georef.datum_*``).
+
+    Attributes:
+        datum: (lat deg, lon deg, h m above the ellipsoid) of the origin of the odometry's
+            header frame (georef.datum_mode must be fixed).
+        buffer_s: samples older than this before the newest are dropped, s.
+        max_gap_s: largest time between the two samples that bracket a stamp, s.
+        default_position_sigma_m: position sigma used when the message's position covariance
+            is unusable (all zero, non-finite, not positive definite), m.
+        default_attitude_sigma_rad: the same for the attitude block, rad.
+        frame_id: expected header frame id (the ENU frame, e.g. output.enu_frame_id); a
+            different one is counted and warned about once, not refused; '' = not checked.
+    """
+
+    datum: tuple[float, float, float]
+    buffer_s: float = 10.0
+    max_gap_s: float = 0.25
+    default_position_sigma_m: float = 5.0
+    default_attitude_sigma_rad: float = 0.05
+    frame_id: str = ''
+
+
+def _usable_cov(block: np.ndarray) -> np.ndarray | None:
+    """(3, 3) block symmetrised, or None when it is non-finite, not symmetric or not
+    positive definite (an all-zero block is the ROS way of saying "unknown")."""
+    b = np.asarray(block, dtype=np.float64)
+    if not np.all(np.isfinite(b)):
+        return None
+    scale = float(np.abs(b).max())
+    if scale == 0.0 or not np.allclose(b, b.T, rtol=0.0, atol=1e-9 * scale):
+        return None
+    b = 0.5 * (b + b.T)
+    if np.linalg.eigvalsh(b).min() <= 0.0:
+        return None
+    return b
+
+
+class OdometryPoseSource:
+    """Buffers nav_msgs/Odometry poses of base_link in a local ENU frame; gives the camera pose
+    at an image stamp (the same contract as :meth:`PoseEstimator.pose_at`).
+
+    Position is interpolated linearly and attitude by slerp between the two samples that
+    bracket the stamp (at most ``max_gap_s`` apart); the two covariance blocks are
+    interpolated linearly (conservative for correlated errors). The camera centre gets the
+    base's position covariance (the lever arm of extrinsics.base_to_camera times the attitude
+    sigma is neglected, as for the GNSS antenna); the attitude covariance (rotation vector
+    about the fixed ENU axes) is the same for every rigidly mounted frame.
+
+    Args:
+        config: :class:`OdometryPoseConfig`.
+        extrinsics: :class:`Extrinsics` (only ``base_camera`` is used).
+
+    Attributes:
+        frame: the :class:`EnuFrame` of the datum (the odometry's header frame).
+        counts: 'odometry_bad', 'odometry_out_of_order', 'odometry_unknown_cov',
+            'odometry_frame_mismatch' (diagnostics).
+    """
+
+    def __init__(self, config: OdometryPoseConfig, extrinsics: Extrinsics) -> None:
+        self.config = config
+        self.ext = extrinsics
+        self.frame: EnuFrame = EnuFrame(*config.datum)
+        self._t: list[int] = []
+        # (p_enu_base (3,), R_enu_base (3, 3), position cov, attitude cov, reasons)
+        self._v: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]] = []
+        self._announced = False
+        self.counts = {'odometry_bad': 0, 'odometry_out_of_order': 0,
+                       'odometry_unknown_cov': 0, 'odometry_frame_mismatch': 0}
+
+    def add_odometry(self, s: OdometrySample) -> None:
+        """Buffer one sample; bad (non-finite, non-unit quaternion, covariance not 6x6) and
+        out-of-order samples are counted and dropped."""
+        try:
+            p = np.asarray(s.position, dtype=np.float64).reshape(3)
+            if not np.all(np.isfinite(p)):
+                raise ValueError(f'position {p.tolist()} is not finite')
+            r = quat_xyzw_to_matrix(_unit_quaternion(s.orientation_xyzw))
+            cov = np.asarray(s.covariance, dtype=np.float64).reshape(6, 6)
+        except ValueError as exc:
+            self.counts['odometry_bad'] += 1
+            _LOG.debug('odometry sample at %d ns dropped: %s', s.stamp_ns, exc)
+            return
+        if not self._announced:
+            self._announced = True
+            _LOG.info('odometry pose: header frame %r taken as ENU at the datum %.8f %.8f '
+                      '%.3f m, child frame %r as base_link', s.frame_id, self.frame.lat0_deg,
+                      self.frame.lon0_deg, self.frame.h0_m, s.child_frame_id)
+        if self.config.frame_id and s.frame_id and s.frame_id != self.config.frame_id:
+            if self.counts['odometry_frame_mismatch'] == 0:
+                _LOG.warning('odometry header frame %r is not %r (output.enu_frame_id): it is '
+                             'used as ENU at the datum all the same', s.frame_id,
+                             self.config.frame_id)
+            self.counts['odometry_frame_mismatch'] += 1
+        if self._t and s.stamp_ns <= self._t[-1]:
+            self.counts['odometry_out_of_order'] += 1
+            return
+        reasons: list[str] = []
+        pos_cov = _usable_cov(cov[:3, :3])
+        if pos_cov is None:
+            pos_cov = np.eye(3) * self.config.default_position_sigma_m ** 2
+            reasons.append('odometry position covariance unknown: default sigma used')
+        att_cov = _usable_cov(cov[3:, 3:])
+        if att_cov is None:
+            att_cov = np.eye(3) * self.config.default_attitude_sigma_rad ** 2
+            reasons.append('odometry attitude covariance unknown: default sigma used')
+        if reasons:
+            self.counts['odometry_unknown_cov'] += 1
+        self._t.append(int(s.stamp_ns))
+        self._v.append((p, r, pos_cov, att_cov, tuple(reasons)))
+        horizon = self._t[-1] - int(self.config.buffer_s * 1e9)
+        k = bisect.bisect_left(self._t, horizon)
+        if k > 0:
+            del self._t[:k]
+            del self._v[:k]
+
+    def pose_at(self, stamp_ns: int) -> tuple[PoseEstimate | None, str]:
+        """Camera pose in ENU at ``stamp_ns``; ``(None, reason)`` when it cannot be had
+        ('odometry: after the newest data ...' while the sample after the stamp has not
+        arrived, 'odometry: before the buffered data', 'odometry: gap of X s',
+        'odometry: no data yet')."""
+        if not self._t:
+            return None, 'odometry: no data yet'
+        b = PoseEstimator._bracket(self._t, stamp_ns, int(self.config.max_gap_s * 1e9))
+        if isinstance(b, str):
+            return None, f'odometry: {b}'
+        i0, i1, w = b
+        p0, r0, pc0, ac0, rs0 = self._v[i0]
+        p1, r1, pc1, ac1, rs1 = self._v[i1]
+        p_base = (1 - w) * p0 + w * p1
+        r_base = r0 @ so3_exp(w * so3_log(r0.T @ r1))
+        pos_cov = (1 - w) * pc0 + w * pc1
+        att_cov = (1 - w) * ac0 + w * ac1
+        reasons = list(dict.fromkeys(rs0 + rs1))
+        r_cam = r_base @ self.ext.base_camera[:3, :3]
+        p_cam = p_base + r_base @ self.ext.base_camera[:3, 3]
+        return PoseEstimate(r_base, p_base, r_cam, p_cam, pos_cov, np.sqrt(np.diag(att_cov)),
+                            bool(reasons), reasons, att_cov), 'ok'

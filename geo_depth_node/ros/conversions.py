@@ -72,6 +72,14 @@ def gnss_fix_from_msg(msg):
     return conv(msg)
 
 
+def odometry_sample_from_msg(msg):
+    """core.pose.OdometrySample of a nav_msgs/Odometry (see core.pose.odometry_sample_from_msg;
+    ValueError on a non-finite position or a non-unit quaternion)."""
+    from ..core.pose import odometry_sample_from_msg as conv
+
+    return conv(msg)
+
+
 _DATUM_NAMES = {'ellipsoid': 'WGS84 ellipsoid', 'egm96': 'EGM96', 'egm2008': 'EGM2008',
                 'egm84': 'EGM84'}
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
 from rclpy.exceptions import ParameterException
@@ -139,7 +140,20 @@ class GeoDepthNode(Node):
                                      lambda m: self._on_input('right_info', m), in_qos,
                                      qos_overriding_options=overrides),
         ]
-        if self._pipeline.georef is not None:  # DEM priors need the pose on the Earth
+        if self._pipeline.georef is not None and self._params['pose.source'] == 'odometry':
+            # an estimator's output (robot_localization publishes reliable, depth 10); a deep
+            # queue so that a busy executor does not lose the message after an image stamp
+            odom_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
+                                  reliability=ReliabilityPolicy.RELIABLE)
+            self._subs.append(self.create_subscription(Odometry, 'odom', self._on_odometry,
+                                                       odom_qos,
+                                                       qos_overriding_options=overrides))
+            self.get_logger().info(
+                f'georeferencing from {self._subs[4].topic_name} (nav_msgs/Odometry in ENU at '
+                f'the datum {self._params["georef.datum_latitude_deg"]:.8f} '
+                f'{self._params["georef.datum_longitude_deg"]:.8f} '
+                f'{self._params["georef.datum_height_m"]:.3f} m)')
+        elif self._pipeline.georef is not None:  # DEM priors need the pose on the Earth
             # sensor-data QoS, but deep queues: 200 Hz IMU must not be lost to a busy executor
             imu_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=400,
                                  reliability=ReliabilityPolicy.BEST_EFFORT)
@@ -276,6 +290,20 @@ class GeoDepthNode(Node):
             pipeline = self._pipeline
         pipeline.add_gnss(conv.gnss_fix_from_msg(msg))
 
+    def _on_odometry(self, msg: Any) -> None:
+        """Executor thread: buffer a nav_msgs/Odometry pose (pose.source odometry; cheap)."""
+        try:
+            sample = conv.odometry_sample_from_msg(msg)
+        except ValueError as exc:
+            self._input_problem('bad_odometry', f'Odometry ignored: {exc}')
+            return
+        if sample.stamp_ns <= 0:
+            self._input_problem('zero_stamp', 'odom: message with a zero stamp ignored')
+            return
+        with self._lock:
+            pipeline = self._pipeline
+        pipeline.add_odometry(sample)
+
     # ---------------------------------------------------------------- worker
     def _process(self, frame: dict[str, Any]) -> None:
         """Worker thread: decode, run the pipeline, publish."""
@@ -370,6 +398,12 @@ class GeoDepthNode(Node):
 
     def _publish_diagnostics(self) -> None:
         sync = self._sync.stats
+        with self._lock:
+            georef = self._pipeline.georef
+        pose_counts: dict[str, int] = {}
+        if georef is not None:  # bad / out-of-order / ignored pose inputs of the pose source
+            with georef.lock:
+                pose_counts = dict(georef.pose.counts)
         with self._stats_lock:
             values: dict[str, object] = {
                 'frames_processed': self._frames_done,
@@ -382,6 +416,8 @@ class GeoDepthNode(Node):
             }
             for kind, n in sorted(self._pose_status.items()):
                 values[f'pose.{kind}'] = n
+            for kind, n in sorted(pose_counts.items()):
+                values[f'pose_input.{kind}'] = n
             for kind, n in sorted(self._input_problems.items()):
                 values[f'input_problem.{kind}'] = n
             for name, frac in self._fractions.items():

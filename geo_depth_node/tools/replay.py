@@ -561,7 +561,8 @@ def _make_pictures(rep: _Replay, out: Path, renderer: str) -> dict[str, Any]:
             fwd = sum(poses[i][:3, 2] for i, _c in chunks)
             frame = 'enu'
             note = (f'accumulated cloud of {len(chunks)} frame(s) in the local ENU frame, placed '
-                    'with the pipeline\'s own GNSS/IMU pose estimates (as cloud.ply)')
+                    f'with the pipeline\'s own {_pose_source_words(rep.params)} pose '
+                    'estimates (as cloud.ply)')
             title = f'{len(chunks)} frame(s), georeferenced (estimated poses), ENU'
         elif posed and len(posed) == len(chunks):
             xyz_l, prov_l, fwd = [], [], np.zeros(3)
@@ -594,22 +595,56 @@ def _make_pictures(rep: _Replay, out: Path, renderer: str) -> dict[str, Any]:
     return entry
 
 
-def _feed_pose_inputs(pipeline, sb) -> int:
-    """Offline, every IMU/GNSS message of the bag is known in advance: buffer them all (the
-    pose is interpolated at each image stamp, as in the node, which waits for them)."""
+ODOMETRY_TYPE = 'nav_msgs/msg/Odometry'
+
+
+def odometry_topic(prefix: str = '', overrides: Mapping[str, str] | None = None) -> str:
+    """Bag topic of the Odometry input (pose.source odometry), as the node subscribes its
+    relative ``odom`` in namespace ``prefix``; ``overrides['odom']`` replaces it (like a ROS
+    remap, ``--topic odom:=/ground_truth/odometry``)."""
+    if overrides and overrides.get('odom'):
+        return overrides['odom']
+    ns = ('/' + prefix.strip('/')) if prefix.strip('/') else ''
+    return f'{ns}/odom'
+
+
+def _pose_source_words(params: Mapping[str, Any]) -> str:
+    """'GNSS/IMU' or 'odometry': what the pipeline's poses come from (pose.source)."""
+    return 'odometry' if params.get('pose.source') == 'odometry' else 'GNSS/IMU'
+
+
+def _feed_pose_inputs(pipeline, sb, odom_topic: str) -> int:
+    """Offline, every pose input of the bag is known in advance: buffer them all (the pose is
+    interpolated at each image stamp, as in the node, which waits for them).
+
+    pose.source gnss_imu: every sensor_msgs/Imu and NavSatFix message; odometry: the
+    nav_msgs/Odometry messages on ``odom_topic`` only (a bag may hold others, e.g. truth).
+
+    Raises:
+        ValueError: pose.source odometry and the bag has no Odometry on ``odom_topic`` (the
+            message lists the Odometry topics it has).
+    """
     import dataclasses
 
-    from ..core.pose import gnss_fix_from_msg, imu_sample_from_msg
+    from ..core.pose import gnss_fix_from_msg, imu_sample_from_msg, odometry_sample_from_msg
 
     georef = pipeline.georef
     if georef is None:
         return 0
     georef.pose.config = dataclasses.replace(georef.pose.config, buffer_s=1e9)
+    odometry = pipeline.params['pose.source'] == 'odometry'
+    types = (ODOMETRY_TYPE,) if odometry else ('sensor_msgs/msg/Imu',
+                                                'sensor_msgs/msg/NavSatFix')
+    seen: set[str] = set()
     n = 0
-    for topic, msgtype, msg in sb.messages_of_types(('sensor_msgs/msg/Imu',
-                                                     'sensor_msgs/msg/NavSatFix')):
+    for topic, msgtype, msg in sb.messages_of_types(types):
+        seen.add(topic)
+        if odometry and topic != odom_topic:
+            continue
         try:
-            if msgtype.endswith('Imu'):
+            if odometry:
+                pipeline.add_odometry(odometry_sample_from_msg(msg))
+            elif msgtype.endswith('Imu'):
                 pipeline.add_imu(imu_sample_from_msg(msg))
             else:
                 pipeline.add_gnss(gnss_fix_from_msg(msg))
@@ -617,6 +652,11 @@ def _feed_pose_inputs(pipeline, sb) -> int:
             _LOG.warning('%s message on %s ignored: %s', msgtype, topic, exc)
             continue
         n += 1
+    if odometry and odom_topic not in seen:
+        raise ValueError(f'pose.source is odometry but bag {sb.path} has no {ODOMETRY_TYPE} '
+                         f'message on {odom_topic}; its Odometry topics are: '
+                         f'{", ".join(sorted(seen)) if seen else "none"} (use --topic-prefix '
+                         'or --topic odom:=TOPIC)')
     return n
 
 
@@ -636,8 +676,10 @@ def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, 
         truth: optional truth.npz (``stamps_ns`` (F,), ``depth`` (F, H, W) Z in metres along
             the left rectified optical axis; ``T_enu_left`` (F, 4, 4) to place the 3D picture).
         frames: which synchronised frames (0-based, stop exclusive): 'A:B', (A, B), a slice.
-        topic_prefix: namespace of the input topics in the bag (e.g. '/stereo').
-        topics: input name (left_image, left_info, right_image, right_info) -> topic overrides.
+        topic_prefix: namespace of the input topics in the bag (e.g. '/stereo'); also of
+            ``odom`` (pose.source odometry).
+        topics: input name (left_image, left_info, right_image, right_info, odom) -> topic
+            overrides.
         output_prefix: the node's namespace + name for the output topics.
         pictures: how many frames get a picture (evenly spaced: 3 = first, middle, last);
             0 = no pictures at all.
@@ -656,8 +698,9 @@ def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, 
 
     Raises:
         FileNotFoundError: bag, params or truth file missing.
-        ValueError: bad parameters, a bag without the stereo topics, a bad --frames, a truth
-            file that does not fit.
+        ValueError: bad parameters, a bag without the stereo topics (or, with pose.source
+            odometry, without Odometry on the odom topic), a bad --frames, a truth file that
+            does not fit.
     """
     from ..core.cloud import write_ply
     from ..core.sync import TimeSynchronizer
@@ -674,7 +717,9 @@ def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, 
 
     rep = _Replay(values, out, truth_data, output_prefix)
     p = rep.params
-    in_topics = input_topics(bool(p['rectify']), topic_prefix, topics)
+    stereo_remaps = {k: v for k, v in (topics or {}).items() if k != 'odom'}
+    in_topics = input_topics(bool(p['rectify']), topic_prefix, stereo_remaps)
+    odom_topic = odometry_topic(topic_prefix, topics)
     with StereoBag(bag, in_topics) as sb:
         n_bag = min(sb.count(n) for n in INPUTS)
         selected = range(n_bag)[start:stop]
@@ -695,9 +740,10 @@ def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, 
         _LOG.info('replaying %s (%d stereo frame(s) in the bag, %d selected) with %s on %s',
                   bag, n_bag, len(selected), rep.pipeline.matcher_name, rep.pipeline.device)
         paired = processed = 0
-        n_pose_msgs = _feed_pose_inputs(rep.pipeline, sb)
+        n_pose_msgs = _feed_pose_inputs(rep.pipeline, sb, odom_topic)
         if n_pose_msgs:
-            _LOG.info('fed %d IMU/GNSS messages to the pose estimator', n_pose_msgs)
+            _LOG.info('fed %d %s messages to the pose source', n_pose_msgs,
+                      _pose_source_words(p))
         t_proc = time.perf_counter()
         rep.open_writer(tmp)
         try:
@@ -760,7 +806,8 @@ def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, 
         'stamps_ns': {'first': rep.stamps[0] if rep.stamps else None,
                       'last': rep.stamps[-1] if rep.stamps else None},
         'frame_ids': sorted(rep.frame_ids),
-        'input_topics': in_topics,
+        'input_topics': ({**in_topics, 'odom': odom_topic} if p['pose.source'] == 'odometry'
+                         and rep.pipeline.georef is not None else in_topics),
         'input_problems': dict(rep.problems),
         'sync': {'mode': p['sync.mode'], 'dropped_unmatched': sync_s.dropped_unmatched,
                  'out_of_order': sync_s.out_of_order},
@@ -768,7 +815,8 @@ def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, 
         'cloud': {'path': str(out / 'cloud.ply'), 'points': n_ply,
                   'points_per_frame': [int(c.shape[0]) for c in rep.chunks],
                   'frame': ('local ENU at the datum of the legend (georeferenced with the '
-                            'pipeline\'s GNSS/IMU pose of every frame)') if georef_cloud else
+                            f'pipeline\'s {_pose_source_words(p)} pose of every frame)')
+                           if georef_cloud else
                            ('each point in the camera optical frame of its own frame (frame ids '
                             f'{sorted(rep.frame_ids)}); not georeferenced (no DEM sources / '
                             'pose): frames are not aligned with each other')},
@@ -838,10 +886,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help='3D view: Open3D offscreen (needs libvulkan1 mesa-vulkan-drivers), '
                          'matplotlib, or auto (Open3D if it works)')
     ap.add_argument('--topic-prefix', default='',
-                    help='namespace of the stereo topics in the bag, e.g. /stereo')
+                    help='namespace of the stereo (and odom) topics in the bag, e.g. /stereo')
     ap.add_argument('--topic', action='append', default=[], metavar='NAME:=TOPIC',
-                    help='remap one input (left_image, left_info, right_image, right_info), '
-                         'e.g. left_image:=/cam0/image_rect; repeatable')
+                    help='remap one input (left_image, left_info, right_image, right_info, '
+                         'odom), e.g. left_image:=/cam0/image_rect or odom:=/odometry/filtered '
+                         '(odom: nav_msgs/Odometry with pose.source odometry); repeatable')
     ap.add_argument('--output-prefix', default=f'/{NODE_NAME}',
                     help='namespace/name of the output topics (default /geo_depth_node)')
     ap.add_argument('--quiet', action='store_true', help='no progress bar, no table')
