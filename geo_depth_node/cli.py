@@ -195,6 +195,9 @@ def _add_synth_args(sp: argparse.ArgumentParser) -> None:
       help='constant vertical DEM error, m, NOT in its stated accuracy (default 0)')
     a('--dem-sigma', dest='dem_sigma_m', type=float,
       help=f'random vertical DEM error = stated 1-sigma accuracy, m (default {d.dem_sigma_m})')
+    a('--dem-sigma-h', dest='dem_sigma_h_m', type=float,
+      help=f'random horizontal DEM error (mis-registration), per axis = stated 1-sigma '
+           f'accuracy, m (default {d.dem_sigma_h_m})')
     a('--dem-corr', dest='dem_corr_m', type=float,
       help=f'correlation length of the DEM error, m (default {d.dem_corr_m})')
     a('--dem-holes', type=int, help='nodata holes in the DEM (the first one in view) (default 0)')
@@ -241,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help='KITTI raw drive -> rosbag2 + params (--help for options)')
     sp.add_argument('args', nargs=argparse.REMAINDER, help='options of kitti2bag')
 
+    sp = sub.add_parser('prior-coverage', add_help=False,
+                        help='sigma coverage of MEASURED/FUSED/PRIOR points on synthetic worlds '
+                        '(--help for options)')
+    sp.add_argument('args', nargs=argparse.REMAINDER, help='options of prior-coverage')
+
     sp = sub.add_parser('bench', add_help=False,
                         help='benchmark the frame path per stage vs OpenCV SGBM (--help for options)')
     sp.add_argument('args', nargs=argparse.REMAINDER, help='options of the benchmark')
@@ -271,11 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] in (['bench'], ['replay'], ['kitti2bag']):  # options go to the tool's own parser unchanged
+    tools = {'bench': 'bench', 'replay': 'replay', 'kitti2bag': 'kitti2bag',
+             'prior-coverage': 'prior_coverage'}
+    if argv[:1] and argv[0] in tools:  # options go to the tool's own parser unchanged
         import importlib
 
         logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
-        tool = importlib.import_module(f'geo_depth_node.tools.{argv[0]}')
+        tool = importlib.import_module(f'geo_depth_node.tools.{tools[argv[0]]}')
         return int(tool.main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

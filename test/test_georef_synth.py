@@ -50,7 +50,8 @@ def _run(tmp: Path, **kw) -> list[dict]:
                            stamp_ns=int(st))
         out.append({'res': res, 'r_true': truth['depth'][i] * norm,
                     'surface': truth['surface'][i], 'T_true': truth['T_enu_left'][i],
-                    'pipe': pipe})
+                    'pipe': pipe, 'depth': truth['depth'][i], 'K': K,
+                    'cfg': SynthConfig(width=W, height=H, **kw)})
     return out
 
 
@@ -102,6 +103,49 @@ def test_fused_and_prior_points_agree_with_the_truth(default_runs):
         res, sky = f['res'], ~np.isfinite(f['r_true'])
         assert np.all(res.provenance[sky] != Provenance.FUSED)
         assert ((res.flags[sky] & Flag.SKY) != 0).mean() > 0.95
+
+
+def test_objects_above_a_bare_earth_dem_are_conflicts_not_fused(tmp_path):
+    """Stereo points on boxes, trees and poles standing more than 3 m above the terrain
+    (which a bare-earth DEM does not contain) stay MEASURED with PRIOR_CONFLICT; none is
+    fused into the ground. Lower parts, within the height gate (gate_k = 3 times the DEM's
+    0.5 m vertical sigma combined with the pose and stereo sigmas: ~2 m), cannot be told
+    from DEM error; where they fuse, the stereo dominates (checked: not dragged to the
+    ground: within 2 sigma for > 80 %, median error < 0.5 m). (A 0.5 m baseline: at 256x192 the objects, 15-70 m away, are beyond the
+    resolution of the default 0.12 m rig.)"""
+    from geo_depth_node.synth.generate import World
+
+    runs = []
+    for seed in (0, 2):
+        runs += _run(tmp_path / f's{seed}', seed=seed, frames=1, baseline_m=0.5, objects=30)
+    n_stereo = n_conflict = n_fused = n_prior = 0
+    for f in runs:
+        res, K, T = f['res'], f['K'], f['T_true']
+        terrain = World(f['cfg']).terrain
+        h, w = f['depth'].shape
+        u = (np.arange(w) - K[0, 2]) / K[0, 0]
+        v = (np.arange(h) - K[1, 2]) / K[1, 1]
+        d = np.stack(np.broadcast_arrays(u[None, :], v[:, None], 1.0), -1)
+        with np.errstate(invalid='ignore'):
+            p = (d * f['depth'][..., None]) @ T[:3, :3].T + T[:3, 3]
+            height = p[..., 2] - terrain.height(p[..., 0], p[..., 1])
+        obj = (f['surface'] >= 2) & np.isfinite(f['depth']) & (height > 3.0)
+        low = (f['surface'] >= 2) & (height > 0.5) & (height <= 3.0) \
+            & (res.provenance == Provenance.FUSED)
+        if low.sum() > 20:
+            err = np.abs(np.linalg.norm(res.points[low], axis=-1) - f['r_true'][low])
+            # object edges are stereo's hardest pixels; the point: not pulled to the ground
+            assert np.mean(err <= 2 * res.sigma[low]) > 0.8 and np.median(err) < 0.5
+        stereo = obj & np.isin(res.provenance, (Provenance.MEASURED, Provenance.FUSED))
+        n_stereo += int(stereo.sum())
+        n_conflict += int((stereo & (res.provenance == Provenance.MEASURED)
+                           & ((res.flags & Flag.PRIOR_CONFLICT) != 0)).sum())
+        n_fused += int((stereo & (res.provenance == Provenance.FUSED)).sum())
+        n_prior += int((obj & (res.provenance == Provenance.PRIOR)).sum())
+    print(f'\nobject points above 3 m with stereo: {n_stereo}, MEASURED+PRIOR_CONFLICT '
+          f'{n_conflict}, FUSED {n_fused}; object pixels given a DEM prior: {n_prior}')
+    assert n_stereo > 500
+    assert n_conflict >= 0.99 * n_stereo and n_fused <= 0.01 * n_stereo
 
 
 def test_wrong_dem_is_flagged_not_averaged_away(tmp_path):
@@ -159,3 +203,20 @@ def test_output_in_the_enu_frame(tmp_path):
     dz = p[:, 2] - world.terrain.height(p[:, 0], p[:, 1])
     assert np.mean(np.abs(dz) <= 3 * res.sigma[f] + 0.3) > 0.95  # + GNSS height error
 
+
+
+def test_prior_sigma_coverage_over_many_independent_dem_draws(tmp_path):
+    """Pooled over 4 worlds x 4 frames 5 m apart, with a DEM whose error (0.5 m vertical,
+    0.5 m horizontal, correlated over 4 m) is exactly its stated accuracy: the PRIOR sigma
+    is honest to within a few percent (measured 71.5 % / 98.8 % / 0.25 % for these seeds;
+    it is slightly conservative, see the notes of issue 6) and FUSED stays honest."""
+    from geo_depth_node.tools.prior_coverage import evaluate, format_table
+
+    rep = evaluate(worlds=4, frames=4, seed0=200, workdir=str(tmp_path))
+    print('\n' + format_table(rep))
+    prior, fused = rep['classes']['PRIOR'], rep['classes']['FUSED']
+    assert prior['n'] > 100000 and fused['n'] > 10000
+    assert 0.62 <= prior['within_1sigma'] <= 0.78
+    assert 0.93 <= prior['within_2sigma'] <= 0.995
+    assert prior['beyond_3sigma'] < 0.01
+    assert fused['within_2sigma'] > 0.95 and fused['beyond_3sigma'] < 0.005

@@ -266,7 +266,9 @@ def _read_dem(path: str) -> tuple[np.ndarray, dict]:
 
 
 def test_dem_error_statistics_match_the_request(small_world):
-    """DEM minus the surveyed world: mean = offset, std = sigma; holes are nodata; geoid applied."""
+    """DEM minus the surveyed world at the mis-registered position: mean = offset, std =
+    sigma; the mis-registration has the stated horizontal sigma; holes are nodata; geoid
+    applied."""
     import pyproj
 
     from geo_depth_node.synth.world import heights_along_normals, surveyed_heights_at
@@ -290,6 +292,15 @@ def test_dem_error_statistics_match_the_request(small_world):
     _, _, h_dem = to_ell.transform(lon[valid], lat[valid], dem[valid].astype(np.float64))
     undulation = h_dem - dem[valid]
     assert 45.0 < np.median(undulation) < 52.0  # EGM96 near Karlsruhe ~48 m
+    # Horizontal error: every node samples the surface at a displaced point (per-axis std =
+    # the stated horizontal sigma, smooth, zero mean).
+    dem_obj = world.dem
+    for shift in (dem_obj.shift_e, dem_obj.shift_n):
+        assert shift.shape == dem.shape
+        assert np.std(shift) == pytest.approx(cfg.dem_sigma_h_m, rel=0.03)
+        assert abs(np.mean(shift)) < 0.05 * cfg.dem_sigma_h_m
+    lon, lat = pyproj.Transformer.from_crs(32632, 4326, always_xy=True).transform(
+        E + dem_obj.shift_e, N + dem_obj.shift_n)
     survey = heights_along_normals(world.frame, world.survey_renderer(), lat[valid], lon[valid])
     err = h_dem - survey
     assert np.mean(err) == pytest.approx(cfg.dem_offset_m, abs=0.02)

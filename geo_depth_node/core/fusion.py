@@ -13,16 +13,20 @@ Rules (the point cloud contract, README "Fusion"):
 ============================  ==================  =====================================================
 stereo                        prior               result
 ============================  ==================  =====================================================
-MEASURED                      HIT, consistent     FUSED: inverse-variance mean along the ray, its sigma
+MEASURED                      HIT, consistent,    FUSED: inverse-variance mean along the ray, its sigma
+                              usable
 MEASURED                      HIT, inconsistent   MEASURED + PRIOR_CONFLICT (never averaged away)
 MEASURED                      SKY                 MEASURED + PRIOR_CONFLICT (something the DEM lacks)
-MEASURED                      unavailable         MEASURED + PRIOR_UNAVAILABLE
+MEASURED                      unavailable, or     MEASURED + PRIOR_UNAVAILABLE
+                              consistent but
+                              not usable
 NONE (any reason)             HIT, usable         PRIOR (+ the stereo reasons, source id)
 NONE                          SKY                 NONE + SKY
 NONE                          unavailable         NONE + PRIOR_UNAVAILABLE
 ============================  ==================  =====================================================
 
-"consistent": ``|r_s - r_p| <= gate_k * sqrt(sigma_s^2 + sigma_p^2)``. "usable": the prior's
+"consistent": ``|r_s - r_p| <= gate_k * sqrt(sigma_s^2 + sigma_p^2)`` (and the optional second
+test, see ``consistent``). "usable": the prior's
 relative sigma ``sigma_p / r_p <= max_prior_relative_sigma`` (a grazing ray turns a small height
 error into a useless range; such a prior is NONE + PRIOR_UNAVAILABLE, not a point). FUSED and
 PRIOR points from a DSM source get PRIOR_SURFACE_MODEL; every FUSED/PRIOR point made with a
@@ -77,10 +81,10 @@ def fuse(result, ray_unit: np.ndarray, ray_norm_rect: np.ndarray, prior_range: n
         config: FusionConfig.
         pose_degraded: the pose behind the prior is degraded (flag POSE_DEGRADED).
         surface_model_ids: ids of DSM sources (flag PRIOR_SURFACE_MODEL).
-        consistent: optional (H, W) bool from a better test of stereo vs prior (e.g. the height
-            gate of core.geoprior); it replaces the range gate where given (True/False) —
-            pixels outside ``consistent`` that are not MEASURED are unaffected.
-
+        consistent: optional (H, W) bool from a second test of stereo vs prior (e.g. the
+            height gate of core.geoprior); a point is consistent only if it passes BOTH that
+            test and the range gate along the ray (the height test alone would fuse an object
+            point of plausible height with the ground the ray reaches behind it).
     Raises:
         ValueError: on shapes that do not match the result.
     """
@@ -97,19 +101,23 @@ def fuse(result, ray_unit: np.ndarray, ray_norm_rect: np.ndarray, prior_range: n
     usable = hit & (prior_sigma <= config.max_prior_relative_sigma * prior_range)
     r_s = np.linalg.norm(np.nan_to_num(result.points), axis=-1)
     s_s = result.sigma
+    with np.errstate(invalid='ignore'):
+        in_range = np.abs(r_s - prior_range) <= config.gate_k * np.sqrt(
+            s_s ** 2 + prior_sigma ** 2)
     if consistent is None:
-        with np.errstate(invalid='ignore'):
-            consistent = np.abs(r_s - prior_range) <= config.gate_k * np.sqrt(
-                s_s ** 2 + prior_sigma ** 2)
+        consistent = in_range
     elif consistent.shape != (h, w):
         raise ValueError(f'consistent has shape {consistent.shape}, expected ({h}, {w})')
+    else:
+        consistent = consistent & in_range
+    # A prior too uncertain to be used alone says nothing by agreeing: no FUSED label for it.
     consistent = meas & hit & consistent
-    fused = consistent
+    fused = consistent & usable
     conflict = meas & ((hit & ~consistent) | sky)
     prior_only = ~meas & usable
     flags = result.flags.astype(np.uint16)
     flags[conflict] |= np.uint16(Flag.PRIOR_CONFLICT)
-    flags[meas & ~hit & ~sky] |= np.uint16(Flag.PRIOR_UNAVAILABLE)
+    flags[meas & ~sky & ~usable & ~conflict] |= np.uint16(Flag.PRIOR_UNAVAILABLE)
     flags[~meas & sky] |= np.uint16(Flag.SKY)
     flags[~meas & ~sky & ~usable] |= np.uint16(Flag.PRIOR_UNAVAILABLE)
     ids = np.array(sorted(set(int(i) for i in surface_model_ids)), dtype=np.int64)

@@ -309,6 +309,12 @@ class RaycastResult:
         sigma_m: (N,) 1-sigma of ``range_m`` (DEM and pose), metres; NaN unless HIT.
         sigma_dem_m: (N,) the DEM part (vertical, horizontal), metres.
         sigma_pose_m: (N,) the pose part (position, attitude), metres.
+        sigma_vertical_m: (N,) the part of ``sigma_m`` from a common vertical offset between
+            the DEM and the camera (DEM vertical sigma and camera height variance):
+            ``n_z sqrt(sigma_v^2 + P_zz) / sin(g)``, metres.
+        sigma_attitude_m: (N,) the attitude part, metres.
+        (``sigma_m^2 - sigma_vertical_m^2 - sigma_attitude_m^2`` is the rest: DEM horizontal
+        and camera horizontal position.)
     """
 
     status: 'torch.Tensor'
@@ -320,6 +326,8 @@ class RaycastResult:
     sigma_m: 'torch.Tensor'
     sigma_dem_m: 'torch.Tensor'
     sigma_pose_m: 'torch.Tensor'
+    sigma_vertical_m: 'torch.Tensor'
+    sigma_attitude_m: 'torch.Tensor'
 
     def prior_flags(self, surface_model_ids: Iterable[int] = ()) -> 'torch.Tensor':
         """Contract flags (uint16 bits of :class:`~geo_depth_node.core.contract.Flag`) per ray.
@@ -638,6 +646,8 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
     sigma = torch.full((n,), float('nan'), dtype=ct, device=dev)
     sigma_dem = torch.full_like(sigma, float('nan'))
     sigma_pose = torch.full_like(sigma, float('nan'))
+    sigma_vert = torch.full_like(sigma, float('nan'))
+    sigma_att = torch.full_like(sigma, float('nan'))
     if hidx.numel():
         r = range_m[hidx].double()
         d = d64[hidx]
@@ -660,9 +670,12 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
         sh = field.sigma_h.reshape(-1)[node].double()
         nz2 = nrm[:, 2] ** 2
         var_dem = nz2 * sv ** 2 + (1.0 - nz2).clamp(min=0.0) * sh ** 2
+        var_att = torch.zeros_like(r)
+        p_zz = 0.0
         if pose_cov is None:
             var_pose = torch.zeros_like(r)
         else:
+            p_zz = float(pose_cov.position[2, 2])
             pc = torch.as_tensor(pose_cov.position, dtype=torch.float64, device=dev)
             ac = torch.as_tensor(pose_cov.attitude, dtype=torch.float64, device=dev)
             var_pos = ((nrm @ pc) * nrm).sum(dim=1)
@@ -674,7 +687,10 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
         sigma_dem[hidx] = torch.sqrt(var_dem * inv_s2).to(ct)
         sigma_pose[hidx] = torch.sqrt(var_pose * inv_s2).to(ct)
         sigma[hidx] = torch.sqrt((var_dem + var_pose) * inv_s2).to(ct)
+        sigma_vert[hidx] = torch.sqrt(nz2 * (sv ** 2 + p_zz) * inv_s2).to(ct)
+        sigma_att[hidx] = torch.sqrt(var_att * inv_s2).to(ct)
 
     return RaycastResult(status=status, range_m=range_m, point=point, normal=normal,
                          grazing_rad=grazing, source=source, sigma_m=sigma,
-                         sigma_dem_m=sigma_dem, sigma_pose_m=sigma_pose)
+                         sigma_dem_m=sigma_dem, sigma_pose_m=sigma_pose,
+                         sigma_vertical_m=sigma_vert, sigma_attitude_m=sigma_att)

@@ -85,8 +85,8 @@ class SynthConfig:
     dem_kind: str = 'dem'
     dem_offset_m: float = 0.0  # constant vertical error of the DEM (not in its stated accuracy)
     dem_sigma_m: float = 0.5  # random vertical error, 1 sigma (the DEM's stated accuracy)
-    dem_sigma_h_m: float = 1.0  # stated horizontal accuracy (written to the params, not applied)
-    dem_corr_m: float = 40.0  # correlation length of the random vertical error
+    dem_sigma_h_m: float = 1.0  # horizontal error, per-axis 1 sigma (applied and stated)
+    dem_corr_m: float = 40.0  # correlation length of the random vertical and horizontal error
     dem_holes: int = 0  # nodata holes (one of them in view of the first frame when > 0)
     dem_survey_date: str = '2021-06-15'
     dem_licence: str = 'CC0-1.0 (synthetic)'

@@ -26,6 +26,8 @@ def node_params(world: 'World', dem_path: Path) -> dict[str, Any]:
     cfg = world.cfg
     m = world.mounts
     src = 'dem.source.synth.'
+    half = float(min(1500.0, cfg.dem_extent_m - min(100.0, 0.15 * cfg.dem_extent_m)))
+    margin = float(min(100.0, 0.25 * half))
     return {
         'rectify': bool(cfg.raw),
         'georef.datum_mode': 'fixed',
@@ -37,9 +39,10 @@ def node_params(world: 'World', dem_path: Path) -> dict[str, Any]:
         'extrinsics.base_to_gnss': [float(x) for x in m.base_gnss[:3, 3]],
         'dem.sources': 'synth',
         # the height grid stays inside the DEM (and the DEM inside the rendered terrain)
-        'dem.grid_half_extent_m': float(min(1500.0, cfg.dem_extent_m - 100.0)),
-        'dem.grid_retile_margin_m': 100.0,
-        'dem.max_range_m': float(min(1500.0, cfg.dem_extent_m - 100.0) - 100.0),
+        'dem.grid_cell_m': float(min(2.0, cfg.dem_res_m)),  # never coarser than the DEM
+        'dem.grid_half_extent_m': half,
+        'dem.grid_retile_margin_m': margin,
+        'dem.max_range_m': half - margin,
         src + 'id': 1,
         src + 'path': str(Path(dem_path).resolve()),
         src + 'kind': cfg.dem_kind,

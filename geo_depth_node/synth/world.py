@@ -256,7 +256,9 @@ class DemRaster:
     ``heights`` (Ny, Nx) float32 in ``vertical_datum`` (DEM_NODATA in holes); row 0 is the
     northern edge; node (r, c) is the centre of pixel (r, c) at easting ``west + (c + 0.5) res``,
     northing ``north - (r + 0.5) res``. ``error`` (Ny, Nx) float64: the applied vertical error
-    (m); ``truth_h`` (Ny, Nx) float64: the surveyed-world ellipsoidal height at each node.
+    (m); ``shift_e``, ``shift_n`` (Ny, Nx) float64: the applied horizontal error (m): node
+    (r, c) holds the surveyed surface at (easting + shift_e, northing + shift_n);
+    ``truth_h`` (Ny, Nx) float64: the surveyed-world ellipsoidal height there.
     """
 
     heights: np.ndarray
@@ -268,6 +270,8 @@ class DemRaster:
     error: np.ndarray
     truth_h: np.ndarray
     holes: list[tuple[float, float, float]]
+    shift_e: np.ndarray
+    shift_n: np.ndarray
 
     def write_geotiff(self, path: str, tags: dict[str, str]) -> None:
         """Write a float32 GeoTIFF with nodata, CRS and the tags (deterministic bytes)."""
@@ -311,10 +315,13 @@ def make_dem(cfg: SynthConfig, frame: LocalFrame, survey, rng: np.random.Generat
     The DEM grid is aligned to multiples of ``dem_res_m`` in the UTM zone of the datum and covers
     +-``dem_extent_m`` around it. The surveyed height at a node is where the ellipsoid normal
     through the node's (lat, lon) meets the surveyed mesh (a straight ray in ENU, intersected
-    exactly), so the DEM samples the very surface that is rendered. Then ``dem_offset_m`` and a
-    smooth random error of std ``dem_sigma_m`` are added (white noise blurred to ``dem_corr_m``,
-    normalised to exactly zero mean and unit std over the grid) and the heights are converted to
-    ``dem_vertical_datum``.
+    exactly), so the DEM samples the very surface that is rendered. The horizontal error: each
+    node samples the surface at a point displaced by a smooth random field of per-axis std
+    ``dem_sigma_h_m`` (a mis-registration, like the vertical error correlated over
+    ``dem_corr_m``). Then ``dem_offset_m`` and a smooth random vertical error of std
+    ``dem_sigma_m`` are added (white noise blurred to ``dem_corr_m``, normalised to exactly zero
+    mean and unit std over the grid) and the heights are converted to ``dem_vertical_datum``.
+    So the DEM's error is exactly what it states (plus the offset, which it does not).
     """
     import cv2
 
@@ -326,32 +333,40 @@ def make_dem(cfg: SynthConfig, frame: LocalFrame, survey, rng: np.random.Generat
     cols = west + (np.arange(n_cells) + 0.5) * res
     rows = north - (np.arange(n_cells) + 0.5) * res
     E, N = np.meshgrid(cols, rows)
-    lat, lon = frame.utm_to_geodetic(E, N)
+
+    def smooth_unit_field() -> np.ndarray:
+        noise = rng.standard_normal(E.shape)
+        if cfg.dem_corr_m > 0:
+            s = cfg.dem_corr_m / res
+            k = int(2 * math.ceil(3 * s) + 1)
+            noise = cv2.GaussianBlur(noise, (k, k), s, borderType=cv2.BORDER_REFLECT)
+        return (noise - noise.mean()) / noise.std()
+
+    noise = smooth_unit_field()  # drawn first: worlds without a horizontal error stay as before
+    if cfg.dem_sigma_h_m > 0:
+        shift_e = cfg.dem_sigma_h_m * smooth_unit_field()
+        shift_n = cfg.dem_sigma_h_m * smooth_unit_field()
+    else:
+        shift_e = shift_n = np.zeros_like(E)
+    lat, lon = frame.utm_to_geodetic(E + shift_e, N + shift_n)
     surf_h = heights_along_normals(frame, survey, lat, lon)
     if not np.all(np.isfinite(surf_h)):
         raise RuntimeError('the DEM extends beyond the rendered terrain; lower dem_extent_m')
-
-    noise = rng.standard_normal(E.shape)
-    if cfg.dem_corr_m > 0:
-        s = cfg.dem_corr_m / res
-        k = int(2 * math.ceil(3 * s) + 1)
-        noise = cv2.GaussianBlur(noise, (k, k), s, borderType=cv2.BORDER_REFLECT)
-    noise = (noise - noise.mean()) / noise.std()
     error = cfg.dem_offset_m + cfg.dem_sigma_m * noise
     h_dem = surf_h + error
     if cfg.dem_vertical_datum == 'egm96':
-        h_dem = h_dem - geoid_undulation_egm96(lat, lon)
+        h_dem = h_dem - geoid_undulation_egm96(*frame.utm_to_geodetic(E, N))
     heights = h_dem.astype(np.float32)
 
     holes: list[tuple[float, float, float]] = []
-    enu = frame.geodetic_to_enu(lat, lon, surf_h)
+    enu = frame.geodetic_to_enu(*frame.utm_to_geodetic(E, N), surf_h)
     for (hx, hy) in hole_centres:
         radius = float(rng.uniform(15.0, 40.0))
         inside = (enu[..., 0] - hx) ** 2 + (enu[..., 1] - hy) ** 2 < radius ** 2
         heights[inside] = DEM_NODATA
         holes.append((hx, hy, radius))
     return DemRaster(heights, frame.utm_epsg, west, north, res, cfg.dem_vertical_datum, error,
-                     surf_h, holes)
+                     surf_h, holes, shift_e, shift_n)
 
 
 def heights_along_normals(frame: LocalFrame, scene, lat: np.ndarray, lon: np.ndarray,
