@@ -60,7 +60,8 @@ def test_every_rule():
     assert f[5] & Flag.SKY and f[5] & Flag.NO_MATCH
     assert f[6] & Flag.PRIOR_UNAVAILABLE
     assert f[7] & Flag.PRIOR_UNAVAILABLE and np.isinf(res.depth[7, 0])  # useless prior
-    assert counts == {'fused': 1, 'prior': 1, 'conflict': 2, 'measured': 3}
+    assert counts == {'fused': 1, 'prior': 1, 'conflict': 2, 'measured': 3,
+                      'prior_ruled_out': 0}
     assert res.source[1, 0] == 0 and res.source[0, 0] == 7
 
 
@@ -69,3 +70,43 @@ def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match='prior_range'):
         fuse(res, ray, norm, np.zeros((2, 1)), np.zeros((1, 1)), np.zeros((1, 1)),
              np.zeros((1, 1)), FusionConfig())
+
+
+def test_a_prior_that_only_agrees_because_it_is_vague_is_not_fused():
+    """Stereo 10 +- 0.1 m, prior 12 +- 8 m: within the gate, but sigma/range 0.67 > 0.5: the
+    point stays MEASURED (flag PRIOR_UNAVAILABLE), unchanged."""
+    res, ray, norm = _frame([10.0], [0.1], [M], [0])
+    fuse(res, ray, norm, np.array([[12.0]]), np.array([[8.0]]), np.array([[RAY_HIT]]),
+         np.array([[1]]), FusionConfig(gate_k=3.0, max_prior_relative_sigma=0.5))
+    assert res.provenance[0, 0] == M and res.depth[0, 0] == 10.0
+    assert res.flags[0, 0] & Flag.PRIOR_UNAVAILABLE and not res.flags[0, 0] & Flag.PRIOR_CONFLICT
+
+
+def test_height_gate_alone_does_not_fuse():
+    """The optional height test passes but the ranges disagree by 10 sigma: conflict."""
+    res, ray, norm = _frame([10.0], [0.1], [M], [0])
+    fuse(res, ray, norm, np.array([[12.0]]), np.array([[0.2]]), np.array([[RAY_HIT]]),
+         np.array([[1]]), FusionConfig(gate_k=3.0), consistent=np.array([[True]]))
+    assert res.provenance[0, 0] == M and res.flags[0, 0] & Flag.PRIOR_CONFLICT
+
+
+def test_weak_stereo_rules_out_a_prior_it_contradicts():
+    """Beyond the stereo limit the disparity is still a (Gaussian) measurement: an object at
+    40 m (d = 1.37 px, sigma_d 0.2 px) rules out the ground 80 m behind it (d = 0.69 px,
+    3.4 sigma away); a prior at 45 m (d = 1.22 px, 0.8 sigma) is kept."""
+    fb = 54.8  # f * B, px m
+    res, ray, norm = _frame([np.inf, np.inf, np.nan], [np.nan] * 3, [N, N, N], [B, B, NM])
+    d = np.array([[fb / 40], [fb / 40], [np.nan]])
+    s_d = np.array([[0.2], [0.2], [np.nan]])
+    pr = np.array([[80.0], [45.0], [80.0]])
+    counts = fuse(res, ray, norm, pr, np.array([[5.0], [3.0], [5.0]]), np.full((3, 1), RAY_HIT),
+                  np.ones((3, 1)), FusionConfig(gate_k=3.0), weak_stereo=(d, s_d, fb / pr))
+    p, f = res.provenance[:, 0], res.flags[:, 0]
+    assert p[0] == N and f[0] & Flag.PRIOR_CONFLICT and f[0] & Flag.BEYOND_RESOLUTION
+    assert np.isnan(res.points[0, 0]).all()
+    assert p[1] == int(Provenance.PRIOR) and res.depth[1, 0] == pytest.approx(45.0)
+    assert p[2] == int(Provenance.PRIOR)  # no match: nothing to rule it out
+    assert counts['prior_ruled_out'] == 1 and counts['prior'] == 2
+    with pytest.raises(ValueError, match='prior_disparity'):
+        fuse(res, ray, norm, pr, pr, np.full((3, 1), RAY_HIT), np.ones((3, 1)), FusionConfig(),
+             weak_stereo=(d, s_d, np.zeros((2, 1))))

@@ -111,8 +111,9 @@ def test_objects_above_a_bare_earth_dem_are_conflicts_not_fused(tmp_path):
     fused into the ground. Lower parts, within the height gate (gate_k = 3 times the DEM's
     0.5 m vertical sigma combined with the pose and stereo sigmas: ~2 m), cannot be told
     from DEM error; where they fuse, the stereo dominates (checked: not dragged to the
-    ground: within 2 sigma for > 80 %, median error < 0.5 m). (A 0.5 m baseline: at 256x192 the objects, 15-70 m away, are beyond the
-    resolution of the default 0.12 m rig.)"""
+    ground: within 2 sigma for > 80 %, median error < 0.5 m). (A 0.5 m baseline: at
+    256x192 the objects, 15-70 m away, are beyond the resolution of the default 0.12 m
+    rig.)"""
     from geo_depth_node.synth.generate import World
 
     runs = []
@@ -208,15 +209,18 @@ def test_output_in_the_enu_frame(tmp_path):
 def test_prior_sigma_coverage_over_many_independent_dem_draws(tmp_path):
     """Pooled over 4 worlds x 4 frames 5 m apart, with a DEM whose error (0.5 m vertical,
     0.5 m horizontal, correlated over 4 m) is exactly its stated accuracy: the PRIOR sigma
-    is honest to within a few percent (measured 71.5 % / 98.8 % / 0.25 % for these seeds;
-    it is slightly conservative, see the notes of issue 6) and FUSED stays honest."""
+    covers the truth without over-confidence (measured 78.5 % / 98.6 % / 0.27 % for these
+    seeds). It is conservative: 71.5 % / 98.8 % before the weak-stereo test, which drops the
+    priors a beyond-limit disparity contradicts, so the survivors are the better ones; and
+    the first-order sigma alone is over-confident (62.9 % / 94.5 % / 1.6 %). FUSED stays
+    honest. See the notes of issue 6."""
     from geo_depth_node.tools.prior_coverage import evaluate, format_table
 
     rep = evaluate(worlds=4, frames=4, seed0=200, workdir=str(tmp_path))
     print('\n' + format_table(rep))
     prior, fused = rep['classes']['PRIOR'], rep['classes']['FUSED']
     assert prior['n'] > 100000 and fused['n'] > 10000
-    assert 0.62 <= prior['within_1sigma'] <= 0.78
+    assert 0.62 <= prior['within_1sigma'] <= 0.82
     assert 0.93 <= prior['within_2sigma'] <= 0.995
     assert prior['beyond_3sigma'] < 0.01
     assert fused['within_2sigma'] > 0.95 and fused['beyond_3sigma'] < 0.005

@@ -19,8 +19,9 @@ COV2 = (0.93, 0.97)
 # Cones: the 2-sigma bound is widened to >= 90 %. Its errors are heavy-tailed: foreground
 # fattening at the cone edges gives gross mismatches that pass the left-right check (3-sigma
 # coverage is only ~95 %, a normal gives 99.7 %), so no scale model reaches 95 % at 2 sigma
-# without inflating sigma everywhere; measured 92.4 % (SGBM) and 93.0 % (SGM) on the held-out
-# half. Those pixels should be rejected rather than covered (see the report / sigma_model).
+# without inflating sigma everywhere; measured 92.1 % (SGBM, half-resolution LR check; 92.4 %
+# with the full one) and 93.0 % (SGM) on the held-out half. Those pixels should be rejected
+# rather than covered (see the report / sigma_model).
 COV2_CONES = (0.90, 0.97)
 
 
@@ -30,9 +31,9 @@ def _coverage(model: SigmaModel, pairs) -> tuple[float, float, int]:
     return float(np.mean(z <= 1)), float(np.mean(z <= 2)), int(z.size)
 
 
-def _run(matcher_name: str, matcher, left, right, gt, rows=None):
+def _run(matcher_name: str, matcher, left, right, gt, rows=None, variant: str = ''):
     m = matcher.match(left, right)
-    model = SigmaModel.for_matcher(matcher_name)
+    model = SigmaModel.for_matcher(matcher_name, variant)
     sigma = model.sigma_d(m.features, m.disparity)
     ok = np.isfinite(m.disparity) & (m.flags == 0) & np.isfinite(gt)
     if rows is not None:
@@ -76,6 +77,36 @@ def test_opencv_synthetic_held_out():
     _check(cov1, cov2, f'OpenCV SGBM, 6 synthetic frames 320x240, {n} px')
 
 
+@pytest.fixture
+def full_lr_check(monkeypatch):
+    """cs.make_matcher builds OpenCV SGBM with the exact full-resolution LR check."""
+    monkeypatch.setitem(cs.OVERRIDES, 'stereo.lr_check_resolution', 'full')
+    return 'lr_full'
+
+
+def test_opencv_full_lr_check_variant_held_out(cones, full_lr_check):
+    """stereo.lr_check_resolution full has its own constants (its lr_diff is cleaner)."""
+    from geo_depth_node.core.params import defaults
+    from geo_depth_node.core.sigma_model import variant_for
+
+    variant = full_lr_check
+    assert variant_for('opencv_sgbm', dict(defaults(), **cs.OVERRIDES)) == variant
+    matcher = cs.make_matcher('opencv_sgbm')
+    assert matcher.config.lr_check_resolution == 'full'
+    pairs = []
+    for seed in range(101, 107):
+        (left, right, gt), = cs.synth_frames(seed, cs.TERRAINS[seed % 3], 320, 240, 1)
+        pairs.append(_run('opencv_sgbm', matcher, left, right, gt, variant=variant))
+    model = SigmaModel.for_matcher('opencv_sgbm', variant)
+    cov1, cov2, n = _coverage(model, pairs)
+    _check(cov1, cov2, f'OpenCV SGBM (full LR check), 6 synthetic frames 320x240, {n} px')
+    left, right, gt, rows = cones
+    e, s_ = _run('opencv_sgbm', cs.make_matcher('opencv_sgbm', cs.CONES_DISPARITIES), left, right,
+                 gt, rows, variant=variant)
+    cov1, cov2, n = _coverage(model, [(e, s_)])
+    _check(cov1, cov2, f'OpenCV SGBM (full LR check), Cones bottom half, {n} px', COV2_CONES)
+
+
 def test_opencv_cones_held_out(cones):
     left, right, gt, rows = cones
     matcher = cs.make_matcher('opencv_sgbm', cs.CONES_DISPARITIES)
@@ -106,6 +137,18 @@ def test_model_api_and_errors():
     assert set(CALIBRATED) == {'opencv_sgbm', 'sgm_torch'}
     with pytest.raises(ValueError, match='matcher'):
         SigmaModel.for_matcher('nope')
+    with pytest.raises(ValueError, match='variant'):
+        SigmaModel.for_matcher('sgm_torch', 'lr_full')
+    from geo_depth_node.core.params import defaults
+    from geo_depth_node.core.sigma_model import VARIANTS, variant_for
+
+    p = defaults()
+    assert variant_for('opencv_sgbm', p) == '' and variant_for('sgm_torch', p) == ''
+    p['stereo.lr_check_resolution'] = 'full'
+    assert variant_for('opencv_sgbm', p) == 'lr_full' and variant_for('sgm_torch', p) == ''
+    assert SigmaModel.for_matcher('opencv_sgbm', 'lr_full') is VARIANTS[('opencv_sgbm', 'lr_full')]
+    p['stereo.lr_check'] = False
+    assert variant_for('opencv_sgbm', p) == ''
     with pytest.raises(ValueError, match='floor'):
         SigmaModel('x', a=0.0, b=1, c=1, h=1, g=1, t0=1)
     m = SigmaModel.for_matcher('sgm_torch')

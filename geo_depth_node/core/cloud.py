@@ -6,7 +6,10 @@ import os
 import numpy as np
 
 from .contract import POINT_DTYPE, Provenance
+from .images import RowBands, alloc_arrays
 from .pipeline import FrameResult
+
+_BANDS = RowBands()
 
 
 def pack_points(result: FrameResult, organized: bool = True) -> np.ndarray:
@@ -25,18 +28,35 @@ def pack_points(result: FrameResult, organized: bool = True) -> np.ndarray:
     if packed is not None:
         if organized:
             return packed
-        return np.ascontiguousarray(packed[result.provenance != np.uint8(Provenance.NONE)])
-    cloud = np.zeros((h, w), dtype=POINT_DTYPE)  # zeroed: padding bytes are deterministic
-    cloud['x'] = result.points[..., 0]
-    cloud['y'] = result.points[..., 1]
-    cloud['z'] = result.points[..., 2]
-    cloud['sigma'] = result.sigma
-    cloud['provenance'] = result.provenance
-    cloud['flags'] = result.flags
-    cloud['source'] = result.source
+        return _points_only(packed, result.provenance)
+    # one aligned block (transparent huge pages from 4 MiB: few page faults), zeroed so that
+    # the padding bytes are deterministic
+    cloud, = alloc_arrays([((h, w), POINT_DTYPE)])
+
+    def band(rows: slice) -> None:  # row bands in parallel (numpy releases the GIL)
+        c = cloud[rows]
+        c.view(np.uint8).fill(0)
+        pts = result.points[rows]
+        c['x'] = pts[..., 0]
+        c['y'] = pts[..., 1]
+        c['z'] = pts[..., 2]
+        c['sigma'] = result.sigma[rows]
+        c['provenance'] = result.provenance[rows]
+        c['flags'] = result.flags[rows]
+        c['source'] = result.source[rows]
+
+    _BANDS.run(band, h, w)
     if organized:
         return cloud
-    return np.ascontiguousarray(cloud[result.provenance != np.uint8(Provenance.NONE)])
+    return _points_only(cloud, result.provenance)
+
+
+def _points_only(cloud: np.ndarray, provenance: np.ndarray) -> np.ndarray:
+    """(N,) records of ``cloud`` whose provenance is not NONE, padding bytes included (indexing
+    the structured dtype itself copies field by field and leaves the padding undefined)."""
+    keep = (provenance != np.uint8(Provenance.NONE)).reshape(-1)
+    records = np.ascontiguousarray(cloud).reshape(-1).view(np.dtype((np.void, POINT_DTYPE.itemsize)))
+    return records[keep].view(POINT_DTYPE)
 
 
 def unpack_points(data: bytes | bytearray | memoryview, height: int, width: int) -> np.ndarray:

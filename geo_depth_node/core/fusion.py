@@ -21,6 +21,9 @@ MEASURED                      unavailable, or     MEASURED + PRIOR_UNAVAILABLE
                               consistent but
                               not usable
 NONE (any reason)             HIT, usable         PRIOR (+ the stereo reasons, source id)
+NONE, BEYOND_RESOLUTION       HIT, usable, but    NONE + PRIOR_CONFLICT (the weak stereo measurement
+                              the disparity       rules the prior out: e.g. an object in front of the
+                              contradicts it      ground a bare-earth DEM sees behind it)
 NONE                          SKY                 NONE + SKY
 NONE                          unavailable         NONE + PRIOR_UNAVAILABLE
 ============================  ==================  =====================================================
@@ -68,7 +71,9 @@ def fuse(result, ray_unit: np.ndarray, ray_norm_rect: np.ndarray, prior_range: n
          prior_sigma: np.ndarray, prior_status: np.ndarray, prior_source: np.ndarray,
          config: FusionConfig, *, pose_degraded: bool = False,
          surface_model_ids: Iterable[int] = (),
-         consistent: np.ndarray | None = None) -> dict[str, int]:
+         consistent: np.ndarray | None = None,
+         weak_stereo: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+         ) -> dict[str, int]:
     """Fuse in place: updates ``result`` (a FrameResult) and returns class counts.
 
     Args:
@@ -85,6 +90,13 @@ def fuse(result, ray_unit: np.ndarray, ray_norm_rect: np.ndarray, prior_range: n
             height gate of core.geoprior); a point is consistent only if it passes BOTH that
             test and the range gate along the ray (the height test alone would fuse an object
             point of plausible height with the ground the ray reaches behind it).
+        weak_stereo: optional ``(disparity, sigma_disparity, prior_disparity)``, (H, W) px
+            each: the matcher's disparity and its sigma, and the disparity the prior's range
+            would have. A point beyond the stereo limit (BEYOND_RESOLUTION) is too imprecise
+            to be a measurement but can still rule a prior out: where
+            ``|d - d_prior| > gate_k * sigma_d`` (a Gaussian test in disparity, where stereo
+            noise is Gaussian) the prior is not used and the point is NONE + PRIOR_CONFLICT.
+
     Raises:
         ValueError: on shapes that do not match the result.
     """
@@ -115,8 +127,20 @@ def fuse(result, ray_unit: np.ndarray, ray_norm_rect: np.ndarray, prior_range: n
     fused = consistent & usable
     conflict = meas & ((hit & ~consistent) | sky)
     prior_only = ~meas & usable
+    ruled_out = np.zeros((h, w), dtype=bool)
+    if weak_stereo is not None:
+        d, s_d, d_p = (np.asarray(a, dtype=np.float64) for a in weak_stereo)
+        for name, arr in (('disparity', d), ('sigma_disparity', s_d),
+                          ('prior_disparity', d_p)):
+            if arr.shape != (h, w):
+                raise ValueError(f'weak_stereo {name} has shape {arr.shape}, expected ({h}, {w})')
+        beyond = (result.flags & np.uint16(Flag.BEYOND_RESOLUTION)) != 0
+        with np.errstate(invalid='ignore'):
+            ruled_out = prior_only & beyond & np.isfinite(d) & np.isfinite(d_p) \
+                & (s_d > 0) & (np.abs(d - d_p) > config.gate_k * s_d)
+        prior_only &= ~ruled_out
     flags = result.flags.astype(np.uint16)
-    flags[conflict] |= np.uint16(Flag.PRIOR_CONFLICT)
+    flags[conflict | ruled_out] |= np.uint16(Flag.PRIOR_CONFLICT)
     flags[meas & ~sky & ~usable & ~conflict] |= np.uint16(Flag.PRIOR_UNAVAILABLE)
     flags[~meas & sky] |= np.uint16(Flag.SKY)
     flags[~meas & ~sky & ~usable] |= np.uint16(Flag.PRIOR_UNAVAILABLE)
@@ -153,4 +177,5 @@ def fuse(result, ray_unit: np.ndarray, ray_norm_rect: np.ndarray, prior_range: n
     result.points, result.depth, result.depth_sigma, result.sigma = pts, depth, depth_sigma, sigma
     result.provenance, result.flags, result.source = prov, flags, source
     return {'fused': int(fused.sum()), 'prior': int(prior_only.sum()),
-            'conflict': int(conflict.sum()), 'measured': int((meas & ~fused).sum())}
+            'conflict': int(conflict.sum()), 'measured': int((meas & ~fused).sum()),
+            'prior_ruled_out': int(ruled_out.sum())}

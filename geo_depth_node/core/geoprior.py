@@ -219,9 +219,13 @@ class GeoPrior:
         return out
 
     def apply(self, result, pose: PoseEstimate | None, model: CameraModel,
-              params: Mapping[str, Any]) -> dict[str, int]:
+              params: Mapping[str, Any], stereo: Any = None) -> dict[str, int]:
         """Ray-cast and fuse into ``result`` (a FrameResult, in place). Without a pose every
-        point keeps its stereo class and NONE points get PRIOR_UNAVAILABLE."""
+        point keeps its stereo class and NONE points get PRIOR_UNAVAILABLE.
+
+        ``stereo``: the frame's core.camera.StereoModel (``fb`` = f * B in px m, ``delta_cx``
+        px); with it, a disparity beyond the stereo limit can still rule a prior out (see
+        ``weak_stereo`` of :func:`~.fusion.fuse`)."""
         from .contract import Flag, Provenance
 
         if pose is None:
@@ -233,9 +237,16 @@ class GeoPrior:
         _, ray_unit, norm = self.rays(model, bool(params.get('output.unrectify_points', True)))
         t = time.perf_counter()
         consistent = self.height_consistency(result, pose, model)
+        weak = None
+        if stereo is not None and getattr(result, 'disparity', None) is not None \
+                and getattr(result, 'sigma_disparity', None) is not None:
+            with np.errstate(divide='ignore', invalid='ignore'):
+                d_prior = float(stereo.fb) * norm / pri['range_m'] + float(stereo.delta_cx)
+            weak = (result.disparity, result.sigma_disparity, d_prior)
         counts = fuse(result, ray_unit, norm, pri['range_m'], pri['sigma_m'], pri['status'],
                       pri['source'], self.fusion, pose_degraded=pose.degraded,
-                      surface_model_ids=self.surface_model_ids, consistent=consistent)
+                      surface_model_ids=self.surface_model_ids, consistent=consistent,
+                      weak_stereo=weak)
         result.timings_ms.update(pri['timings_ms'])
         result.timings_ms['fusion'] = (time.perf_counter() - t) * 1e3
         return counts

@@ -2,10 +2,20 @@
 
 Honours ``step`` (row padding) and ``is_bigendian`` like cv_bridge does, and
 raises :class:`ImageDecodeError` (a ValueError) naming what it cannot read.
+
+Also the image-sized buffers of the host frame path: :class:`Workspace` (reused scratch
+arrays), :func:`alloc_arrays` (a frame's outputs in one huge-page-backed block) and
+:class:`RowBands` (per-pixel passes over row bands on several threads).
 """
 from __future__ import annotations
 
+import os
+import threading
+from typing import Any, Callable, TypeVar
+
 import numpy as np
+
+T = TypeVar('T')
 
 # encoding -> (numpy dtype, channels)
 _ENCODINGS: dict[str, tuple[np.dtype, int]] = {
@@ -100,3 +110,110 @@ def to_gray8(image: np.ndarray, encoding: str, mono16_max: int = 0,
         top = max(top, 1.0)
         return np.clip(image.astype(np.float32) * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
     raise ImageDecodeError(f'encoding {encoding!r} cannot be used for stereo matching')
+
+
+# --------------------------------------------------------------------------- frame buffers
+#: Transparent huge page size (x86-64 / aarch64 Linux).
+_HUGE_PAGE = 2 << 20
+#: numpy advises huge pages for allocations from this size on (its madvise threshold).
+_HUGE_MIN = 4 << 20
+
+
+class Workspace:
+    """Reusable scratch arrays of the per-frame host path, by name (not thread-safe: one per
+    matcher / pipeline, which process one frame at a time).
+
+    A fresh large array costs one page fault per 4 KiB page on first touch (a few
+    microseconds each in a virtual machine: more than the arithmetic that fills it), so
+    temporaries are allocated once per shape and reused.
+    """
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+        """The scratch array ``name`` with this shape and dtype (contents undefined)."""
+        a = self._arrays.get(name)
+        if a is None or a.shape != tuple(shape) or a.dtype != np.dtype(dtype):
+            a = np.empty(shape, dtype)
+            self._arrays[name] = a
+        return a
+
+
+def alloc_arrays(specs: list[tuple[tuple[int, ...], np.dtype | type]]) -> list[np.ndarray]:
+    """Fresh arrays (contents undefined) carved out of ONE allocation, each 64-byte aligned.
+
+    Outputs of a frame outlive it, so they cannot be scratch; one block from 4 MiB on is
+    aligned to the huge page size so that the kernel backs it with transparent huge pages
+    (numpy advises them for large allocations): a few faults instead of one per 4 KiB page.
+    The block lives as long as any of the returned views.
+
+    Args:
+        specs: [(shape, dtype), ...].
+
+    Returns:
+        One C-contiguous array per spec.
+    """
+    sizes = [int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize for shape, dt in specs]
+    padded = [(n + 63) // 64 * 64 for n in sizes]
+    total = sum(padded)
+    if total >= _HUGE_MIN:
+        buf = np.empty(total + _HUGE_PAGE, np.uint8)
+        start = (-buf.ctypes.data) % _HUGE_PAGE
+    else:
+        buf = np.empty(total + 64, np.uint8)
+        start = (-buf.ctypes.data) % 64
+    out = []
+    for (shape, dt), n, p in zip(specs, sizes, padded, strict=True):
+        out.append(buf[start:start + n].view(dt).reshape(shape))
+        start += p
+    return out
+
+
+class RowBands:
+    """Runs a function over horizontal bands of an image on several threads.
+
+    numpy ufuncs and OpenCV release the GIL while they work on whole arrays, so per-pixel
+    passes over disjoint row bands of the same arrays run in parallel; the caller's thread
+    takes the first band, a shared pool the others. Small images run in one band.
+
+    Args:
+        n: number of bands (default: the CPU count, at most 4).
+        min_pixels: images smaller than this run in one band.
+    """
+
+    _pool: Any = None
+    _pool_lock = threading.Lock()
+
+    def __init__(self, n: int | None = None, min_pixels: int = 1 << 16) -> None:
+        if n is None:
+            n = min(4, os.cpu_count() or 1)
+        if n < 1:
+            raise ValueError(f'RowBands needs n >= 1, got {n}')
+        self.n = int(n)
+        self.min_pixels = int(min_pixels)
+
+    @classmethod
+    def _executor(cls) -> Any:
+        with cls._pool_lock:
+            if cls._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                cls._pool = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1) - 1),
+                                               thread_name_prefix='geo_depth_bands')
+            return cls._pool
+
+    def slices(self, h: int, w: int) -> list[slice]:
+        """The row bands of an (h, w) image."""
+        k = self.n if h * w >= self.min_pixels and h >= 2 * self.n else 1
+        edges = [h * i // k for i in range(k + 1)]
+        return [slice(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+    def run(self, fn: Callable[[slice], T], h: int, w: int) -> list[T]:
+        """[fn(band) for each band], the bands in parallel; exceptions propagate."""
+        bands = self.slices(h, w)
+        if len(bands) == 1:
+            return [fn(bands[0])]
+        futures = [self._executor().submit(fn, b) for b in bands[1:]]
+        first = fn(bands[0])
+        return [first] + [f.result() for f in futures]

@@ -25,10 +25,24 @@ import numpy as np
 
 from .camera import CameraModel, Rectifier, StereoModel, ray_norms
 from .contract import POINT_DTYPE, Flag, Provenance
+from .images import RowBands, Workspace, alloc_arrays
 from .params import ROS_ONLY_PARAMS, dem_source_names, validate_params
 from .stereo import MatcherConfig, OpenCVStereoMatcher
 
 _LOG = logging.getLogger(__name__)
+
+# _triangulate writes the MEASURED mask (bool) straight into the provenance image.
+if (int(Provenance.NONE), int(Provenance.MEASURED)) != (0, 1):
+    raise ImportError('pipeline._triangulate assumes Provenance NONE = 0 and MEASURED = 1')
+# cv2.LUT tables (256 entries, indexed by uint8 codes) used by DepthPipeline._triangulate.
+_NAN_OR_ONE = np.full(256, np.nan, np.float32)  # bool MEASURED -> factor NaN / 1
+_NAN_OR_ONE[1] = 1.0
+# code = MEASURED | BEYOND_RESOLUTION << 1 | TOO_CLOSE << 2 -> fill value of the depth image
+# (MEASURED pixels get -inf, which fmax replaces by their finite depth)
+_DEPTH_FILL = np.full(256, np.nan, np.float32)
+_DEPTH_FILL[1] = -np.inf
+_DEPTH_FILL[2] = np.inf
+_DEPTH_FILL[4:8] = -np.inf
 
 
 @dataclasses.dataclass
@@ -140,25 +154,34 @@ class DepthPipeline:
         self._pinned = None
         self.sigma_model = None
         if self.params['sigma.model'] == 'calibrated':
-            from .sigma_model import SigmaModel
+            from .sigma_model import SigmaModel, variant_for
 
-            self.sigma_model = SigmaModel.for_matcher(self.matcher_name)
+            self.sigma_model = SigmaModel.for_matcher(
+                self.matcher_name, variant_for(self.matcher_name, self.params))
         self.georef = _Georef(self.params) if dem_source_names(self.params['dem.sources']) \
             else None
         self._rect_left = Rectifier()
         self._rect_right = Rectifier()
-        self._ray_cache: tuple[tuple, np.ndarray] | None = None
+        self._grid_cache: tuple[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+        self._ws = Workspace()  # temporaries of the host path (one frame at a time)
+        self._bands = RowBands()  # per-pixel passes over row bands on the CPU cores
 
     @property
     def sigma_d0(self) -> float:
         """sigma_d floor in pixels."""
         return float(self.params['sigma.disparity_px'])
 
-    def _ray_norm(self, model: CameraModel) -> np.ndarray:
+    def _grids(self, model: CameraModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-calibration pixel grids of the rectified left camera, cached: (H, W) |ray|,
+        (1, W) (u - cx) / fx and (H, 1) (v - cy) / fy, float32."""
         key = (model.width, model.height, model.fx, model.fy, model.cx, model.cy)
-        if self._ray_cache is None or self._ray_cache[0] != key:
-            self._ray_cache = (key, ray_norms(model))
-        return self._ray_cache[1]
+        if self._grid_cache is None or self._grid_cache[0] != key:
+            u = (np.arange(model.width, dtype=np.float32) - np.float32(model.cx)) \
+                / np.float32(model.fx)
+            v = (np.arange(model.height, dtype=np.float32) - np.float32(model.cy)) \
+                / np.float32(model.fy)
+            self._grid_cache = (key, (ray_norms(model), u[None, :], v[:, None]))
+        return self._grid_cache[1]
 
     def process(self, left: np.ndarray, right: np.ndarray, left_model: CameraModel,
                 right_model: CameraModel, *, rectify: bool = False,
@@ -199,7 +222,7 @@ class DepthPipeline:
                 if stamp_ns is None:
                     raise ValueError('DEM priors are configured: process() needs the frame '
                                      'stamp_ns')
-                self.georef.apply(result, stamp_ns, left_model, self.params, wait_s)
+                self.georef.apply(result, stamp_ns, left_model, self.params, wait_s, stereo)
                 result.packed = None  # fused on the host: pack_points() packs it again
                 self._to_enu(result)
             timings['total'] = (time.perf_counter() - t_start) * 1e3
@@ -208,18 +231,22 @@ class DepthPipeline:
         m = self.matcher.match(left, right, left_valid, right_valid)
         timings.update(m.timings_ms)
 
-        t = time.perf_counter()
+        out = self._alloc_outputs(m.disparity.shape)
         sigma_d = None
         if self.sigma_model is not None:
-            sigma_d = self.sigma_model.sigma_d(m.features, m.disparity)
+            t = time.perf_counter()
+            sigma_d = self.sigma_model.sigma_d(m.features, m.disparity,
+                                               out=out['sigma_disparity'], workspace=self._ws,
+                                               bands=self._bands)
             timings['sigma'] = (time.perf_counter() - t) * 1e3
-        result = self._triangulate(m.disparity, m.lr_diff, m.flags, stereo, sigma_d)
+        t = time.perf_counter()
+        result = self._triangulate(m.disparity, m.lr_diff, m.flags, stereo, sigma_d, out)
         timings['triangulate'] = (time.perf_counter() - t) * 1e3
         result.timings_ms = timings
         if self.georef is not None:
             if stamp_ns is None:
                 raise ValueError('DEM priors are configured: process() needs the frame stamp_ns')
-            self.georef.apply(result, stamp_ns, left_model, self.params, wait_s)
+            self.georef.apply(result, stamp_ns, left_model, self.params, wait_s, stereo)
             self._to_enu(result)
         timings['total'] = (time.perf_counter() - t_start) * 1e3
         return result
@@ -308,69 +335,129 @@ class DepthPipeline:
         result.packed = cloud
         return result
 
+    @staticmethod
+    def _alloc_outputs(shape: tuple[int, int]) -> dict[str, np.ndarray]:
+        """Fresh (H, W) output arrays of one frame, carved out of one allocation
+        (core.images.alloc_arrays): sigma_disparity, depth, depth_sigma, sigma float32,
+        points (H, W, 3) float32, provenance uint8, flags, source uint16."""
+        names = ('sigma_disparity', 'depth', 'depth_sigma', 'sigma', 'points', 'provenance',
+                 'flags', 'source')
+        f32 = np.float32
+        specs = [(shape, f32)] * 4 + [((*shape, 3), f32), (shape, np.uint8), (shape, np.uint16),
+                                      (shape, np.uint16)]
+        return dict(zip(names, alloc_arrays(specs), strict=True))
+
     def _triangulate(self, disparity: np.ndarray, lr_diff: np.ndarray, match_flags: np.ndarray,
-                     stereo: StereoModel, sigma_d: np.ndarray | None = None) -> FrameResult:
-        """Depth, sigma and provenance from a disparity map. ``sigma_d``: (H, W) per-pixel
-        disparity sigma (px) of the calibrated model; None = the constant model."""
+                     stereo: StereoModel, sigma_d: np.ndarray | None = None,
+                     out: dict[str, np.ndarray] | None = None) -> FrameResult:
+        """Depth, sigma and provenance from a disparity map.
+
+        Args:
+            disparity: (H, W) float32 px, NaN where the matcher rejected the pixel.
+            lr_diff: (H, W) float32 |d_left - d_right| px (the constant sigma model uses it).
+            match_flags: (H, W) uint16 Flag bits of the matcher.
+            stereo: the rectified pair (f*B, delta_cx, the left camera).
+            sigma_d: (H, W) float32 per-pixel disparity sigma (px) of the calibrated model;
+                None = the constant model. May be ``out['sigma_disparity']`` itself.
+            out: output arrays from :meth:`_alloc_outputs` (allocated when None).
+
+        Whole-image float32 passes with NaN propagation instead of masked assignments (slow on
+        scattered masks): every quantity derived from a NaN disparity (or from a depth that is
+        not MEASURED) is NaN. Temporaries live in the pipeline's workspace.
+        """
+        import cv2
+
         p = self.params
+        f32 = np.float32
         left = stereo.left
-        h, w = disparity.shape
-        flags = match_flags.astype(np.uint16, copy=True)
-        matched = ~np.isnan(disparity)
-
-        if sigma_d is None:
-            s0 = np.float32(self.sigma_d0)
-            gain = np.float32(p['sigma.lr_gain'])
-            sigma_d = np.sqrt(s0 * s0 + (gain * lr_diff) ** 2).astype(np.float32)
-        else:
-            sigma_d = np.asarray(sigma_d, dtype=np.float32).copy()
-        sigma_d[~matched] = np.nan
-
-        d_eff = disparity - np.float32(stereo.delta_cx)
-        with np.errstate(divide='ignore', invalid='ignore'):
-            z = np.float32(stereo.fb) / d_eff
-            rel = sigma_d / d_eff  # = sigma_Z / Z = sigma_r / r
-        ray = self._ray_norm(left)
-        sigma_z = rel * z
-        sigma_r = sigma_z * ray
-        beyond = matched & ~((d_eff > 0) & (rel <= np.float32(p['limit.max_relative_sigma'])))
+        h, w = shape = disparity.shape
+        match_flags = np.asarray(match_flags, dtype=np.uint16)
+        if out is None:
+            out = self._alloc_outputs(shape)
+        ws = self._ws
+        # scratch (full size; each band works on its rows)
+        f1, f2 = ws.get('tri_f1', shape, f32), ws.get('tri_f2', shape, f32)
+        b1, b2 = ws.get('tri_b1', shape, bool), ws.get('tri_b2', shape, bool)
+        u8, u8b = ws.get('tri_u8', shape, np.uint8), ws.get('tri_u8b', shape, np.uint8)
+        u16 = ws.get('tri_u16', shape, np.uint16)
+        ray, u, v = self._grids(left)
+        s0 = f32(self.sigma_d0)
+        gain = f32(p['sigma.lr_gain'])
+        limit = f32(p['limit.max_relative_sigma'])
         max_sigma = float(p['limit.max_sigma_m'])
-        if max_sigma > 0:
-            beyond |= matched & ~(sigma_r <= np.float32(max_sigma))
-        flags[beyond] |= np.uint16(Flag.BEYOND_RESOLUTION)
-        measured = matched & ~beyond
-        if not np.all(np.isfinite(sigma_r[measured])):  # guard the contract, never publish it
+        unrectify = bool(p['output.unrectify_points']) and not np.allclose(left.R, np.eye(3))
+        r_t = left.R.T.astype(f32)  # p_cam = R^T p_rect
+
+        def band(rows: slice) -> tuple[int, int]:
+            d = disparity[rows]
+            bf1, bf2, bb1, bb2 = f1[rows], f2[rows], b1[rows], b2[rows]
+            unmatched = np.isnan(d, out=bb2)
+            nan_or_zero = np.multiply(d, f32(0), out=bf1)  # NaN where unmatched, else 0
+            sd = out['sigma_disparity'][rows]
+            if sigma_d is None:
+                np.multiply(lr_diff[rows], gain, out=sd)
+                np.multiply(sd, sd, out=sd)
+                sd += s0 * s0
+                np.sqrt(sd, out=sd)
+                sd += nan_or_zero
+            else:
+                np.add(sigma_d[rows], nan_or_zero, out=sd)  # NaN where unmatched
+
+            d_eff = np.subtract(d, f32(stereo.delta_cx), out=bf1)
+            z = out['depth'][rows]  # z first, the depth image at the end
+            rel = out['depth_sigma'][rows]  # sigma_d / d_eff first, sigma_Z at the end
+            # MEASURED as bool straight in the provenance image (NONE = 0, MEASURED = 1)
+            measured = out['provenance'][rows].view(bool)
+            with np.errstate(divide='ignore', invalid='ignore'):
+                np.divide(f32(stereo.fb), d_eff, out=z)
+                np.divide(sd, d_eff, out=rel)  # = sigma_Z / Z = sigma_r / r
+                # MEASURED: positive disparity and sigma within the limit (NaN compares False)
+                np.greater(d_eff, f32(0), out=measured)
+                measured &= np.less_equal(rel, limit, out=bb1)
+                if max_sigma > 0:
+                    sr = np.multiply(rel, z, out=bf2)
+                    sr *= ray[rows]
+                    measured &= np.less_equal(sr, f32(max_sigma), out=bb1)
+            beyond = np.logical_not(unmatched, out=bb2)  # matched ...
+            beyond &= np.logical_not(measured, out=bb1)  # ... but not MEASURED
+            flags = np.multiply(beyond, np.uint16(Flag.BEYOND_RESOLUTION), out=out['flags'][rows])
+            flags |= match_flags[rows]
+
+            # z: depth of MEASURED pixels, NaN elsewhere (a per-pixel factor 1 or NaN)
+            m8 = measured.view(np.uint8)
+            z *= cv2.LUT(m8, _NAN_OR_ONE, dst=bf1)
+            np.multiply(rel, z, out=rel)  # sigma_Z
+            sigma = np.multiply(rel, ray[rows], out=out['sigma'][rows])  # sigma along the ray
+            counts = (np.count_nonzero(np.isfinite(sigma, out=bb1)), np.count_nonzero(measured))
+
+            # Points in the rectified frame, then (optionally) back to the optical frame.
+            pts = cv2.merge([np.multiply(u, z, out=bf1), np.multiply(v[rows], z, out=bf2), z],
+                            dst=out['points'][rows])
+            if unrectify:
+                pts[...] = (pts.reshape(-1, 3) @ r_t.T).reshape(pts.shape)
+
+            # depth: z; +inf BEYOND_RESOLUTION; -inf TOO_CLOSE; NaN otherwise (fmax keeps z where
+            # it is finite and takes the table's value where z is NaN)
+            code = np.left_shift(beyond.view(np.uint8), 1, out=u8[rows])
+            code |= m8
+            tc = np.bitwise_and(match_flags[rows], np.uint16(Flag.TOO_CLOSE), out=u16[rows])
+            code |= np.left_shift(np.not_equal(tc, 0, out=bb1).view(np.uint8), 2, out=u8b[rows])
+            np.fmax(z, cv2.LUT(code, _DEPTH_FILL, dst=bf1), out=z)
+            out['source'][rows].fill(0)
+            return counts
+
+        counts = self._bands.run(band, h, w)
+        if sum(c[0] for c in counts) != sum(c[1] for c in counts):
             raise RuntimeError('internal error: MEASURED point without a finite sigma')
-
-        provenance = np.zeros((h, w), dtype=np.uint8)
-        provenance[measured] = np.uint8(Provenance.MEASURED)
-
-        depth = np.full((h, w), np.nan, dtype=np.float32)
-        depth[measured] = z[measured]
-        depth[beyond] = np.inf
-        depth[(match_flags & np.uint16(Flag.TOO_CLOSE)) != 0] = -np.inf
-        depth_sigma = np.full((h, w), np.nan, dtype=np.float32)
-        depth_sigma[measured] = sigma_z[measured]
-        sigma = np.full((h, w), np.nan, dtype=np.float32)
-        sigma[measured] = sigma_r[measured]
-
-        # Points in the rectified frame, then (optionally) back to the optical frame.
-        u = (np.arange(w, dtype=np.float32) - np.float32(left.cx)) / np.float32(left.fx)
-        v = (np.arange(h, dtype=np.float32) - np.float32(left.cy)) / np.float32(left.fy)
-        zm = np.where(measured, depth, np.float32(np.nan))
-        pts = np.empty((h, w, 3), dtype=np.float32)
-        pts[..., 0] = u[None, :] * zm
-        pts[..., 1] = v[:, None] * zm
-        pts[..., 2] = zm
-        if p['output.unrectify_points'] and not np.allclose(left.R, np.eye(3)):
-            r_t = left.R.T.astype(np.float32)  # p_cam = R^T p_rect
-            pts = (pts.reshape(-1, 3) @ r_t.T).reshape(h, w, 3)
+        depth, depth_sigma, pts = out['depth'], out['depth_sigma'], out['points']
+        sigma, provenance, flags, source = out['sigma'], out['provenance'], out['flags'], \
+            out['source']
+        sd = out['sigma_disparity']
 
         return FrameResult(
             depth=depth, depth_sigma=depth_sigma, points=pts, sigma=sigma,
-            provenance=provenance, flags=flags, source=np.zeros((h, w), dtype=np.uint16),
-            disparity=disparity, sigma_disparity=sigma_d, timings_ms={})
-
+            provenance=provenance, flags=flags, source=source,
+            disparity=disparity, sigma_disparity=sd, timings_ms={})
 
 
 class _Georef:
@@ -440,12 +527,14 @@ class _Georef:
                 half_extent_m=params['dem.grid_half_extent_m'],
                 retile_margin_m=params['dem.grid_retile_margin_m'],
                 max_range_m=params['dem.max_range_m'], device=params['dem.device'],
+                sigma_points=bool(params['dem.sigma_points']),
                 fusion=FusionConfig(params['fusion.gate_k'],
                                     params['fusion.max_prior_relative_sigma']))
         return self.prior
 
     def apply(self, result: FrameResult, stamp_ns: int, model: CameraModel,
-              params: Mapping[str, Any], wait_s: float) -> None:
+              params: Mapping[str, Any], wait_s: float, stereo: StereoModel | None = None
+              ) -> None:
         t0 = time.perf_counter()
         deadline = time.monotonic() + max(0.0, wait_s)
         with self.cond:
@@ -467,4 +556,4 @@ class _Georef:
         T = np.eye(4)
         T[:3, :3], T[:3, 3] = pose.R_enu_cam, pose.p_enu_cam
         result.T_enu_cam = T
-        result.prior_counts = prior.apply(result, pose, model, params)
+        result.prior_counts = prior.apply(result, pose, model, params, stereo=stereo)

@@ -18,6 +18,20 @@ nothing is reported for them otherwise.
 density (matched / pixels with truth) of both matchers on Middlebury Cones (shared
 data, 64 disparities) and on the analytic scene (truth where the surface is not sky
 and the point is visible from the right camera).
+
+``--pipeline`` times the node's frame path instead: ``core.pipeline.DepthPipeline.process``
+(``--matcher``, default opencv_sgbm, the CPU path that ``auto`` picks without CUDA: SGBM, the
+left-right check, the calibrated sigma, triangulation) plus ``core.cloud.pack_points`` (the
+packed ~/points payload), with the per-stage times of ``FrameResult.timings_ms`` made
+exclusive (match_left, match_right, match_post, sigma, triangulate, pack, other), against
+bare ``cv2.StereoSGBM.compute`` with the pipeline's own SGBM settings ("OpenCV SGBM alone")
+on the same images, interleaved frame by frame (the order alternates) so that load drift on
+a shared machine hits both alike. ``ratio_to_baseline`` = median frame / median SGBM;
+``ratio_paired_median`` = median of the per-frame ratios (more robust under drifting load).
+``--scene synth`` uses a frame of the synthetic world (geo_depth_node.synth) instead of
+the analytic scene. Example (issue 4's CPU target, whole frame within 1.5x of SGBM alone)::
+
+    geo-depth bench --pipeline --device cpu --size 640x480 --disparities 128 --iters 30
 """
 from __future__ import annotations
 
@@ -62,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--no-graph', action='store_true',
                    help='CUDA: run eagerly (default: match..pack replayed as one CUDA graph)')
     p.add_argument('--agg-lines', type=int, default=4, help='scanlines per Triton aggregation program')
+    p.add_argument('--pipeline', action='store_true',
+                   help='time DepthPipeline.process + pack_points (the node frame path) against '
+                        'bare OpenCV StereoSGBM, interleaved')
+    p.add_argument('--matcher', choices=('opencv_sgbm', 'sgm_torch', 'auto'), default='opencv_sgbm',
+                   help='--pipeline: stereo.matcher (default opencv_sgbm, the CPU path)')
+    p.add_argument('--scene', choices=('analytic', 'synth'), default='analytic',
+                   help='--pipeline: image pair from the analytic scene or the synthetic world')
+    p.add_argument('--set', action='append', default=[], metavar='NAME=VALUE',
+                   help='--pipeline: extra pipeline parameter (e.g. stereo.lr_check_resolution=full)')
     return p
 
 
@@ -244,6 +267,141 @@ def run_bench(device: str = 'cuda', size: tuple[int, int] = (1280, 720), dispari
     return out
 
 
+def _pair(scene: str, size: tuple[int, int], seed: int) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+    """(left, right, left CameraModel, right CameraModel) of a rectified pair at ``size``."""
+    from ..core.camera import CameraModel
+
+    w, h = size
+    if scene == 'analytic':
+        from ..core.scene import render_scene
+
+        sc = render_scene(w, h, seed=seed)
+        left, right, K, p_l, p_r = sc.left, sc.right, sc.K, sc.P_left, sc.P_right
+    elif scene == 'synth':
+        from ..synth.config import SynthConfig
+        from ..synth.generate import World, render_frames
+
+        world = World(SynthConfig(seed=seed + 1, frames=1, width=w, height=h))
+        f = next(iter(render_frames(world)))
+        left, right, K = f['left'], f['right'], world.K
+        p_l, p_r = world.projection(False), world.projection(True)
+    else:
+        raise ValueError(f'unknown scene {scene!r}; one of analytic, synth')
+    lm = CameraModel.from_arrays(w, h, K.reshape(-1), [0.0] * 5, np.eye(3), p_l.reshape(-1))
+    rm = CameraModel.from_arrays(w, h, K.reshape(-1), [0.0] * 5, np.eye(3), p_r.reshape(-1))
+    return left, right, lm, rm
+
+
+def _parse_sets(items: list[str]) -> dict[str, Any]:
+    """['name=value', ...] -> {name: value} (YAML scalars: 1, 0.5, true, text)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition('=')
+        if not sep or not name:
+            raise ValueError(f'--set wants NAME=VALUE, got {item!r}')
+        out[name.strip()] = yaml.safe_load(value)
+    return out
+
+
+def run_pipeline_bench(device: str = 'cpu', size: tuple[int, int] = (640, 480),
+                       disparities: int = 128, matcher: str = 'opencv_sgbm', warmup: int = 3,
+                       iters: int = 10, seed: int = 0, scene: str = 'analytic',
+                       params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Time the node's frame path (DepthPipeline.process + pack_points) per stage against bare
+    OpenCV StereoSGBM with the same settings on the same images, interleaved (module doc).
+
+    Returns:
+        The JSON-able result: device, size, disparities, stages_ms (stage -> median ms,
+        exclusive stages that add up to the frame), total_ms (median frame),
+        baseline_opencv_sgbm_ms (median bare SGBM), ratio_to_baseline (total / baseline),
+        ratio_paired_median, plus the settings.
+
+    Raises:
+        ValueError: bad counts, sizes or parameters.
+    """
+    import cv2
+
+    from ..core.cloud import pack_points
+    from ..core.pipeline import DepthPipeline
+    from ..core.stereo import _MODES
+
+    if iters < 1 or warmup < 0:
+        raise ValueError(f'need iters >= 1 and warmup >= 0, got {iters}, {warmup}')
+    w, h = size
+    left, right, lm, rm = _pair(scene, size, seed)
+    pl = DepthPipeline(dict(params or {}, **{'stereo.matcher': matcher, 'stereo.device': device,
+                                             'stereo.num_disparities': disparities}))
+    c = pl.matcher_config
+    sgbm = cv2.StereoSGBM.create(  # "OpenCV SGBM alone": the pipeline's own left pass
+        minDisparity=c.min_disparity, numDisparities=c.num_disparities, blockSize=c.block_size,
+        P1=c.p1 or 8 * c.block_size ** 2, P2=c.p2 or 32 * c.block_size ** 2, disp12MaxDiff=1,
+        preFilterCap=c.pre_filter_cap, uniquenessRatio=c.uniqueness_ratio,
+        speckleWindowSize=c.speckle_window_size, speckleRange=c.speckle_range,
+        mode=getattr(cv2, _MODES[c.mode]))
+
+    def frame() -> dict[str, float]:
+        t0 = time.perf_counter()
+        r = pl.process(left, right, lm, rm)
+        t1 = time.perf_counter()
+        pack_points(r, organized=bool(pl.params['output.organized']))
+        t2 = time.perf_counter()
+        tm = dict(r.timings_ms)
+        st: dict[str, float] = {}
+        if 'match' in tm:  # the host matcher: match = match_left + match_right + the rest
+            for k in ('match_left', 'match_right'):
+                if k in tm:
+                    st[k] = tm[k]
+            st['match_post'] = tm['match'] - sum(st.values())
+        for k, v in tm.items():
+            if k not in ('match', 'match_left', 'match_right', 'total'):
+                st[k] = v
+        st['pack'] = (t2 - t1) * 1e3
+        total = (t2 - t0) * 1e3
+        st['other'] = total - sum(st.values())
+        st['total'] = total
+        return st
+
+    def base() -> float:
+        t0 = time.perf_counter()
+        sgbm.compute(left, right)
+        return (time.perf_counter() - t0) * 1e3
+
+    for _ in range(warmup):
+        frame()
+        base()
+    runs, bases = [], []
+    for i in range(iters):
+        if i % 2:  # alternate the order: neither side always runs on a warmer cache
+            bases.append(base())
+            runs.append(frame())
+        else:
+            runs.append(frame())
+            bases.append(base())
+    keys = list(dict.fromkeys(k for r in runs for k in r if k != 'total'))
+    stages = {k: _median([r.get(k, 0.0) for r in runs]) for k in keys}
+    total = _median([r['total'] for r in runs])
+    baseline = _median(bases)
+    paired = _median([r['total'] / b for r, b in zip(runs, bases, strict=True) if b > 0])
+    return {
+        'mode': 'pipeline', 'device': _device_name_str(pl.device), 'matcher': pl.matcher_name,
+        'scene': scene, 'size': f'{w}x{h}', 'disparities': disparities,
+        'stages_ms': {k: round(v, 4) for k, v in stages.items()}, 'total_ms': round(total, 4),
+        'baseline_opencv_sgbm_ms': round(baseline, 4),
+        'ratio_to_baseline': round(total / baseline, 4) if baseline > 0 else None,
+        'ratio_paired_median': round(paired, 4),
+        'lr_check': c.lr_check, 'lr_check_resolution': c.lr_check_resolution,
+        'iters': iters, 'warmup': warmup, 'cv_threads': cv2.getNumThreads(),
+    }
+
+
+def _device_name_str(device: str) -> str:
+    import torch
+
+    return _device_name(torch.device(device))
+
+
 def _device_name(dev: Any) -> str:
     import torch
 
@@ -314,6 +472,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
     try:
+        if args.pipeline:
+            result = run_pipeline_bench(args.device, args.size, args.disparities, args.matcher,
+                                        args.warmup, args.iters, args.seed, args.scene,
+                                        _parse_sets(args.set))
+            if args.accuracy:
+                result['accuracy'] = run_accuracy(args.device, args.size, args.disparities,
+                                                  args.paths, args.seed)
+            if args.json:
+                print(json.dumps(result))
+            else:
+                _print_pipeline(result)
+            return 0
         result = run_bench(args.device, args.size, args.disparities, args.paths, args.warmup,
                            args.iters, args.rectify, args.seed, graph=not args.no_graph,
                            agg_lines=args.agg_lines)
@@ -338,11 +508,30 @@ def main(argv: list[str] | None = None) -> int:
     print(f"OpenCV SGBM (OpenCVStereoMatcher.match, same disparities): "
           f"{result['baseline_opencv_sgbm_ms']:.3f} ms; ratio total/baseline "
           f"{result['ratio_to_baseline']}")
+    _print_accuracy(result)
+    return 0
+
+
+def _print_accuracy(result: Mapping[str, Any]) -> None:
     for case, res in result.get('accuracy', {}).items():
         for tag in ('sgm_torch', 'opencv_sgbm'):
             print(f"{case:6s} {tag:12s} bad-2.0 {100 * res[tag]['bad2']:6.2f} %  "
                   f"density {res[tag]['density']:.3f}  ({res['disparities']} disparities)")
-    return 0
+
+
+def _print_pipeline(result: Mapping[str, Any]) -> None:
+    lr = result['lr_check_resolution'] if result['lr_check'] else 'off'
+    print(f"pipeline ({result['matcher']}, LR check {lr}) on {result['device']}, {result['scene']} "
+          f"{result['size']}, {result['disparities']} disparities, median of {result['iters']} "
+          f"frames interleaved with bare SGBM ({result['cv_threads']} OpenCV threads)")
+    for k, v in result['stages_ms'].items():
+        print(f'  {k:20s} {v:9.3f} ms')
+    print(f"  {'total (frame)':20s} {result['total_ms']:9.3f} ms")
+    print(f"OpenCV StereoSGBM alone (same images, settings, disparities): "
+          f"{result['baseline_opencv_sgbm_ms']:.3f} ms; ratio frame/SGBM "
+          f"{result['ratio_to_baseline']} (median of per-frame ratios "
+          f"{result['ratio_paired_median']})")
+    _print_accuracy(result)
 
 
 if __name__ == '__main__':

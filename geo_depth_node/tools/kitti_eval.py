@@ -144,7 +144,7 @@ def evaluate(bag: str | Path, params_path: str | Path, *, dem: str = 'srtm',
     if not frames:
         raise ValueError(f'{bag}: no complete stereo frames')
     prior = None
-    pooled: dict[str, list[np.ndarray]] = {k: [] for k in ('dr', 'sig', 'dh', 'rel', 'r')}
+    pooled: dict[str, list[np.ndarray]] = {k: [] for k in ('dr', 'sig', 'dh', 'rel', 'r', 'sig1', 'rel1')}
     classes = {k: {'FUSED': 0, 'MEASURED': 0, 'MEASURED_PRIOR_CONFLICT': 0, 'PRIOR': 0, 'NONE': 0}
                for k in full}
     per_frame = []
@@ -165,6 +165,9 @@ def evaluate(bag: str | Path, params_path: str | Path, *, dem: str = 'srtm',
                              fusion=FusionConfig(params['fusion.gate_k'],
                                                  params['fusion.max_prior_relative_sigma']))
         pri = prior.cast(pose, lm)
+        prior.sigma_points = False  # the first-order sigma too, for comparison
+        s_first = prior.cast(pose, lm)['sigma_m'].reshape(-1)
+        prior.sigma_points = bool(params['dem.sigma_points'])
         h, w = left.shape
         d_cam, _, _ = prior.rays(lm, True)
         d_enu = d_cam.reshape(-1, 3) @ pose.R_enu_cam.T
@@ -192,6 +195,9 @@ def evaluate(bag: str | Path, params_path: str | Path, *, dem: str = 'srtm',
         pooled['sig'].append(np.hypot(s_pr, s_st))
         pooled['dh'].append(z_dem - pts[:, 2])
         pooled['rel'].append(s_pr / r_pr)
+        s1 = s_first[hit].astype(np.float64)
+        pooled['sig1'].append(np.hypot(s1, s_st))
+        pooled['rel1'].append(s1 / r_pr)
         pooled['r'].append(r_st[hit])
         n_ground_total += int(ground.sum())
         n_hit_total += int(hit.sum())
@@ -227,6 +233,10 @@ def evaluate(bag: str | Path, params_path: str | Path, *, dem: str = 'srtm',
         'median_dem_minus_stereo_height_m': float(np.median(cat['dh'])) if n else None,
         'median_stereo_range_m': float(np.median(cat['r'])) if n else None,
         'median_prior_relative_sigma': float(np.median(cat['rel'])) if n else None,
+        'fraction_prior_sigma_infinite': float(np.mean(np.isinf(cat['rel']))) if n else None,
+        'fraction_within_2sigma_first_order': float(np.mean(
+            np.abs(cat['dr']) <= 2 * cat['sig1'])) if n else None,
+        'median_prior_relative_sigma_first_order': float(np.median(cat['rel1'])) if n else None,
         'fraction_prior_usable_default': float(np.mean(
             cat['rel'] <= params['fusion.max_prior_relative_sigma'])) if n else None,
         'max_prior_relative_sigma': {'default': params['fusion.max_prior_relative_sigma'],
