@@ -41,7 +41,7 @@ class Flag(enum.IntFlag):
     NO_MATCH = 1 << 1  #: no unique stereo match (no texture / uniqueness / speckle)
     LR_INCONSISTENT = 1 << 2  #: left-right consistency check failed (occlusion or mismatch)
     TOO_CLOSE = 1 << 3  #: disparity at or beyond the top of the search range
-    PRIOR_CONFLICT = 1 << 4  #: stereo and prior disagree beyond the gate; stereo kept
+    PRIOR_CONFLICT = 1 << 4  #: stereo and prior disagree beyond the gate (see core.fusion)
     PRIOR_UNAVAILABLE = 1 << 5  #: no prior for this ray (outside DEM, nodata, no pose)
     PRIOR_SURFACE_MODEL = 1 << 6  #: the prior is a surface model (DSM), not bare earth
     POSE_DEGRADED = 1 << 7  #: camera pose on the Earth is degraded
