@@ -121,3 +121,27 @@ def test_pose6_and_rpy_conventions():
     np.testing.assert_allclose(r, transforms3d.euler.euler2mat(0.1, -0.2, 0.3, 'sxyz'), atol=1e-12)
     with pytest.raises(ValueError, match='extrinsic'):
         pose6_to_matrix([1.0, 2.0])
+
+
+def test_navsatfix_conversion_refuses_impossible_fixes():
+    """Out-of-range latitude/longitude and a malformed covariance are refused with the value
+    (the node turns that into a diagnostic); a NO_FIX message with NaN position passes (the
+    estimator counts and drops it)."""
+    from types import SimpleNamespace as NS
+
+    from geo_depth_node.core.pose import gnss_fix_from_msg
+
+    def msg(lat, lon, cov=(0.01,) * 9, status=0):
+        return NS(header=NS(stamp=NS(sec=1, nanosec=5)), status=NS(status=status),
+                  latitude=lat, longitude=lon, altitude=100.0, position_covariance=list(cov),
+                  position_covariance_type=2)
+
+    fix = gnss_fix_from_msg(msg(49.0, 8.4))
+    assert fix.stamp_ns == 1_000_000_005 and fix.cov.shape == (3, 3)
+    assert math.isnan(gnss_fix_from_msg(msg(float('nan'), float('nan'), status=-1)).lat_deg)
+    with pytest.raises(ValueError, match='out of range'):
+        gnss_fix_from_msg(msg(91.0, 8.4))
+    with pytest.raises(ValueError, match='out of range'):
+        gnss_fix_from_msg(msg(49.0, 181.0))
+    with pytest.raises(ValueError, match='9 numbers'):
+        gnss_fix_from_msg(msg(49.0, 8.4, cov=(0.01,) * 4))

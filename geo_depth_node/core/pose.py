@@ -193,12 +193,23 @@ def imu_sample_from_msg(msg: Any) -> ImuSample:
 
 
 def gnss_fix_from_msg(msg: Any) -> GnssFix:
-    """GnssFix of a sensor_msgs/NavSatFix-like object (duck-typed; covariance ENU m^2)."""
+    """GnssFix of a sensor_msgs/NavSatFix-like object (duck-typed; covariance ENU m^2).
+
+    NaN positions pass (NO_FIX messages carry them; the estimator counts and drops them).
+
+    Raises:
+        ValueError: a finite latitude outside [-90, 90] or longitude outside [-180, 180] deg,
+            or a position_covariance that is not 9 numbers.
+    """
     stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-    return GnssFix(stamp, int(msg.status.status), float(msg.latitude), float(msg.longitude),
-                   float(msg.altitude),
-                   np.asarray(msg.position_covariance, dtype=np.float64).reshape(3, 3),
-                   int(msg.position_covariance_type))
+    lat, lon = float(msg.latitude), float(msg.longitude)
+    if (math.isfinite(lat) and abs(lat) > 90.0) or (math.isfinite(lon) and abs(lon) > 180.0):
+        raise ValueError(f'NavSatFix latitude/longitude out of range: {lat}, {lon} deg')
+    cov = np.asarray(msg.position_covariance, dtype=np.float64).reshape(-1)
+    if cov.size != 9:
+        raise ValueError(f'NavSatFix position_covariance must have 9 numbers, got {cov.size}')
+    return GnssFix(stamp, int(msg.status.status), lat, lon, float(msg.altitude),
+                   cov.reshape(3, 3), int(msg.position_covariance_type))
 
 
 @dataclasses.dataclass(frozen=True)

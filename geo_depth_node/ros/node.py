@@ -286,9 +286,14 @@ class GeoDepthNode(Node):
 
     def _on_gnss(self, msg: Any) -> None:
         """Executor thread: buffer a NavSatFix for the pose (cheap)."""
+        try:
+            fix = conv.gnss_fix_from_msg(msg)
+        except ValueError as exc:
+            self._input_problem('bad_gnss', f'NavSatFix ignored: {exc}')
+            return
         with self._lock:
             pipeline = self._pipeline
-        pipeline.add_gnss(conv.gnss_fix_from_msg(msg))
+        pipeline.add_gnss(fix)
 
     def _on_odometry(self, msg: Any) -> None:
         """Executor thread: buffer a nav_msgs/Odometry pose (pose.source odometry; cheap)."""
