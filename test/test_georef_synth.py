@@ -7,52 +7,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geo_depth_node.core.camera import CameraModel
 from geo_depth_node.core.contract import Flag, Provenance
-from geo_depth_node.core.params import load_params_yaml
-from geo_depth_node.core.pipeline import DepthPipeline
-from geo_depth_node.core.pose import gnss_fix_from_msg, imu_sample_from_msg
 from geo_depth_node.synth.config import SynthConfig
-from geo_depth_node.synth.generate import generate_world, load_truth
+from geo_depth_node.tools.prior_coverage import process_world, truth_cameras, truth_points_enu
 
 W, H = 256, 192
 
 
 def _run(tmp: Path, **kw) -> list[dict]:
     """Generate a world, run the pipeline with the world's params over every frame."""
-    from rosbags.highlevel import AnyReader
-
-    info = generate_world(tmp, SynthConfig(width=W, height=H, **kw), progress=False)
-    truth = load_truth(info['truth'])
-    p = load_params_yaml(info['params'])
-    p['stereo.num_disparities'] = 64
-    pipe = DepthPipeline(p)
-    frames: dict[int, dict] = {}
-    with AnyReader([Path(info['bag'])]) as r:
-        for c, t, raw in r.messages():
-            m = r.deserialize(raw, c.msgtype)
-            if c.topic == '/imu/data':
-                pipe.add_imu(imu_sample_from_msg(m))
-            elif c.topic == '/gnss/fix':
-                pipe.add_gnss(gnss_fix_from_msg(m))
-            elif c.topic.endswith('image_rect'):
-                frames.setdefault(t, {})[c.topic] = m.data.reshape(m.height, m.width)
-    K = truth['K']
-    lm, rm = (CameraModel.from_arrays(W, H, K, truth['D'], np.eye(3), truth[k])
-              for k in ('P_left', 'P_right'))
-    u = (np.arange(W) - K[0, 2]) / K[0, 0]
-    v = (np.arange(H) - K[1, 2]) / K[1, 1]
-    norm = np.sqrt(1 + u[None, :] ** 2 + v[:, None] ** 2)
-    out = []
-    for i, st in enumerate(truth['stamps_ns']):
-        f = frames[int(st)]
-        res = pipe.process(f['/left/image_rect'], f['/right/image_rect'], lm, rm,
-                           stamp_ns=int(st))
-        out.append({'res': res, 'r_true': truth['depth'][i] * norm,
-                    'surface': truth['surface'][i], 'T_true': truth['T_enu_left'][i],
-                    'pipe': pipe, 'depth': truth['depth'][i], 'K': K,
-                    'cfg': SynthConfig(width=W, height=H, **kw)})
-    return out
+    cfg = SynthConfig(width=W, height=H, **kw)
+    pipe, truth, results = process_world(tmp, cfg, {'stereo.num_disparities': 64})
+    _, _, norm = truth_cameras(truth)
+    return [{'res': res, 'r_true': truth['depth'][i] * norm, 'surface': truth['surface'][i],
+             'T_true': truth['T_enu_left'][i], 'pipe': pipe, 'depth': truth['depth'][i],
+             'p_true': truth_points_enu(truth, i), 'cfg': cfg}
+            for i, res in enumerate(results)]
 
 
 def _coverage(runs, cls: Provenance, terrain_only: bool = True) -> tuple[int, float, float, float]:
@@ -121,14 +91,9 @@ def test_objects_above_a_bare_earth_dem_are_conflicts_not_fused(tmp_path):
         runs += _run(tmp_path / f's{seed}', seed=seed, frames=1, baseline_m=0.5, objects=30)
     n_stereo = n_conflict = n_fused = n_prior = 0
     for f in runs:
-        res, K, T = f['res'], f['K'], f['T_true']
+        res, p = f['res'], f['p_true']
         terrain = World(f['cfg']).terrain
-        h, w = f['depth'].shape
-        u = (np.arange(w) - K[0, 2]) / K[0, 0]
-        v = (np.arange(h) - K[1, 2]) / K[1, 1]
-        d = np.stack(np.broadcast_arrays(u[None, :], v[:, None], 1.0), -1)
         with np.errstate(invalid='ignore'):
-            p = (d * f['depth'][..., None]) @ T[:3, :3].T + T[:3, 3]
             height = p[..., 2] - terrain.height(p[..., 0], p[..., 1])
         obj = (f['surface'] >= 2) & np.isfinite(f['depth']) & (height > 3.0)
         low = (f['surface'] >= 2) & (height > 0.5) & (height <= 3.0) \

@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from geo_depth_node.core.camera import CameraModel
 from geo_depth_node.core.contract import Flag, Provenance
 from geo_depth_node.core.params import load_params_yaml, validate_params
 from geo_depth_node.core.pipeline import DepthPipeline
@@ -21,6 +20,7 @@ from geo_depth_node.core.pose import (Extrinsics, OdometryPoseConfig, OdometryPo
                                       odometry_sample_from_msg, pose6_to_matrix,
                                       quat_xyzw_to_matrix, rpy_to_matrix, so3_exp, so3_log)
 from geo_depth_node.synth.motion import matrix_to_quat_xyzw
+from geo_depth_node.tools.prior_coverage import truth_cameras
 
 T0 = 1_700_000_000 * 1_000_000_000
 DT_NS = 20_000_000  # 50 Hz
@@ -360,12 +360,7 @@ def test_end_to_end_with_noisy_odometry(world):
     counts = pipe.georef.pose.counts
     assert n_odom > 50 and counts['imu_ignored'] + counts['gnss_ignored'] == n_other > 0
     assert counts['odometry_bad'] == counts['odometry_out_of_order'] == 0
-    K = truth['K']
-    lm, rm = (CameraModel.from_arrays(W, H, K, truth['D'], np.eye(3), truth[k])
-              for k in ('P_left', 'P_right'))
-    u = (np.arange(W) - K[0, 2]) / K[0, 0]
-    v = (np.arange(H) - K[1, 2]) / K[1, 1]
-    norm = np.sqrt(1 + u[None, :] ** 2 + v[:, None] ** 2)
+    lm, rm, norm = truth_cameras(truth)
     st = int(truth['stamps_ns'][0])
     f = frames[st]
     res = pipe.process(f['/left/image_rect'], f['/right/image_rect'], lm, rm, stamp_ns=st)

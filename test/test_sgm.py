@@ -251,12 +251,12 @@ def test_speckle_removal_drops_small_blobs_only():
 
 @pytest.fixture(scope='module')
 def cones(shared_data):
-    from geo_depth_node.tools.bench import load_cones
+    from geo_depth_node.tools.calibrate_sigma import load_cones
 
-    data = load_cones(shared_data)
-    if data is None:
-        pytest.skip(f'Middlebury Cones not found under {shared_data}')
-    return data
+    try:
+        return load_cones(shared_data / 'middlebury2003_cones')
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
 
 
 def test_cones_beats_opencv_sgbm(cones):

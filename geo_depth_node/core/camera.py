@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
 
 import numpy as np
 
@@ -255,3 +256,13 @@ def distort_points(points_cam: np.ndarray, model: CameraModel) -> np.ndarray:
     else:
         out, _ = cv2.projectPoints(p, zero, zero, model.K, model.D)
     return out.reshape(-1, 2)
+
+
+def camera_model_from_msg(msg: Any) -> CameraModel:
+    """A sensor_msgs/CameraInfo-like object (rclpy or rosbags; duck-typed) -> CameraModel.
+
+    Raises:
+        ValueError: an unusable calibration.
+    """
+    return CameraModel.from_arrays(msg.width, msg.height, msg.k, msg.d, msg.r, msg.p,
+                                   msg.distortion_model, msg.header.frame_id)

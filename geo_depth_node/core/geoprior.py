@@ -95,7 +95,9 @@ class GeoPrior:
         return self._ray_cache[1], self._ray_cache[2], self._ray_cache[3]
 
     def cast(self, pose: PoseEstimate, model: CameraModel) -> dict[str, np.ndarray]:
-        """Ray-cast every pixel; (H, W) arrays range_m, sigma_m, status, source (numpy).
+        """Ray-cast every pixel; (H, W) arrays range_m, sigma_m, status, source (numpy), and
+        sigma_first_order_vertical_m (sigma_m with the first-order vertical term, i.e. without
+        the sigma points; for comparisons).
 
         The prior sigma is the first-order sigma of :func:`~.raycast.raycast` with two
         non-linear corrections:
@@ -115,9 +117,7 @@ class GeoPrior:
         alone is over-confident on rolling terrain (>3 sigma for 1.6 % of the points); with
         both corrections the PRIOR points are slightly conservative.
         """
-        import torch
-
-        from .raycast import HeightField, RayStatus, raycast
+        from .raycast import RayStatus, raycast
 
         t0 = time.perf_counter()
         self.grid.retile_if_needed(pose.p_enu_cam)
@@ -136,27 +136,32 @@ class GeoPrior:
             s_att = res.sigma_attitude_m.double().cpu().numpy().reshape(h, w)
             status = res.status.cpu().numpy().reshape(h, w)
             var_rest = np.maximum(sigma ** 2 - s_vert ** 2 - s_att ** 2, 0.0)
-            var_vert = s_vert ** 2
+            var_vert_first = s_vert ** 2
+            var_vert = var_vert_first.copy()
             t2 = time.perf_counter()
             hit = (status == RayStatus.HIT).reshape(-1)
             if self.sigma_points and hit.any():
-                delta = torch.sqrt(field.sigma_v.double() ** 2
-                                   + float(pose_cov.position[2, 2])).to(field.height.dtype)
+                # Raising the terrain by delta is lowering the camera by delta: shift each hit
+                # ray's origin instead of building two shifted grids every frame. delta =
+                # sqrt(sigma_v^2 + P_zz) at the hit node, recovered from the vertical term
+                # n_z delta / sin(g) (NaN at a zero grazing angle, where sigma is infinite).
+                sin_g = np.sin(res.grazing_rad.double().cpu().numpy()[hit])
+                n_z = res.normal[:, 2].double().cpu().numpy()[hit]
+                with np.errstate(divide='ignore', invalid='ignore'):
+                    delta = s_vert.reshape(-1)[hit] * sin_g / n_z
                 r0 = rng.reshape(-1)[hit].astype(np.float64)
                 dev2 = np.zeros_like(r0)
                 for sign in (1.0, -1.0):
-                    shifted = HeightField(field.height + sign * delta, field.x0_m, field.y0_m,
-                                          field.cell_m, field.source, field.sigma_v,
-                                          field.sigma_h, field.frame)
+                    origin = np.repeat(pose.p_enu_cam[None, :], r0.size, axis=0)
+                    origin[:, 2] -= sign * np.nan_to_num(delta)
                     # raised terrain can only bring the hit closer
                     reach = min(self.max_range_m, float(r0.max()) + field.cell_m) \
                         if sign > 0 else self.max_range_m
-                    rs = raycast(shifted, pose.p_enu_cam, d_enu[hit], max_range_m=reach)
+                    rs = raycast(field, origin, d_enu[hit], max_range_m=reach)
                     r_s = rs.range_m.double().cpu().numpy()
-                    ok = rs.status.cpu().numpy() == RayStatus.HIT
+                    ok = (rs.status.cpu().numpy() == RayStatus.HIT) & np.isfinite(delta)
                     dev2 += 0.5 * np.where(ok, (r_s - r0) ** 2, np.inf)
-                vv = var_vert.reshape(-1)
-                vv[hit] = dev2
+                var_vert.reshape(-1)[hit] = dev2
         t3 = time.perf_counter()
         sig_att = math.sqrt(max(float(np.linalg.eigvalsh(pose_cov.attitude).max()), 0.0))
         var_att = s_att ** 2
@@ -164,8 +169,10 @@ class GeoPrior:
             var_att = np.maximum(var_att, (range_gradient(rng) * model.fx * sig_att) ** 2)
         with np.errstate(invalid='ignore'):
             sigma = np.sqrt(var_rest + var_vert + var_att)
+            sigma_first = np.sqrt(var_rest + var_vert_first + var_att)
         return {'range_m': rng,
                 'sigma_m': sigma.astype(np.float32),
+                'sigma_first_order_vertical_m': sigma_first.astype(np.float32),
                 'status': status,
                 'source': res.source.cpu().numpy().reshape(h, w),
                 'timings_ms': {'dem_retile': (t1 - t0) * 1e3,

@@ -217,3 +217,13 @@ class RowBands:
         futures = [self._executor().submit(fn, b) for b in bands[1:]]
         first = fn(bands[0])
         return [first] + [f.result() for f in futures]
+
+
+def image_from_msg(msg: Any) -> np.ndarray:
+    """A sensor_msgs/Image-like object (rclpy or rosbags; duck-typed) -> (H, W[, C]) array.
+
+    Raises:
+        ImageDecodeError (a ValueError): an encoding or layout it cannot decode.
+    """
+    return decode_image(msg.data, msg.width, msg.height, msg.encoding, msg.step,
+                        bool(msg.is_bigendian))

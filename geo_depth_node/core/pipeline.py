@@ -517,7 +517,8 @@ class _Georef:
             add(sample)
             self.cond.notify_all()
 
-    def _prior(self, params: Mapping[str, Any]):
+    def ensure_prior(self, params: Mapping[str, Any]):
+        """The GeoPrior (built from ``params`` once the ENU datum is known), or None."""
         from .fusion import FusionConfig
         from .geoprior import GeoPrior
 
@@ -544,7 +545,7 @@ class _Georef:
                         or time.monotonic() >= deadline:
                     break
                 self.cond.wait(min(0.02, max(0.0, deadline - time.monotonic())))
-            prior = self._prior(params) if pose is not None else None
+            prior = self.ensure_prior(params) if pose is not None else None
         result.timings_ms['pose'] = (time.perf_counter() - t0) * 1e3
         result.pose_status = why
         if pose is None or prior is None:

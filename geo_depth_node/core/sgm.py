@@ -63,7 +63,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .contract import Flag
-from .stereo import MatcherConfig, MatchResult
+from .stereo import MatcherConfig, MatchResult, check_stereo_pair
 
 _LOG = logging.getLogger(__name__)
 
@@ -722,11 +722,7 @@ class TorchSGMMatcher:
         """
         import torch
 
-        if left.ndim != 2 or left.dtype != np.uint8 or right.dtype != np.uint8:
-            raise ValueError(f'matcher wants (H, W) uint8 images, got {left.shape} {left.dtype} '
-                             f'and {right.shape} {right.dtype}')
-        if left.shape != right.shape:
-            raise ValueError(f'left {left.shape} and right {right.shape} differ in shape')
+        check_stereo_pair(left, right)
         t0 = time.perf_counter()
         dev = self.device
 

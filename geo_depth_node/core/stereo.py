@@ -140,6 +140,15 @@ def texture_map(image: np.ndarray, window: int = 9, out: np.ndarray | None = Non
     return cv2.boxFilter(grad, -1, (window, window), dst=out, borderType=cv2.BORDER_REFLECT)
 
 
+def check_stereo_pair(left: np.ndarray, right: np.ndarray) -> None:
+    """Raise ValueError unless ``left`` and ``right`` are (H, W) uint8 images of one shape."""
+    if left.ndim != 2 or left.dtype != np.uint8 or right.dtype != np.uint8:
+        raise ValueError(f'matcher wants (H, W) uint8 images, got {left.shape} {left.dtype} '
+                         f'and {right.shape} {right.dtype}')
+    if left.shape != right.shape:
+        raise ValueError(f'left {left.shape} and right {right.shape} differ in shape')
+
+
 def _sgbm(cv2: Any, min_disparity: int, num_disparities: int, block_size: int, p1: int, p2: int,
           c: MatcherConfig, speckle_window_size: int, speckle_range: int) -> Any:
     if p2 <= p1:
@@ -264,11 +273,7 @@ class OpenCVStereoMatcher:
         """
         import cv2
 
-        if left.ndim != 2 or left.dtype != np.uint8 or right.dtype != np.uint8:
-            raise ValueError(f'matcher wants (H, W) uint8 images, got {left.shape} {left.dtype} '
-                             f'and {right.shape} {right.dtype}')
-        if left.shape != right.shape:
-            raise ValueError(f'left {left.shape} and right {right.shape} differ in shape')
+        check_stereo_pair(left, right)
         c = self.config
         h, w = shape = left.shape
         self._grids(h, w)

@@ -6,26 +6,18 @@ from typing import Iterable
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from sensor_msgs.msg import Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
-from ..core.camera import CameraModel
+from ..core.camera import camera_model_from_msg  # noqa: F401 (re-exported for the node)
 from ..core.contract import POINT_FIELDS, POINT_STEP, SIGMA_DEFINITION, legend_tables
-from ..core.images import decode_image
+from ..core.images import image_from_msg  # noqa: F401 (re-exported for the node)
 
 _LITTLE = sys.byteorder == 'little'
 
 
-def camera_model_from_msg(msg: CameraInfo) -> CameraModel:
-    """CameraInfo -> CameraModel (raises ValueError on an unusable calibration)."""
-    return CameraModel.from_arrays(msg.width, msg.height, msg.k, msg.d, msg.r, msg.p,
-                                   msg.distortion_model, msg.header.frame_id)
 
 
-def image_from_msg(msg: Image) -> np.ndarray:
-    """sensor_msgs/Image -> (H, W[, C]) array (raises ImageDecodeError, a ValueError)."""
-    return decode_image(msg.data, msg.width, msg.height, msg.encoding, msg.step,
-                        bool(msg.is_bigendian))
 
 
 def pointcloud2(header: Header, cloud: np.ndarray, *, dense: bool) -> PointCloud2:

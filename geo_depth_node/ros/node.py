@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import functools
 import threading
 import time
 from typing import Any
@@ -145,9 +146,9 @@ class GeoDepthNode(Node):
             # queue so that a busy executor does not lose the message after an image stamp
             odom_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
                                   reliability=ReliabilityPolicy.RELIABLE)
-            self._subs.append(self.create_subscription(Odometry, 'odom', self._on_odometry,
-                                                       odom_qos,
-                                                       qos_overriding_options=overrides))
+            self._subs.append(self.create_subscription(
+                Odometry, 'odom', functools.partial(self._on_pose_input, kind='odometry'),
+                odom_qos, qos_overriding_options=overrides))
             self.get_logger().info(
                 f'georeferencing from {self._subs[4].topic_name} (nav_msgs/Odometry in ENU at '
                 f'the datum {self._params["georef.datum_latitude_deg"]:.8f} '
@@ -160,10 +161,12 @@ class GeoDepthNode(Node):
             gnss_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50,
                                   reliability=ReliabilityPolicy.BEST_EFFORT)
             self._subs += [
-                self.create_subscription(Imu, 'imu/data', self._on_imu, imu_qos,
-                                         qos_overriding_options=overrides),
-                self.create_subscription(NavSatFix, 'gnss/fix', self._on_gnss, gnss_qos,
-                                         qos_overriding_options=overrides),
+                self.create_subscription(
+                    Imu, 'imu/data', functools.partial(self._on_pose_input, kind='imu'),
+                    imu_qos, qos_overriding_options=overrides),
+                self.create_subscription(
+                    NavSatFix, 'gnss/fix', functools.partial(self._on_pose_input, kind='gnss'),
+                    gnss_qos, qos_overriding_options=overrides),
             ]
             self.get_logger().info(f'georeferencing from {self._subs[4].topic_name} and '
                                    f'{self._subs[5].topic_name}')
@@ -273,41 +276,26 @@ class GeoDepthNode(Node):
         self.get_logger().error(f'frame processing failed: {exc!r}', throttle_duration_sec=float(
             self._params['input_error_throttle_s']))
 
-    def _on_imu(self, msg: Any) -> None:
-        """Executor thread: buffer an Imu message for the pose (cheap)."""
-        try:
-            sample = conv.imu_sample_from_msg(msg)
-        except ValueError as exc:
-            self._input_problem('bad_imu', f'Imu ignored: {exc}')
-            return
-        with self._lock:
-            pipeline = self._pipeline
-        pipeline.add_imu(sample)
+    # pose inputs: kind -> (converter in ros.conversions, message name for diagnostics)
+    _POSE_INPUTS = {'imu': ('imu_sample_from_msg', 'Imu'),
+                    'gnss': ('gnss_fix_from_msg', 'NavSatFix'),
+                    'odometry': ('odometry_sample_from_msg', 'Odometry')}
 
-    def _on_gnss(self, msg: Any) -> None:
-        """Executor thread: buffer a NavSatFix for the pose (cheap)."""
+    def _on_pose_input(self, msg: Any, kind: str) -> None:
+        """Executor thread: convert an Imu / NavSatFix / Odometry message and buffer it for the
+        pose (cheap); a malformed or zero-stamped one becomes a diagnostic, not a sample."""
+        convert, name = self._POSE_INPUTS[kind]
         try:
-            fix = conv.gnss_fix_from_msg(msg)
+            sample = getattr(conv, convert)(msg)
         except ValueError as exc:
-            self._input_problem('bad_gnss', f'NavSatFix ignored: {exc}')
-            return
-        with self._lock:
-            pipeline = self._pipeline
-        pipeline.add_gnss(fix)
-
-    def _on_odometry(self, msg: Any) -> None:
-        """Executor thread: buffer a nav_msgs/Odometry pose (pose.source odometry; cheap)."""
-        try:
-            sample = conv.odometry_sample_from_msg(msg)
-        except ValueError as exc:
-            self._input_problem('bad_odometry', f'Odometry ignored: {exc}')
+            self._input_problem(f'bad_{kind}', f'{name} ignored: {exc}')
             return
         if sample.stamp_ns <= 0:
-            self._input_problem('zero_stamp', 'odom: message with a zero stamp ignored')
+            self._input_problem('zero_stamp', f'{name}: message with a zero stamp ignored')
             return
         with self._lock:
             pipeline = self._pipeline
-        pipeline.add_odometry(sample)
+        getattr(pipeline, f'add_{kind}')(sample)
 
     # ---------------------------------------------------------------- worker
     def _process(self, frame: dict[str, Any]) -> None:

@@ -21,10 +21,11 @@ import dataclasses
 import math
 from typing import Any
 
+from ..tools.scene_bag import BAG_STORAGES as STORAGES  # the storages the bag writer knows
+
 TERRAINS = ('flat', 'hills', 'mountains')
 DEM_KINDS = ('dem', 'dsm')
 VERTICAL_DATUMS = ('ellipsoid', 'egm96')
-STORAGES = ('mcap', 'sqlite3')
 
 
 @dataclasses.dataclass

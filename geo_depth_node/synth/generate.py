@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -408,19 +407,14 @@ def image_topic(cfg: SynthConfig, side: str) -> str:
 
 def write_bag(world: World, frames: list[dict[str, Any]], bag_dir: Path) -> dict[str, int]:
     """Write the rosbag2; returns message counts per topic."""
-    from rosbags.rosbag2 import StoragePlugin, Writer
-
-    from ..tools.scene_bag import kilted_typestore
+    from ..tools.scene_bag import kilted_typestore, new_bag_writer
 
     ts = kilted_typestore()
-    plugin = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}[world.cfg.storage]
-    if bag_dir.exists():
-        shutil.rmtree(bag_dir)
     counts: dict[str, int] = {}
     topics = dict(TOPICS)
     for side in ('left', 'right'):
         topics[f'{side}_image'] = (image_topic(world.cfg, side), TOPICS[f'{side}_image'][1])
-    with Writer(bag_dir, version=9, storage_plugin=plugin) as writer:
+    with new_bag_writer(bag_dir, world.cfg.storage) as writer:
         conns = {}
         for key, (topic, typ) in topics.items():
             if key == 'tf_static':

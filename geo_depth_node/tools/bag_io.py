@@ -19,9 +19,9 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from ..core.camera import CameraModel
+from ..core.camera import CameraModel, camera_model_from_msg
 from ..core.contract import POINT_FIELDS, POINT_STEP, SIGMA_DEFINITION, legend_tables
-from ..core.images import decode_image, to_gray8
+from ..core.images import image_from_msg, to_gray8
 
 _LOG = logging.getLogger(__name__)
 _LITTLE = sys.byteorder == 'little'
@@ -186,16 +186,6 @@ def diagnostic_array(ts, stamp: int, name: str, level: int, message: str,
 
 
 # ------------------------------------------------------------------------- decoding
-def camera_model_from_msg(msg: Any) -> CameraModel:
-    """rosbags CameraInfo -> CameraModel (raises ValueError on an unusable calibration)."""
-    return CameraModel.from_arrays(msg.width, msg.height, msg.k, msg.d, msg.r, msg.p,
-                                   msg.distortion_model, msg.header.frame_id)
-
-
-def image_from_msg(msg: Any) -> np.ndarray:
-    """rosbags sensor_msgs/Image -> (H, W[, C]) array (raises ImageDecodeError, a ValueError)."""
-    return decode_image(msg.data, msg.width, msg.height, msg.encoding, msg.step,
-                        bool(msg.is_bigendian))
 
 
 def decode_stereo(frame: Mapping[str, Any], mono16_max: int

@@ -42,7 +42,6 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -412,45 +411,20 @@ def _device_name(dev: Any) -> str:
     return f'cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)'
 
 
-def _shared_data() -> Path:
-    env = os.environ.get('GEO_DEPTH_SHARED_DATA')
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / 'shared' / 'data'
-
-
-def load_cones(root: Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(left, right, gt disparity) of Middlebury 2003 Cones (quarter size), or None if absent."""
-    import warnings
-
-    import cv2
-
-    d = (root or _shared_data()) / 'middlebury2003_cones'
-    if not d.is_dir():
-        return None
-    import rasterio
-
-    left = cv2.imread(str(d / 'tests_pandora_left.png'), cv2.IMREAD_GRAYSCALE)
-    right = cv2.imread(str(d / 'tests_pandora_right.png'), cv2.IMREAD_GRAYSCALE)
-    with rasterio.Env(CPL_LOG='/dev/null'), warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        with rasterio.open(d / 'notebooks_data_Cones_LEFT_GT.tif') as f:
-            gt = f.read(1).astype(np.float32)
-    return left, right, gt
-
-
 def run_accuracy(device: str = 'cpu', size: tuple[int, int] = (640, 480), disparities: int = 128,
                  paths: int = 8, seed: int = 0) -> dict[str, Any]:
     """bad-2.0 and density of TorchSGMMatcher and OpenCV SGBM on Cones and the analytic scene."""
     from ..core.scene import SURFACE_SKY, render_scene
     from ..core.sgm import SGMConfig, TorchSGMMatcher, bad_pixel_rate
     from ..core.stereo import MatcherConfig, OpenCVStereoMatcher
+    from .calibrate_sigma import load_cones
 
     out: dict[str, Any] = {}
     cases = []
-    cones = load_cones()
-    if cones is None:
-        _LOG.warning('Middlebury Cones not found under %s: skipped', _shared_data())
+    try:
+        cones = load_cones()
+    except FileNotFoundError as exc:
+        _LOG.warning('%s: skipped', exc)
     else:
         cases.append(('cones', cones[0], cones[1], cones[2], cones[2] > 0, 64))
     scene = render_scene(size[0], size[1], seed=seed)

@@ -72,7 +72,6 @@ import datetime
 import json
 import logging
 import math
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -640,14 +639,10 @@ def convert(drive_dir: str | Path, out_dir: str | Path, *, storage: str = 'mcap'
         ValueError: bad storage/dem/alt_datum, or inconsistent input.
         FileNotFoundError: missing drive files.
     """
-    from rosbags.rosbag2 import StoragePlugin, Writer
-
     from .bag_io import transient_local_qos
-    from .scene_bag import kilted_typestore
+    from .scene_bag import check_storage, kilted_typestore, new_bag_writer
 
-    plugins = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
-    if storage not in plugins:
-        raise ValueError(f'storage must be one of {list(plugins)}, got {storage!r}')
+    check_storage(storage)
     if alt_datum not in ('egm96', 'ellipsoid'):
         raise ValueError(f'alt_datum must be egm96 or ellipsoid, got {alt_datum!r}')
     drive = Path(drive_dir)
@@ -657,12 +652,10 @@ def convert(drive_dir: str | Path, out_dir: str | Path, *, storage: str = 'mcap'
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     bag = out / 'bag'
-    if bag.exists():
-        shutil.rmtree(bag)
     ts = kilted_typestore()
     msgs, summary = bag_messages(drive, alt_datum, color)
     counts: dict[str, int] = {}
-    with Writer(bag, version=9, storage_plugin=plugins[storage]) as writer:
+    with new_bag_writer(bag, storage) as writer:
         conns = {}
         for key, (topic, typ) in TOPICS.items():
             qos = transient_local_qos() if key == 'tf_static' else None

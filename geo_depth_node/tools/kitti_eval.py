@@ -118,8 +118,6 @@ def evaluate(bag: str | Path, params_path: str | Path, *, dem: str = 'srtm',
         ValueError: a DEM source not in the params, or a bag without stereo frames.
     """
     from ..core.contract import Flag, Provenance
-    from ..core.fusion import FusionConfig
-    from ..core.geoprior import GeoPrior
     from ..core.params import load_params_yaml
     from ..core.pipeline import DepthPipeline
     from ..core.raycast import RayStatus
@@ -143,7 +141,6 @@ def evaluate(bag: str | Path, params_path: str | Path, *, dem: str = 'srtm',
     frames = _frames(bag)
     if not frames:
         raise ValueError(f'{bag}: no complete stereo frames')
-    prior = None
     pooled: dict[str, list[np.ndarray]] = {k: [] for k in ('dr', 'sig', 'dh', 'rel', 'r', 'sig1', 'rel1')}
     classes = {k: {'FUSED': 0, 'MEASURED': 0, 'MEASURED_PRIOR_CONFLICT': 0, 'PRIOR': 0, 'NONE': 0}
                for k in full}
@@ -157,17 +154,10 @@ def evaluate(bag: str | Path, params_path: str | Path, *, dem: str = 'srtm',
         if pose is None:
             per_frame.append({'stamp_ns': fr['stamp'], 'pose': why})
             continue
-        if prior is None:
-            prior = GeoPrior(georef.sources, georef.pose.frame, cell_m=params['dem.grid_cell_m'],
-                             half_extent_m=params['dem.grid_half_extent_m'],
-                             retile_margin_m=params['dem.grid_retile_margin_m'],
-                             max_range_m=params['dem.max_range_m'], device='cpu',
-                             fusion=FusionConfig(params['fusion.gate_k'],
-                                                 params['fusion.max_prior_relative_sigma']))
+        with georef.lock:
+            prior = georef.ensure_prior(params)  # the pipeline's own grid and sigma settings
         pri = prior.cast(pose, lm)
-        prior.sigma_points = False  # the first-order sigma too, for comparison
-        s_first = prior.cast(pose, lm)['sigma_m'].reshape(-1)
-        prior.sigma_points = bool(params['dem.sigma_points'])
+        s_first = pri['sigma_first_order_vertical_m'].reshape(-1)  # without the sigma points
         h, w = left.shape
         d_cam, _, _ = prior.rays(lm, True)
         d_enu = d_cam.reshape(-1, 3) @ pose.R_enu_cam.T

@@ -54,17 +54,44 @@ class Tally:
                 'beyond_3sigma': self.out3 / n if self.n else nan}
 
 
-def run_world(out: Path, cfg, params_override: dict[str, Any] | None = None,
-              unchanged_terrain_only: bool = True) -> tuple[dict[str, Tally], list]:
-    """Generate one world into ``out``, run every frame; tallies per class and the results."""
+def truth_cameras(truth: dict[str, Any]) -> tuple[Any, Any, np.ndarray]:
+    """The rectified left and right CameraModels of a synthetic world's truth (``load_truth``)
+    and the (H, W) ray norm ``|((u - cx)/fx, (v - cy)/fy, 1)|`` (range = depth * norm)."""
+    from ..core.camera import CameraModel
+
+    h, w = truth['depth'].shape[1:]
+    K = truth['K']
+    left, right = (CameraModel.from_arrays(w, h, K, truth['D'], np.eye(3), truth[k])
+                   for k in ('P_left', 'P_right'))
+    u = (np.arange(w) - K[0, 2]) / K[0, 0]
+    v = (np.arange(h) - K[1, 2]) / K[1, 1]
+    return left, right, np.sqrt(1 + u[None, :] ** 2 + v[:, None] ** 2)
+
+
+def truth_points_enu(truth: dict[str, Any], i: int) -> np.ndarray:
+    """(H, W, 3) true surface points of frame ``i`` in the world's ENU frame, metres (NaN / inf
+    where the truth depth is sky)."""
+    h, w = truth['depth'].shape[1:]
+    K = truth['K']
+    u = (np.arange(w) - K[0, 2]) / K[0, 0]
+    v = (np.arange(h) - K[1, 2]) / K[1, 1]
+    d = np.stack(np.broadcast_arrays(u[None, :], v[:, None], 1.0), -1)
+    T = truth['T_enu_left'][i]
+    with np.errstate(invalid='ignore'):
+        return (d * truth['depth'][i][..., None]) @ T[:3, :3].T + T[:3, 3]
+
+
+def process_world(out: Path, cfg, params_override: dict[str, Any] | None = None
+                  ) -> tuple[Any, dict[str, Any], list]:
+    """Generate one world (SynthConfig ``cfg``) into ``out`` and run the node's DepthPipeline
+    with the world's params (updated by ``params_override``) over every frame, IMU/GNSS fed
+    from the bag: (pipeline, truth of load_truth, FrameResults in frame order)."""
     from rosbags.highlevel import AnyReader
 
-    from ..core.camera import CameraModel
-    from ..core.contract import Provenance
     from ..core.params import load_params_yaml
     from ..core.pipeline import DepthPipeline
     from ..core.pose import gnss_fix_from_msg, imu_sample_from_msg
-    from ..synth.generate import World, generate_world, load_truth
+    from ..synth.generate import generate_world, load_truth
 
     info = generate_world(out, cfg, progress=False)
     truth = load_truth(info['truth'])
@@ -81,35 +108,38 @@ def run_world(out: Path, cfg, params_override: dict[str, Any] | None = None,
             elif c.topic in ('/left/image_rect', '/right/image_rect'):
                 m = reader.deserialize(raw, c.msgtype)
                 frames.setdefault(t, {})[c.topic] = m.data.reshape(m.height, m.width)
-    w, h = cfg.width, cfg.height
-    K = truth['K']
-    left, right = (CameraModel.from_arrays(w, h, K, truth['D'], np.eye(3), truth[k])
-                   for k in ('P_left', 'P_right'))
-    u = (np.arange(w) - K[0, 2]) / K[0, 0]
-    v = (np.arange(h) - K[1, 2]) / K[1, 1]
-    norm = np.sqrt(1 + u[None, :] ** 2 + v[:, None] ** 2)
+    left, right, _ = truth_cameras(truth)
+    results = []
+    for stamp in truth['stamps_ns']:
+        f = frames[int(stamp)]
+        results.append(pipe.process(f['/left/image_rect'], f['/right/image_rect'], left, right,
+                                    stamp_ns=int(stamp)))
+    return pipe, truth, results
+
+
+def run_world(out: Path, cfg, params_override: dict[str, Any] | None = None,
+              unchanged_terrain_only: bool = True) -> dict[str, Tally]:
+    """:func:`process_world`, then the tallies per class against the truth."""
+    from ..core.contract import Provenance
+    from ..synth.generate import World
+
+    _, truth, results = process_world(out, cfg, params_override)
+    _, _, norm = truth_cameras(truth)
     terrain = World(cfg).terrain if unchanged_terrain_only else None
     tallies = {c: Tally() for c in CLASSES}
-    results = []
-    for i, stamp in enumerate(truth['stamps_ns']):
-        f = frames[int(stamp)]
-        res = pipe.process(f['/left/image_rect'], f['/right/image_rect'], left, right,
-                           stamp_ns=int(stamp))
+    for i, res in enumerate(results):
         r_true = truth['depth'][i] * norm
         sel = np.isfinite(r_true)
         if unchanged_terrain_only:
             sel &= truth['surface'][i] == 1
-            T = truth['T_enu_left'][i]
-            d = np.stack(np.broadcast_arrays(u[None, :], v[:, None], 1.0), -1)
-            p = (d * truth['depth'][i][..., None]) @ T[:3, :3].T + T[:3, 3]
+            p = truth_points_enu(truth, i)
             with np.errstate(invalid='ignore'):
                 sel &= ~terrain.in_change(p[..., 0], p[..., 1], margin_m=2.0)
         for name in CLASSES:
             m = sel & (res.provenance == Provenance[name])
             err = np.abs(np.linalg.norm(res.points[m], axis=-1) - r_true[m])
             tallies[name].add(err, res.sigma[m])
-        results.append(res)
-    return tallies, results
+    return tallies
 
 
 def evaluate(worlds: int = 8, frames: int = 6, seed0: int = 100, workdir: str | None = None,
@@ -131,7 +161,7 @@ def evaluate(worlds: int = 8, frames: int = 6, seed0: int = 100, workdir: str | 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         for k in range(worlds):
             cfg = SynthConfig(seed=seed0 + k, frames=frames, **opts).validate()
-            tallies, _ = run_world(Path(tmp) / f'w{k}', cfg, override)
+            tallies = run_world(Path(tmp) / f'w{k}', cfg, override)
             for c in CLASSES:
                 t = tallies[c]
                 total[c].n += t.n

@@ -44,6 +44,27 @@ def kilted_typestore():
     return get_typestore(Stores.ROS2_KILTED)
 
 
+BAG_STORAGES = ('mcap', 'sqlite3')
+
+
+def check_storage(storage: str) -> None:
+    """Raise ValueError unless ``storage`` is a rosbag2 storage we write (BAG_STORAGES)."""
+    if storage not in BAG_STORAGES:
+        raise ValueError(f'storage must be one of {list(BAG_STORAGES)}, got {storage!r}')
+
+
+def new_bag_writer(bag_dir: Path, storage: str):
+    """A rosbags rosbag2 Writer (format version 9) for a fresh ``bag_dir`` (an existing one is
+    removed first) in ``storage`` ('mcap' or 'sqlite3'); use it as a context manager."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    check_storage(storage)
+    if bag_dir.exists():
+        shutil.rmtree(bag_dir)
+    plugin = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}[storage]
+    return Writer(bag_dir, version=9, storage_plugin=plugin)
+
+
 def _header(ts, stamp_ns: int, frame_id: str):
     Time = ts.types['builtin_interfaces/msg/Time']
     Header = ts.types['std_msgs/msg/Header']
@@ -87,29 +108,23 @@ def write_scene_bag(out_dir: str | os.PathLike, *, frames: int = 5, width: int =
     Raises:
         ValueError: on a bad frame count, rate or storage name.
     """
-    from rosbags.rosbag2 import StoragePlugin, Writer
-
     from ..core.scene import render_scene
 
     if frames < 1:
         raise ValueError(f'frames must be >= 1, got {frames}')
     if not rate_hz > 0:
         raise ValueError(f'rate_hz must be > 0, got {rate_hz}')
-    plugins = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
-    if storage not in plugins:
-        raise ValueError(f'storage must be one of {list(plugins)}, got {storage!r}')
+    check_storage(storage)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     bag = out / 'bag'
-    if bag.exists():
-        shutil.rmtree(bag)
     ts = kilted_typestore()
     period_ns = int(round(1e9 / rate_hz))
     truth: dict[str, list] = {k: [] for k in ('depth', 'disparity', 'surface', 'textureless',
                                               'occluded')}
     stamps: list[int] = []
     scene = None
-    with Writer(bag, version=9, storage_plugin=plugins[storage]) as writer:
+    with new_bag_writer(bag, storage) as writer:
         conns = {k: writer.add_connection(topic, typ, typestore=ts)
                  for k, (topic, typ) in TOPICS.items()}
         for i in range(frames):
