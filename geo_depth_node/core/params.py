@@ -131,6 +131,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('stereo.device', 'auto',
               'torch device of sgm_torch: auto = cuda when available, else cpu.',
               choices=('auto', 'cpu', 'cuda'), read_only=True),
+    ParamSpec('stereo.cuda_graph', True,
+              'sgm_torch on CUDA: capture the frame path (matching, sigma, triangulation, '
+              'packing) as a CUDA graph once per image size and calibration and replay it per '
+              'frame (one launch instead of ~25); false = launch the kernels one by one. A '
+              'capture that fails falls back to the latter, logged.', read_only=True),
     ParamSpec('stereo.paths', 8,
               'Aggregation paths of sgm_torch (8 = horizontal, vertical and diagonal; 4 = '
               'horizontal and vertical, faster).', '', 4, 8, step=4, read_only=True),

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .camera import CameraModel, Rectifier, StereoModel, ray_norms
-from .contract import POINT_DTYPE, Flag, Provenance
+from .contract import Flag, Provenance
 from .images import RowBands, Workspace, alloc_arrays
 from .params import ROS_ONLY_PARAMS, dem_source_names, validate_params
 from .stereo import MatcherConfig, OpenCVStereoMatcher
@@ -150,8 +150,7 @@ class DepthPipeline:
             self.matcher = OpenCVStereoMatcher(self.matcher_config)
         # torch matcher: keep the frame on the device (core/torch_frame.py)
         self.device_path = self.matcher_name == 'sgm_torch'
-        self._torch_frame = None
-        self._pinned = None
+        self._device_path = None  # core.device_path.DeviceFramePath, made on first use
         self.sigma_model = None
         if self.params['sigma.model'] == 'calibrated':
             from .sigma_model import SigmaModel, variant_for
@@ -281,57 +280,23 @@ class DepthPipeline:
 
     def _process_on_device(self, left: np.ndarray, right: np.ndarray, left_valid, right_valid,
                            stereo: StereoModel, timings: dict[str, float]) -> FrameResult:
-        """The torch frame path: ONE host->device copy of the two images, matching, the
-        calibrated sigma, triangulation and packing on the device, and ONE device->host copy
-        of a single buffer holding the packed cloud and the depth / sigma / disparity images."""
-        import torch
+        """The torch frame path (core/device_path.py): ONE host->device copy of the images,
+        matching, the calibrated sigma, triangulation and packing on the device (replayed as a
+        CUDA graph on CUDA), and ONE device->host copy of a single buffer holding the packed
+        cloud and the depth / sigma / disparity images."""
+        if self._device_path is None:
+            from .device_path import DeviceFramePath
 
-        from .torch_frame import TorchFrame
-
-        dev = torch.device(self.device)
-        h, w = left.shape
-        t = time.perf_counter()
-        pair = torch.from_numpy(np.stack([left, right])).to(dev, non_blocking=True)
-        valid = None
-        if left_valid is not None:
-            valid = torch.from_numpy(np.stack([left_valid, right_valid])).to(dev)
-        timings['upload'] = (time.perf_counter() - t) * 1e3
-        t = time.perf_counter()
-        m = self.matcher.match_tensors(pair[0], pair[1],
-                                       None if valid is None else valid[0],
-                                       None if valid is None else valid[1])
-        sigma_d = None
-        if self.sigma_model is not None:
-            sigma_d = self.sigma_model.sigma_d_torch(m, m['disparity'])
-        if self._torch_frame is None:
-            self._torch_frame = TorchFrame(self.params, dev)
-        tri = self._torch_frame.triangulate(m['disparity'], m['lr_diff'], m['flags'], stereo,
-                                            sigma_d)
-        packed = TorchFrame.pack(tri)
-        images = torch.stack([tri['depth'], tri['depth_sigma'], m['disparity'],
-                              tri['sigma_disparity']]).contiguous()
-        buf = torch.cat([packed.reshape(-1), images.view(torch.uint8).reshape(-1)])
-        if dev.type == 'cuda':  # the one device -> host copy, into a pinned buffer
-            if self._pinned is None or self._pinned.numel() != buf.numel():
-                self._pinned = torch.empty(buf.numel(), dtype=torch.uint8, pin_memory=True)
-            self._pinned.copy_(buf, non_blocking=True)
-            torch.cuda.current_stream(dev).synchronize()
-            host = self._pinned.numpy().copy()  # results outlive the next frame's copy
-        else:
-            host = buf.numpy()
-        timings['match_triangulate_pack'] = (time.perf_counter() - t) * 1e3
-        t = time.perf_counter()
-        n = h * w * POINT_DTYPE.itemsize
-        cloud = host[:n].view(POINT_DTYPE).reshape(h, w)
-        img = host[n:].view(np.float32).reshape(4, h, w)
-        # zero-copy views into the downloaded buffer (x, y, z are the first 12 of 24 bytes)
-        pts = np.ndarray((h, w, 3), dtype=np.float32, buffer=host,
-                         strides=(w * POINT_DTYPE.itemsize, POINT_DTYPE.itemsize, 4))
+            self._device_path = DeviceFramePath(self.params, self.matcher, self.sigma_model,
+                                                use_graph=bool(self.params['stereo.cuda_graph']))
+        v = self._device_path.run(left, right, left_valid, right_valid, stereo, timings,
+                                  time.perf_counter)
+        cloud = v['cloud']
         result = FrameResult(
-            depth=img[0], depth_sigma=img[1], points=pts, sigma=cloud['sigma'],
-            provenance=cloud['provenance'], flags=cloud['flags'], source=cloud['source'],
-            disparity=img[2], sigma_disparity=img[3], timings_ms=timings)
-        timings['host_views'] = (time.perf_counter() - t) * 1e3
+            depth=v['depth'], depth_sigma=v['depth_sigma'], points=v['points'],
+            sigma=cloud['sigma'], provenance=cloud['provenance'], flags=cloud['flags'],
+            source=cloud['source'], disparity=v['disparity'],
+            sigma_disparity=v['sigma_disparity'], timings_ms=timings)
         result.packed = cloud
         return result
 

@@ -564,7 +564,8 @@ class TorchSGMMatcher:
         config: an :class:`SGMConfig` (or a stereo :class:`MatcherConfig`, converted with
             :meth:`SGMConfig.from_matcher_config`).
         device: torch device ('cpu', 'cuda', 'cuda:1', ...).
-        use_triton: force the Triton kernels on/off; default: on for CUDA devices.
+        use_triton: force the Triton kernels on/off; default: on for CUDA devices (on the CPU
+            only under ``sgm_triton.use_interpreter()``, for tests).
         agg_lines: scanlines per Triton aggregation program (tuning knob, power of 2).
 
     Raises:
@@ -588,8 +589,12 @@ class TorchSGMMatcher:
         if self.device.type == 'cuda' and not torch.cuda.is_available():
             raise ValueError(f'device {device!r} requested but CUDA is not available')
         self.use_triton = self.device.type == 'cuda' if use_triton is None else bool(use_triton)
-        if self.use_triton and self.device.type != 'cuda':
-            raise ValueError(f'Triton kernels need a CUDA device, got {self.device}')
+        if self.use_triton:
+            from .sgm_triton import kernel_device_ok
+
+            if not kernel_device_ok(self.device):
+                raise ValueError(f'Triton kernels need a CUDA device (or, on the CPU, '
+                                 f'sgm_triton.use_interpreter()), got {self.device}')
         self._agg_buf: Any = None
 
     # ---- stages

@@ -33,20 +33,23 @@ contraction.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from typing import Any
 
 _LOG = logging.getLogger(__name__)
 
 _BIG = 1 << 20  # larger than any aggregated cost, small enough that BIG + P2 cannot overflow int32
 _KERNELS: dict[str, Any] | None = None
+_INTERPRET = False  # kernels built for Triton's CPU interpreter (use_interpreter)
 _DIRS_CACHE: dict[tuple, Any] = {}
 
 
 # --------------------------------------------------------------------------- kernel sources
 # (plain functions; ``tl`` is bound as a module global by _kernels() before triton.jit)
 
-def _census_kernel(img_ptr, out_ptr, H, W, CW: 'tl.constexpr', CH: 'tl.constexpr',  # noqa: F821
-                   BX: 'tl.constexpr'):  # noqa: F821
+def _census_kernel(img_ptr, out_ptr, H, W, CW: tl.constexpr, CH: tl.constexpr,  # noqa: F821
+                   BX: tl.constexpr):  # noqa: F821
     y = tl.program_id(0)  # noqa: F821
     xs = tl.program_id(1) * BX + tl.arange(0, BX)  # noqa: F821
     xm = xs < W
@@ -63,7 +66,7 @@ def _census_kernel(img_ptr, out_ptr, H, W, CW: 'tl.constexpr', CH: 'tl.constexpr
 
 
 def _cost_kernel(cl_ptr, cr_ptr, out_ptr, H, W, D, MIN_D, MAX_COST,
-                 BX: 'tl.constexpr', BD: 'tl.constexpr'):  # noqa: F821
+                 BX: tl.constexpr, BD: tl.constexpr):  # noqa: F821
     y = tl.program_id(0)  # noqa: F821
     xs = tl.program_id(1) * BX + tl.arange(0, BX)  # noqa: F821
     ds = tl.arange(0, BD)  # noqa: F821
@@ -85,7 +88,7 @@ def _cost_kernel(cl_ptr, cr_ptr, out_ptr, H, W, D, MIN_D, MAX_COST,
 
 
 def _aggregate_kernel(cost_ptr, img_ptr, out_ptr, dir_ptr, H, W, D, P1, P2, GK,
-                      LINES: 'tl.constexpr', BD: 'tl.constexpr'):  # noqa: F821
+                      LINES: tl.constexpr, BD: tl.constexpr):  # noqa: F821
     pid = tl.program_id(0)  # noqa: F821
     path = tl.program_id(1)  # noqa: F821
     dx = tl.load(dir_ptr + 2 * path)  # noqa: F821
@@ -150,8 +153,8 @@ def _subpix(sm, sp, m, has_lo, has_hi, MODE):
 
 def _select_left_kernel(agg_ptr, s_ptr, disp_ptr, m_ptr, m2_ptr, curv_ptr, uniq_ptr,
                         H, W, D, HWD, MIN_D, RATIO, CURV_SCALE,
-                        NPATHS: 'tl.constexpr', MODE: 'tl.constexpr',  # noqa: F821
-                        BX: 'tl.constexpr', BD: 'tl.constexpr'):  # noqa: F821
+                        NPATHS: tl.constexpr, MODE: tl.constexpr,  # noqa: F821
+                        BX: tl.constexpr, BD: tl.constexpr):  # noqa: F821
     y = tl.program_id(0)  # noqa: F821
     xs = tl.program_id(1) * BX + tl.arange(0, BX)  # noqa: F821
     ds = tl.arange(0, BD)  # noqa: F821
@@ -185,8 +188,8 @@ def _select_left_kernel(agg_ptr, s_ptr, disp_ptr, m_ptr, m2_ptr, curv_ptr, uniq_
     tl.store(uniq_ptr + pix, uniq.to(tl.int8), mask=xm)  # noqa: F821
 
 
-def _select_right_kernel(s_ptr, disp_ptr, H, W, D, MIN_D, MODE: 'tl.constexpr',  # noqa: F821
-                         BX: 'tl.constexpr', BD: 'tl.constexpr'):  # noqa: F821
+def _select_right_kernel(s_ptr, disp_ptr, H, W, D, MIN_D, MODE: tl.constexpr,  # noqa: F821
+                         BX: tl.constexpr, BD: tl.constexpr):  # noqa: F821
     y = tl.program_id(0)  # noqa: F821
     xr = tl.program_id(1) * BX + tl.arange(0, BX)  # noqa: F821
     ds = tl.arange(0, BD)  # noqa: F821
@@ -222,8 +225,8 @@ def _pad1(i, n, repl):
     return tl.minimum(tl.maximum(r, 0), n - 1)  # noqa: F821
 
 
-def _texture_rows_kernel(img_ptr, rs_ptr, H, W, REPL, R: 'tl.constexpr',  # noqa: F821
-                         BX: 'tl.constexpr'):  # noqa: F821
+def _texture_rows_kernel(img_ptr, rs_ptr, H, W, REPL, R: tl.constexpr,  # noqa: F821
+                         BX: tl.constexpr):  # noqa: F821
     # rs[y, x] = sum_{i=-R..R} |Gx(y, sym(x + i))|, Gx the integer Sobel-x (8 x texture_torch's g)
     y = tl.program_id(0)  # noqa: F821
     xs = tl.program_id(1) * BX + tl.arange(0, BX)  # noqa: F821
@@ -246,8 +249,8 @@ def _texture_rows_kernel(img_ptr, rs_ptr, H, W, REPL, R: 'tl.constexpr',  # noqa
 
 
 def _prep_kernel(rs_ptr, disp_ptr, uniq_ptr, dr_ptr, tex_ptr, lrd_ptr, state_ptr,
-                 H, W, MIN_TEX, LR_MAX, WIN_F, LR_CHECK: 'tl.constexpr', R: 'tl.constexpr',  # noqa: F821
-                 BX: 'tl.constexpr'):  # noqa: F821
+                 H, W, MIN_TEX, LR_MAX, WIN_F, LR_CHECK: tl.constexpr, R: tl.constexpr,  # noqa: F821
+                 BX: tl.constexpr):  # noqa: F821
     # texture (box of rs), texture/uniqueness test, left-right check. state bit 0: ok, bit 1: lr_bad
     y = tl.program_id(0)  # noqa: F821
     xs = tl.program_id(1) * BX + tl.arange(0, BX)  # noqa: F821
@@ -283,7 +286,7 @@ def _prep_kernel(rs_ptr, disp_ptr, uniq_ptr, dr_ptr, tex_ptr, lrd_ptr, state_ptr
 
 
 def _conn_kernel(disp_ptr, state_ptr, conn_ptr, lab_ptr, H, W, MAX_DIFF,
-                 BX: 'tl.constexpr'):  # noqa: F821
+                 BX: tl.constexpr):  # noqa: F821
     # 4-connectivity of speckle pixels (ok and not lr_bad): bit 0 right, 1 left, 2 down, 3 up;
     # initial labels: own flat index, N (= H*W) outside
     y = tl.program_id(0)  # noqa: F821
@@ -329,7 +332,7 @@ def _prop(lab_ptr, conn_ptr, q, qm, W, N):
     return best
 
 
-def _speckle_round_kernel(lab_in_ptr, lab_out_ptr, conn_ptr, W, N, BLOCK: 'tl.constexpr'):  # noqa: F821
+def _speckle_round_kernel(lab_in_ptr, lab_out_ptr, conn_ptr, W, N, BLOCK: tl.constexpr):  # noqa: F821
     # one round of sgm.remove_speckles: new = prop(lab); two synchronous pointer jumps
     # (flat = flat[flat] twice) = new applied 4 times, each new[q] recomputed from lab_in
     p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # noqa: F821
@@ -341,7 +344,7 @@ def _speckle_round_kernel(lab_in_ptr, lab_out_ptr, conn_ptr, W, N, BLOCK: 'tl.co
     tl.store(lab_out_ptr + p, q, mask=pm)  # noqa: F821
 
 
-def _speckle_count_kernel(lab_ptr, conn_ptr, size_ptr, open_ptr, W, N, BLOCK: 'tl.constexpr'):  # noqa: F821
+def _speckle_count_kernel(lab_ptr, conn_ptr, size_ptr, open_ptr, W, N, BLOCK: tl.constexpr):  # noqa: F821
     # size[label] += 1 and open[label] |= (a connected neighbour has another label) for labelled
     # pixels; a block whose labelled pixels share one label does one atomic per array
     p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # noqa: F821
@@ -373,9 +376,9 @@ def _speckle_count_kernel(lab_ptr, conn_ptr, size_ptr, open_ptr, W, N, BLOCK: 't
 def _final_kernel(disp_ptr, state_ptr, lab_ptr, size_ptr, open_ptr, lrd_ptr, m_ptr, m2_ptr,
                   lv_ptr, rv_ptr, out_disp_ptr, flags_ptr, out_lrd_ptr, uq_ptr, mc_ptr,
                   H, W, MIN_SIZE, BAND, TC, NPATHS_F,
-                  F_OOV: 'tl.constexpr', F_NM: 'tl.constexpr', F_LR: 'tl.constexpr',  # noqa: F821
-                  F_TC: 'tl.constexpr', SPECKLE: 'tl.constexpr', HAS_LV: 'tl.constexpr',  # noqa: F821
-                  HAS_RV: 'tl.constexpr', BX: 'tl.constexpr'):  # noqa: F821
+                  F_OOV: tl.constexpr, F_NM: tl.constexpr, F_LR: tl.constexpr,  # noqa: F821
+                  F_TC: tl.constexpr, SPECKLE: tl.constexpr, HAS_LV: tl.constexpr,  # noqa: F821
+                  HAS_RV: tl.constexpr, BX: tl.constexpr):  # noqa: F821
     # labels of sgm.label_matches after the speckle components, plus two features
     y = tl.program_id(0)  # noqa: F821
     xs = tl.program_id(1) * BX + tl.arange(0, BX)  # noqa: F821
@@ -422,10 +425,11 @@ def _final_kernel(disp_ptr, state_ptr, lab_ptr, size_ptr, open_ptr, lrd_ptr, m_p
 
 
 def _triangulate_kernel(disp_ptr, lrd_ptr, flags_ptr, u_ptr, v_ptr, ray_ptr, rot_ptr, c_ptr,
-                        depth_ptr, dsig_ptr, sig_ptr, sigd_ptr, prov_ptr, fl_ptr, pts_ptr, meas_ptr,
-                        H, W, F_BEYOND: 'tl.constexpr', F_TC: 'tl.constexpr',  # noqa: F821
-                        P_MEAS: 'tl.constexpr', HAS_ROT: 'tl.constexpr',  # noqa: F821
-                        SIGMA_LIMIT: 'tl.constexpr', BX: 'tl.constexpr'):  # noqa: F821
+                        sdin_ptr, depth_ptr, dsig_ptr, sig_ptr, sigd_ptr, prov_ptr, fl_ptr, pts_ptr,
+                        meas_ptr, H, W, F_BEYOND: tl.constexpr, F_TC: tl.constexpr,  # noqa: F821
+                        P_MEAS: tl.constexpr, HAS_ROT: tl.constexpr,  # noqa: F821
+                        SIGMA_LIMIT: tl.constexpr, HAS_SIGMA: tl.constexpr,  # noqa: F821
+                        BX: tl.constexpr):  # noqa: F821
     # torch_frame.TorchFrame.triangulate, same float32 operations (launched without FMA fusion)
     y = tl.program_id(0)  # noqa: F821
     xs = tl.program_id(1) * BX + tl.arange(0, BX)  # noqa: F821
@@ -441,9 +445,12 @@ def _triangulate_kernel(disp_ptr, lrd_ptr, flags_ptr, u_ptr, v_ptr, ray_ptr, rot
     lr = tl.load(lrd_ptr + pix, mask=xm, other=0.0)  # noqa: F821
     fin = tl.load(flags_ptr + pix, mask=xm, other=0)  # noqa: F821
     matched = d == d
-    gl = gain * lr
-    var = s0 * s0 + gl * gl
-    sd = tl.math.sqrt_rn(var)  # correctly rounded = torch.sqrt(var.double()).float()  # noqa: F821
+    if HAS_SIGMA:  # the calibrated model's per-pixel sigma_d (core.sigma_model)
+        sd = tl.load(sdin_ptr + pix, mask=xm, other=0.0)  # noqa: F821
+    else:
+        gl = gain * lr
+        var = s0 * s0 + gl * gl
+        sd = tl.math.sqrt_rn(var)  # correctly rounded = torch.sqrt(var.double()).float()  # noqa: F821
     nan = float('nan')
     sd = tl.where(matched, sd, nan)  # noqa: F821
     d_eff = d - dcx
@@ -493,7 +500,7 @@ def _triangulate_kernel(disp_ptr, lrd_ptr, flags_ptr, u_ptr, v_ptr, ray_ptr, rot
 
 
 def _pack_kernel(pts_ptr, meas_ptr, sig_ptr, prov_ptr, fl_ptr, src_ptr, out_ptr, N,
-                 BLOCK: 'tl.constexpr'):  # noqa: F821
+                 BLOCK: tl.constexpr):  # noqa: F821
     # 6 int32 words per point: x y z sigma (NaN = 0x7fc00000 where not measured),
     # provenance | flags << 16, source & 0xffff
     p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # noqa: F821
@@ -544,6 +551,39 @@ def _kernels() -> dict[str, Any]:
         _KERNELS = kernels
         _LOG.debug('triton SGM kernels ready (triton %s)', triton.__version__)
     return _KERNELS
+
+
+def use_interpreter() -> None:
+    """Run the kernels in Triton's interpreter, on CPU tensors (``TRITON_INTERPRET=1``).
+
+    For the tests on machines without a GPU: every kernel then runs its Python body with
+    numpy on the host, slowly but with the same integer and correctly rounded float
+    arithmetic, so its results can be compared with the torch reference bit for bit. Call it
+    before the first kernel launch of the process.
+
+    Raises:
+        RuntimeError: the kernels were already compiled for the GPU in this process.
+    """
+    global _INTERPRET
+    if _KERNELS is not None and not _INTERPRET:
+        raise RuntimeError('the Triton kernels are already compiled for the GPU in this process')
+    if 'triton' in sys.modules and os.environ.get('TRITON_INTERPRET') != '1':
+        # triton.language's own jit helpers (tl.min, tl.max, ...) were built in compiled mode
+        raise RuntimeError('triton was imported before TRITON_INTERPRET=1 was set: set it in the '
+                           'environment before triton is imported')
+    os.environ['TRITON_INTERPRET'] = '1'
+    _INTERPRET = True
+
+
+def interpreting() -> bool:
+    """Whether :func:`use_interpreter` switched the kernels to Triton's CPU interpreter."""
+    return _INTERPRET
+
+
+def kernel_device_ok(device: Any) -> bool:
+    """Whether the Triton kernels can run on tensors of this torch device: CUDA, or the CPU
+    under :func:`use_interpreter`."""
+    return device.type == 'cuda' or (device.type == 'cpu' and _INTERPRET)
 
 
 def triton_available() -> bool:
@@ -746,7 +786,8 @@ def postfilter_triton(cfg, d_raw, unique, d_right, min_cost, second_cost, img,
     return out
 
 
-def triangulate_triton(disparity, lr_diff, flags, u, v, ray, rot, consts, max_sigma_on: bool) -> dict:
+def triangulate_triton(disparity, lr_diff, flags, u, v, ray, rot, consts, max_sigma_on: bool,
+                       sigma_d=None) -> dict:
     """``TorchFrame.triangulate`` in one launch (same float32 operations, no FMA contraction).
 
     Args:
@@ -756,6 +797,8 @@ def triangulate_triton(disparity, lr_diff, flags, u, v, ray, rot, consts, max_si
         consts: (>= 6,) float32 device tensor: sigma.disparity_px, sigma.lr_gain, delta_cx (px),
             f*B (px m), limit.max_relative_sigma, limit.max_sigma_m.
         max_sigma_on: limit.max_sigma_m > 0.
+        sigma_d: optional (H, W) float32 per-pixel disparity sigma (px) of the calibrated model;
+            None = the constant model from ``consts``.
 
     Returns:
         dict as ``TorchFrame.triangulate``.
@@ -776,11 +819,12 @@ def triangulate_triton(disparity, lr_diff, flags, u, v, ray, rot, consts, max_si
     bx = 256
     k['triangulate'][(h, -(-w // bx))](
         disparity.contiguous(), lr_diff.contiguous(), flags.to(torch.int32).contiguous(), u, v,
-        ray, rot if rot is not None else consts, consts, out['depth'], out['depth_sigma'],
-        out['sigma'], out['sigma_disparity'], prov, fl, pts, meas, h, w,
+        ray, rot if rot is not None else consts, consts,
+        sigma_d.float().contiguous() if sigma_d is not None else consts, out['depth'],
+        out['depth_sigma'], out['sigma'], out['sigma_disparity'], prov, fl, pts, meas, h, w,
         F_BEYOND=int(Flag.BEYOND_RESOLUTION), F_TC=int(Flag.TOO_CLOSE),
         P_MEAS=int(Provenance.MEASURED), HAS_ROT=rot is not None, SIGMA_LIMIT=bool(max_sigma_on),
-        BX=bx, enable_fp_fusion=False)
+        HAS_SIGMA=sigma_d is not None, BX=bx, enable_fp_fusion=False)
     out.update({'provenance': prov, 'flags': fl, 'points': pts, 'measured': meas.view(torch.bool),
                 'source': torch.zeros((h, w), dtype=torch.int32, device=dev)})
     return out

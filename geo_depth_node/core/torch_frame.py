@@ -41,12 +41,15 @@ class TorchFrame:
     Args:
         params: validated parameters (at least :data:`FRAME_PARAMS`).
         device: torch device.
+        use_triton: force the Triton kernels on/off; default: on for CUDA devices when triton
+            is installed (on the CPU only under ``sgm_triton.use_interpreter()``, for tests).
 
     Raises:
-        ValueError: if a needed parameter is missing.
+        ValueError: if a needed parameter is missing, or Triton is forced where it cannot run.
     """
 
-    def __init__(self, params: Mapping[str, Any], device: Any = 'cpu') -> None:
+    def __init__(self, params: Mapping[str, Any], device: Any = 'cpu',
+                 use_triton: bool | None = None) -> None:
         import torch
 
         missing = [k for k in FRAME_PARAMS if k not in params]
@@ -56,17 +59,30 @@ class TorchFrame:
         self.device = torch.device(device)
         self._cache_key: tuple | None = None
         self._geo: dict[str, Any] = {}
+        if use_triton is None:
+            use_triton = self.device.type == 'cuda' and _triton_ok()
+        elif use_triton:
+            from .sgm_triton import kernel_device_ok
+
+            if not (_triton_ok() and kernel_device_ok(self.device)):
+                raise ValueError(f'Triton kernels cannot run on {self.device} here')
+        self.use_triton = bool(use_triton)
 
     def _use_triton(self) -> bool:
-        """CUDA device with triton: one fused kernel per step instead of ~30 torch ops."""
-        return self.device.type == 'cuda' and _triton_ok()
+        """One fused Triton kernel per step instead of ~30 torch ops (CUDA with triton)."""
+        return self.use_triton
+
+    @staticmethod
+    def geometry_key(stereo: StereoModel) -> tuple:
+        """The calibration that the device constants depend on (a new one = new constants)."""
+        return (stereo.left.key(), stereo.fb, stereo.delta_cx)
 
     def _geometry(self, stereo: StereoModel) -> dict[str, Any]:
         """Per-calibration constants on the device (computed in numpy exactly as the pipeline)."""
         import torch
 
         left = stereo.left
-        key = (left.key(), stereo.fb, stereo.delta_cx)
+        key = self.geometry_key(stereo)
         if key != self._cache_key:
             u = (np.arange(left.width, dtype=np.float32) - np.float32(left.cx)) / np.float32(left.fx)
             v = (np.arange(left.height, dtype=np.float32) - np.float32(left.cy)) / np.float32(left.fy)
@@ -116,11 +132,12 @@ class TorchFrame:
                              f'{stereo.left.width}x{stereo.left.height}')
         p = self.params
         g = self._geometry(stereo)
-        if self._use_triton() and sigma_d is None:
+        if self._use_triton():
             from . import sgm_triton as kt
 
             return kt.triangulate_triton(disparity, lr_diff, flags, g['u'], g['v'], g['ray'], g['rot'],
-                                         g['consts'], float(p['limit.max_sigma_m']) > 0)
+                                         g['consts'], float(p['limit.max_sigma_m']) > 0,
+                                         sigma_d=sigma_d)
         nan = g['nan']
         matched = ~torch.isnan(disparity)
         s0, gain = g['s0'], g['gain']
@@ -157,8 +174,7 @@ class TorchFrame:
             'points': pts, 'measured': measured,
         }
 
-    @staticmethod
-    def pack(tri: Mapping[str, Any]) -> Any:
+    def pack(self, tri: Mapping[str, Any]) -> Any:
         """(H, W, 24) uint8 tensor in the POINT_DTYPE byte layout (organized cloud).
 
         NaN of x/y/z/sigma is selected from a NaN constant (never produced by arithmetic), so
@@ -168,7 +184,7 @@ class TorchFrame:
         import torch
 
         pts = tri['points']
-        if pts.device.type == 'cuda' and _triton_ok():
+        if self.use_triton:
             from . import sgm_triton as kt
 
             return kt.pack_triton(tri)
