@@ -313,3 +313,15 @@ def test_bench_pipeline_mode(capsys):
     assert out['lr_check_resolution'] == 'full' and out['size'] == '96x64'
     assert bench.main(['--pipeline', '--device', 'cpu', '--size', '96x64', '--disparities', '16',
                        '--iters', '1', '--warmup', '0', '--set', 'nonsense']) == 2
+
+
+def test_bench_pipeline_with_georeferencing():
+    """--scene synth-georef times the whole node frame with pose, DEM ray-cast and fusion."""
+    from geo_depth_node.tools import bench
+
+    r = bench.run_pipeline_bench('cpu', (128, 96), 32, iters=2, warmup=0, scene='synth-georef')
+    st = r['stages_ms']
+    assert {'match_left', 'sigma', 'triangulate', 'pose', 'dem_raycast', 'dem_sigma_points',
+            'fusion', 'pack'} <= set(st), st
+    assert all(v >= 0 for k, v in st.items() if k != 'other') and st['dem_raycast'] > 0
+    assert r['total_ms'] >= sum(v for k, v in st.items() if k != 'other') - 1e-6

@@ -29,7 +29,10 @@ on the same images, interleaved frame by frame (the order alternates) so that lo
 a shared machine hits both alike. ``ratio_to_baseline`` = median frame / median SGBM;
 ``ratio_paired_median`` = median of the per-frame ratios (more robust under drifting load).
 ``--scene synth`` uses a frame of the synthetic world (geo_depth_node.synth) instead of
-the analytic scene. Example (issue 4's CPU target, whole frame within 1.5x of SGBM alone)::
+the analytic scene; ``--scene synth-georef`` generates a synthetic world of warmup + iters
+frames WITH its DEM, IMU and GNSS, so that every frame also runs the pose interpolation, the
+DEM ray-cast (``dem.device``), the sigma points and the fusion (stages pose, dem_retile,
+dem_raycast, dem_sigma_points, fusion). Example (issue 4's CPU target, whole frame within 1.5x of SGBM alone)::
 
     geo-depth bench --pipeline --device cpu --size 640x480 --disparities 128 --iters 30
 """
@@ -42,6 +45,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -80,8 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
                         'bare OpenCV StereoSGBM, interleaved')
     p.add_argument('--matcher', choices=('opencv_sgbm', 'sgm_torch', 'auto'), default='opencv_sgbm',
                    help='--pipeline: stereo.matcher (default opencv_sgbm, the CPU path)')
-    p.add_argument('--scene', choices=('analytic', 'synth'), default='analytic',
-                   help='--pipeline: image pair from the analytic scene or the synthetic world')
+    p.add_argument('--scene', choices=('analytic', 'synth', 'synth-georef'), default='analytic',
+                   help='--pipeline: image pair from the analytic scene or the synthetic world; '
+                        'synth-georef: the synthetic world WITH its DEM and IMU/GNSS, so the '
+                        'frame includes pose, DEM ray-cast, prior sigma and fusion (one world '
+                        'frame per timed frame)')
     p.add_argument('--set', action='append', default=[], metavar='NAME=VALUE',
                    help='--pipeline: extra pipeline parameter (e.g. stereo.lr_check_resolution=full)')
     return p
@@ -329,10 +336,24 @@ def run_pipeline_bench(device: str = 'cpu', size: tuple[int, int] = (640, 480),
     if iters < 1 or warmup < 0:
         raise ValueError(f'need iters >= 1 and warmup >= 0, got {iters}, {warmup}')
     w, h = size
-    left, right, lm, rm = _pair(scene, size, seed)
-    pl = DepthPipeline(dict(params or {}, **{'stereo.matcher': matcher, 'stereo.device': device,
-                                             'stereo.num_disparities': disparities}))
+    settings = dict(params or {}, **{'stereo.matcher': matcher, 'stereo.device': device,
+                                     'stereo.num_disparities': disparities})
+    tmp = None
+    if scene == 'synth-georef':
+        import tempfile
+
+        from ..synth.config import SynthConfig
+        from .prior_coverage import load_world
+
+        tmp = tempfile.TemporaryDirectory(prefix='geo_depth_bench_')
+        cfg = SynthConfig(seed=seed + 1, frames=warmup + iters, width=w, height=h)
+        pl, _, pairs, lm, rm = load_world(Path(tmp.name), cfg, settings)
+    else:
+        left, right, lm, rm = _pair(scene, size, seed)
+        pl = DepthPipeline(settings)
+        pairs = [(None, left, right)]
     c = pl.matcher_config
+    counter = {'frame': 0, 'base': 0}
     sgbm = cv2.StereoSGBM.create(  # "OpenCV SGBM alone": the pipeline's own left pass
         minDisparity=c.min_disparity, numDisparities=c.num_disparities, blockSize=c.block_size,
         P1=c.p1 or 8 * c.block_size ** 2, P2=c.p2 or 32 * c.block_size ** 2, disp12MaxDiff=1,
@@ -341,8 +362,10 @@ def run_pipeline_bench(device: str = 'cpu', size: tuple[int, int] = (640, 480),
         mode=getattr(cv2, _MODES[c.mode]))
 
     def frame() -> dict[str, float]:
+        stamp, left, right = pairs[counter['frame'] % len(pairs)]
+        counter['frame'] += 1
         t0 = time.perf_counter()
-        r = pl.process(left, right, lm, rm)
+        r = pl.process(left, right, lm, rm, stamp_ns=stamp)
         t1 = time.perf_counter()
         pack_points(r, organized=bool(pl.params['output.organized']))
         t2 = time.perf_counter()
@@ -363,6 +386,8 @@ def run_pipeline_bench(device: str = 'cpu', size: tuple[int, int] = (640, 480),
         return st
 
     def base() -> float:
+        _, left, right = pairs[counter['base'] % len(pairs)]
+        counter['base'] += 1
         t0 = time.perf_counter()
         sgbm.compute(left, right)
         return (time.perf_counter() - t0) * 1e3
@@ -378,6 +403,8 @@ def run_pipeline_bench(device: str = 'cpu', size: tuple[int, int] = (640, 480),
         else:
             runs.append(frame())
             bases.append(base())
+    if tmp is not None:
+        tmp.cleanup()
     keys = list(dict.fromkeys(k for r in runs for k in r if k != 'total'))
     stages = {k: _median([r.get(k, 0.0) for r in runs]) for k in keys}
     total = _median([r['total'] for r in runs])

@@ -81,11 +81,12 @@ def truth_points_enu(truth: dict[str, Any], i: int) -> np.ndarray:
         return (d * truth['depth'][i][..., None]) @ T[:3, :3].T + T[:3, 3]
 
 
-def process_world(out: Path, cfg, params_override: dict[str, Any] | None = None
-                  ) -> tuple[Any, dict[str, Any], list]:
-    """Generate one world (SynthConfig ``cfg``) into ``out`` and run the node's DepthPipeline
-    with the world's params (updated by ``params_override``) over every frame, IMU/GNSS fed
-    from the bag: (pipeline, truth of load_truth, FrameResults in frame order)."""
+def load_world(out: Path, cfg, params_override: dict[str, Any] | None = None
+               ) -> tuple[Any, dict[str, Any], list[tuple[int, np.ndarray, np.ndarray]], Any, Any]:
+    """Generate one world (SynthConfig ``cfg``) into ``out`` and make the node's DepthPipeline
+    with the world's params (updated by ``params_override``), IMU/GNSS of the whole bag fed:
+    (pipeline, truth of load_truth, [(stamp_ns, left, right)] in frame order, left and right
+    CameraModel)."""
     from rosbags.highlevel import AnyReader
 
     from ..core.params import load_params_yaml
@@ -109,11 +110,17 @@ def process_world(out: Path, cfg, params_override: dict[str, Any] | None = None
                 m = reader.deserialize(raw, c.msgtype)
                 frames.setdefault(t, {})[c.topic] = m.data.reshape(m.height, m.width)
     left, right, _ = truth_cameras(truth)
-    results = []
-    for stamp in truth['stamps_ns']:
-        f = frames[int(stamp)]
-        results.append(pipe.process(f['/left/image_rect'], f['/right/image_rect'], left, right,
-                                    stamp_ns=int(stamp)))
+    pairs = [(int(stamp), frames[int(stamp)]['/left/image_rect'],
+              frames[int(stamp)]['/right/image_rect']) for stamp in truth['stamps_ns']]
+    return pipe, truth, pairs, left, right
+
+
+def process_world(out: Path, cfg, params_override: dict[str, Any] | None = None
+                  ) -> tuple[Any, dict[str, Any], list]:
+    """:func:`load_world`, then the pipeline over every frame: (pipeline, truth, FrameResults
+    in frame order)."""
+    pipe, truth, pairs, left, right = load_world(out, cfg, params_override)
+    results = [pipe.process(lft, rgt, left, right, stamp_ns=stamp) for stamp, lft, rgt in pairs]
     return pipe, truth, results
 
 
