@@ -204,3 +204,61 @@ def test_device_frame_path_with_kernels_equals_torch(triton_device):
                             use_triton=True)
     b = kpath.body(inputs.to(dev), stereo).cpu()
     assert torch.equal(a, b)
+
+
+def _rolling_field(device, cell=2.0, n=201, seed=0):
+    """Rolling terrain (sum of sines, up to ~25 m) with a nodata hole and a spike."""
+    from geo_depth_node.core.raycast import HeightField
+
+    rng = np.random.default_rng(seed)
+    xs = cell * np.arange(n) - cell * (n - 1) / 2
+    x, y = np.meshgrid(xs, xs)
+    h = np.zeros_like(x)
+    for _ in range(6):
+        k = rng.uniform(0.005, 0.05, 2)
+        h += rng.uniform(1.0, 5.0) * np.sin(k[0] * x + k[1] * y + rng.uniform(0, 6.3))
+    h[120:135, 60:80] = np.nan
+    h[30, 170] = 60.0
+    return HeightField(torch.tensor(h, dtype=torch.float32, device=device), xs[0], xs[0], cell,
+                       sigma_v=0.5, sigma_h=0.5)
+
+
+def test_raymarch_kernel_equals_torch_loop(triton_device):
+    """The Triton ray-march kernel gives the torch loop's statuses and ranges (to the
+    refinement tolerance) on rolling terrain with a nodata hole, a spike, sky and grazing rays,
+    and the closed-form range on a plane."""
+    from geo_depth_node.core.raycast import RayStatus, raycast
+    from test_raycast import _camera_rays, _plane_field, _plane_range
+
+    dev = triton_device
+    w, h = (24, 18) if _small(dev) else (320, 240)
+    field = _rolling_field('cpu')
+    fdev = field.to(dev)
+    checked = 0
+    seen = set()
+    for (x, y, above), pitch, yaw in (((0.0, 0.0, 4.0), -12.0, 30.0), ((-30.0, 10.0, 2.0), -3.0, 160.0),
+                                      ((80.0, -90.0, 15.0), -25.0, 110.0)):
+        o = (x, y, float(field.sample(np.array([x]), np.array([y]))[0]) + above)
+        d = _camera_rays(w, h, w * 0.8, pitch_deg=pitch, yaw_deg=yaw)
+        ref = raycast(field, np.array(o), d, max_range_m=400.0, use_kernel=False)
+        got = raycast(fdev, np.array(o), d, max_range_m=400.0, use_kernel=True)
+        st_r, st_g = ref.status.numpy(), got.status.cpu().numpy()
+        assert (st_r == st_g).mean() >= 0.995, np.unique(st_r[st_r != st_g])
+        both = (st_r == RayStatus.HIT) & (st_g == RayStatus.HIT)
+        np.testing.assert_allclose(got.range_m.cpu().numpy()[both], ref.range_m.numpy()[both],
+                                   atol=2e-3, rtol=0)
+        np.testing.assert_allclose(got.sigma_m.cpu().numpy()[both], ref.sigma_m.numpy()[both],
+                                   rtol=1e-3)
+        checked += int(both.sum())
+        seen |= set(np.unique(st_g).tolist())
+    # every outcome occurs: the comparison is not vacuous
+    assert {RayStatus.HIT, RayStatus.SKY, RayStatus.UNAVAILABLE} <= seen, seen
+    assert checked > 0.3 * 3 * w * h
+    a, b, c = 0.05, 0.02, 1.0
+    plane = _plane_field(a, b, c, half=300.0, device=dev)
+    o = np.array([0.0, 0.0, 8.0])
+    d = _camera_rays(w, h, w * 0.8)
+    res = raycast(plane, o, d, max_range_m=500.0, use_kernel=True)
+    hit = res.status.cpu().numpy() == RayStatus.HIT
+    assert hit.mean() > 0.3
+    assert np.abs(res.range_m.cpu().double().numpy()[hit] - _plane_range(o, d, a, b, c)[hit]).max() < 2e-3

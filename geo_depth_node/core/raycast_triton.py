@@ -1,0 +1,208 @@
+"""Triton ray-march kernel for :func:`core.raycast.raycast` (the marching and refinement).
+
+Nothing here imports triton or torch at module import time (as :mod:`.sgm_triton`, whose
+interpreter switch it shares: on the CPU the kernel runs only under
+``sgm_triton.use_interpreter()``, in the tests).
+
+One program marches ``BLOCK`` rays. Every ray is a small state machine, advanced once per loop
+iteration (the loop runs until no ray of the block is active):
+
+* coarse: the segment [t, t + seg] (seg = block_cells cells) is skipped when its lowest point
+  is above the dilated block maximum of the height field under its start (the bound of
+  ``HeightField.block_max``; the same test as the torch loop); otherwise the ray turns fine
+  until t + seg.
+* fine: one step of ``step`` metres; ``f = z_ray - terrain <= 0`` brackets a crossing, a NaN
+  terrain value ends the ray as UNAVAILABLE.
+
+A bracketed crossing is refined by the same bisection and final secant step as the torch
+code, with the same float32 terrain evaluation (grid-index coordinates in float32, ranges in
+float64). The sample positions of the torch loop depend on its batch sizes; both sample the
+ray every ``step`` inside the segments that can reach the terrain, so they find the same
+crossings (a feature thinner than ``step`` can be missed by either) and the refined ranges
+agree to the refinement tolerance.
+
+Output codes per ray: 0 = no event up to ``t1`` (the caller decides SKY or UNAVAILABLE), 1 =
+HIT with its range, 2 = UNAVAILABLE (nodata met, or NaN during refinement).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+_LOG = logging.getLogger(__name__)
+_KERNEL: Any = None
+
+
+def _f_at(h_ptr, nx, fx1, fy1, gx0, gy0, oz, gdx, gdy, dz, t):
+    # z_ray - bilinear terrain at range t (float64 t, float32 terrain as raycast.f_at / _bilinear);
+    # fx1, fy1 = Nx - 1, Ny - 1 as float32 (ints equal to 1 would be specialised to constants)
+    tc = t.to(tl.float32)  # noqa: F821
+    gx = gx0 + tc * gdx
+    gy = gy0 + tc * gdy
+    inside = (gx >= 0) & (gx <= fx1) & (gy >= 0) & (gy <= fy1)
+    gxc = tl.minimum(tl.maximum(tl.where(gx == gx, gx, 0.0), 0.0), fx1)  # noqa: F821
+    gyc = tl.minimum(tl.maximum(tl.where(gy == gy, gy, 0.0), 0.0), fy1)  # noqa: F821
+    ix = tl.minimum(tl.floor(gxc), fx1 - 1.0)  # noqa: F821
+    iy = tl.minimum(tl.floor(gyc), fy1 - 1.0)  # noqa: F821
+    wx = gxc - ix
+    wy = gyc - iy
+    base = iy.to(tl.int64) * nx + ix.to(tl.int64)  # noqa: F821
+    h00 = tl.load(h_ptr + base)  # noqa: F821
+    h01 = tl.load(h_ptr + base + 1)  # noqa: F821
+    h10 = tl.load(h_ptr + base + nx)  # noqa: F821
+    h11 = tl.load(h_ptr + base + nx + 1)  # noqa: F821
+    a = h00 + wx * (h01 - h00)
+    b = h10 + wx * (h11 - h10)
+    z = a + wy * (b - a)
+    z = tl.where(inside, z, float('nan'))  # noqa: F821
+    zr = oz + tc * dz
+    return zr - z
+
+
+def _march_kernel(gx0_ptr, gy0_ptr, oz_ptr, gdx_ptr, gdy_ptr, dz_ptr, t0_ptr, t1_ptr, h_ptr,
+                  bmax_ptr, code_ptr, range_ptr, N, nx, fx1, fy1, nbx, fbx1, fby1, block, seg,
+                  step, max_iter, N_BISECT: tl.constexpr, BLOCK: tl.constexpr):  # noqa: F821
+    r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # noqa: F821
+    rm = r < N
+    gx0d = tl.load(gx0_ptr + r, mask=rm, other=0.0)  # noqa: F821
+    gy0d = tl.load(gy0_ptr + r, mask=rm, other=0.0)  # noqa: F821
+    ozd = tl.load(oz_ptr + r, mask=rm, other=0.0)  # noqa: F821
+    gdxd = tl.load(gdx_ptr + r, mask=rm, other=0.0)  # noqa: F821
+    gdyd = tl.load(gdy_ptr + r, mask=rm, other=0.0)  # noqa: F821
+    dzd = tl.load(dz_ptr + r, mask=rm, other=0.0)  # noqa: F821
+    t1 = tl.load(t1_ptr + r, mask=rm, other=0.0)  # noqa: F821
+    t = tl.load(t0_ptr + r, mask=rm, other=0.0)  # noqa: F821
+    gx0 = gx0d.to(tl.float32)  # noqa: F821
+    gy0 = gy0d.to(tl.float32)  # noqa: F821
+    oz = ozd.to(tl.float32)  # noqa: F821
+    gdx = gdxd.to(tl.float32)  # noqa: F821
+    gdy = gdyd.to(tl.float32)  # noqa: F821
+    dz = dzd.to(tl.float32)  # noqa: F821
+    active = rm & (t < t1)
+    fine = tl.zeros([BLOCK], dtype=tl.int32)  # noqa: F821
+    fine_end = t
+    fa = _f_at(h_ptr, nx, fx1, fy1, gx0, gy0, oz, gdx, gdy, dz, t)
+    code = tl.zeros([BLOCK], dtype=tl.int32)  # noqa: F821
+    ta = t
+    tb = t
+    fb = fa
+    it = tl.zeros([], dtype=tl.int32)  # noqa: F821
+    while (tl.max(active.to(tl.int32), axis=0) > 0) & (it < max_iter):  # noqa: F821
+        # coarse lanes: skip the segment, or turn fine
+        te = tl.minimum(t + seg, t1)  # noqa: F821
+        z_lo = tl.minimum(ozd + t * dzd, ozd + te * dzd)  # noqa: F821
+        bxf = tl.floor((gx0d + t * gdxd) / block)  # noqa: F821
+        byf = tl.floor((gy0d + t * gdyd) / block)  # noqa: F821
+        bx = tl.minimum(tl.maximum(tl.where(bxf == bxf, bxf, 0.0), 0.0), fbx1)  # noqa: F821
+        by = tl.minimum(tl.maximum(tl.where(byf == byf, byf, 0.0), 0.0), fby1)  # noqa: F821
+        bm = tl.load(bmax_ptr + by.to(tl.int64) * nbx + bx.to(tl.int64),  # noqa: F821
+                     mask=active, other=0.0).to(tl.float64)  # noqa: F821
+        coarse = active & (fine == 0)
+        skip = coarse & (z_lo > bm)
+        to_fine = coarse & ((z_lo > bm) == 0)
+        t = tl.where(skip, t + seg, t)  # noqa: F821
+        fine_end = tl.where(to_fine, t + seg, fine_end)  # noqa: F821
+        # fine lanes (those that were fine at the start of this iteration): one step
+        stepping = active & (fine != 0)
+        tn = tl.minimum(t + step, t1)  # noqa: F821
+        fn = _f_at(h_ptr, nx, fx1, fy1, gx0, gy0, oz, gdx, gdy, dz, tn)
+        nan_ev = stepping & (fn != fn)
+        hit_ev = stepping & (fn <= 0)
+        ta = tl.where(hit_ev, t, ta)  # noqa: F821
+        tb = tl.where(hit_ev, tn, tb)  # noqa: F821
+        fb = tl.where(hit_ev, fn, fb)  # noqa: F821
+        code = tl.where(hit_ev, 1, tl.where(nan_ev, 2, code))  # noqa: F821
+        moved = stepping & (hit_ev == 0) & (nan_ev == 0)
+        t = tl.where(moved, tn, t)  # noqa: F821
+        fa = tl.where(moved, fn, fa)  # noqa: F821
+        back = moved & (t >= fine_end)
+        fine = tl.where(to_fine, 1, tl.where(back, 0, fine))  # noqa: F821
+        active = active & (hit_ev == 0) & (nan_ev == 0) & (t < t1)
+        it += 1
+    # refine the brackets: bisection, then one secant step (as raycast())
+    hit = code == 1
+    nan_seen = tl.zeros([BLOCK], dtype=tl.int1)  # noqa: F821
+    for _ in range(N_BISECT):
+        tm = 0.5 * (ta + tb)
+        fm = _f_at(h_ptr, nx, fx1, fy1, gx0, gy0, oz, gdx, gdy, dz, tm)
+        m_nan = fm != fm
+        nan_seen = nan_seen | (hit & m_nan)
+        lower = m_nan | (fm <= 0)
+        tb = tl.where(hit & lower, tm, tb)  # noqa: F821
+        fb = tl.where(hit & lower, fm, fb)  # noqa: F821
+        ta = tl.where(hit & (lower == 0), tm, ta)  # noqa: F821
+        fa = tl.where(hit & (lower == 0), fm, fa)  # noqa: F821
+    denom = fa - fb
+    ok = (fb == fb) & (tl.abs(fb) < float('inf')) & (denom > 0)  # noqa: F821
+    frac = tl.where(ok, fa / tl.where(ok, denom, 1.0), 1.0)  # noqa: F821
+    frac = tl.minimum(tl.maximum(frac.to(tl.float64), 0.0), 1.0)  # noqa: F821
+    th = ta + frac * (tb - ta)
+    bad = hit & (nan_seen | ((th == th) & (tl.abs(th) < float('inf'))) == 0)  # noqa: F821
+    code = tl.where(bad, 2, code)  # noqa: F821
+    tl.store(code_ptr + r, code, mask=rm)  # noqa: F821
+    tl.store(range_ptr + r, tl.where(code == 1, th, float('nan')), mask=rm)  # noqa: F821
+
+
+def _kernel() -> Any:
+    """JIT the kernel on first use (imports triton)."""
+    global _KERNEL
+    if _KERNEL is None:
+        import triton
+        import triton.language as tl_mod
+
+        globals()['tl'] = tl_mod
+        globals()['_f_at'] = triton.jit(_f_at)
+        _KERNEL = triton.jit(_march_kernel)
+    return _KERNEL
+
+
+def kernel_ok(device: Any, dtype: Any) -> bool:
+    """Whether the kernel can march rays of a field on ``device`` with ``dtype`` terrain: float32
+    on CUDA with triton, or on the CPU under ``sgm_triton.use_interpreter()``."""
+    import torch
+
+    from .sgm_triton import kernel_device_ok, triton_available
+
+    return dtype == torch.float32 and kernel_device_ok(device) and triton_available()
+
+
+def march(gx0, gy0, oz, gdx, gdy, dz, t0, t1, hflat, shape: tuple[int, int], bmax,
+          block: int, seg: float, step: float, n_bisect: int) -> tuple[Any, Any]:
+    """March and refine N rays in one launch.
+
+    Args:
+        gx0, gy0: (N,) float64 grid-index coordinates of the origins (column, row).
+        oz: (N,) float64 origin ENU z, metres.
+        gdx, gdy: (N,) float64 ray direction in grid-index units per metre of range.
+        dz: (N,) float64 ray direction z per metre.
+        t0, t1: (N,) float64 range interval to march, metres.
+        hflat: (Ny * Nx,) float32 heights (NaN = no data); shape: (Ny, Nx).
+        bmax: (nby, nbx) float32 ``HeightField.block_max(block)``.
+        block: block side in cells; seg: block * cell (m); step: fine step (m).
+        n_bisect: bisection iterations.
+
+    Returns:
+        (code (N,) int32: 0 no event, 1 hit, 2 unavailable; range (N,) float64, NaN unless hit).
+    """
+    import math
+
+    import torch
+
+    k = _kernel()
+    n = int(gx0.numel())
+    dev = gx0.device
+    code = torch.empty(n, dtype=torch.int32, device=dev)
+    rng = torch.empty(n, dtype=torch.float64, device=dev)
+    if n == 0:
+        return code, rng
+    ny, nx = shape
+    nby, nbx = bmax.shape
+    span = float((t1 - t0).clamp_min(0).max()) if n else 0.0
+    max_iter = int(math.ceil(span / step) + math.ceil(span / seg)) + 8
+    block_rays = 128
+    c = [x.contiguous() for x in (gx0, gy0, oz, gdx, gdy, dz, t0, t1)]
+    k[(-(-n // block_rays),)](*c, hflat.contiguous(), bmax.contiguous(), code, rng, n, nx,
+                              float(nx - 1), float(ny - 1), nbx, float(nbx - 1), float(nby - 1),
+                              float(block), float(seg), float(step), max_iter,
+                              N_BISECT=int(n_bisect), BLOCK=block_rays)
+    return code, rng
