@@ -325,3 +325,20 @@ def test_bench_pipeline_with_georeferencing():
             'fusion', 'pack'} <= set(st), st
     assert all(v >= 0 for k, v in st.items() if k != 'other') and st['dem_raycast'] > 0
     assert r['total_ms'] >= sum(v for k, v in st.items() if k != 'other') - 1e-6
+
+
+def test_bench_device_mode_keys(capsys):
+    """The matcher bench (``geo-depth bench``, issue 4's JSON contract) on the CPU."""
+    from geo_depth_node.tools import bench
+
+    assert bench.main(['--device', 'cpu', '--size', '96x64', '--disparities', '16', '--iters', '1',
+                       '--warmup', '0', '--json']) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ('device', 'size', 'disparities', 'stages_ms', 'total_ms', 'baseline_opencv_sgbm_ms',
+                'ratio_to_baseline'):
+        assert key in out, key
+    assert list(out['stages_ms']) == ['upload', 'cost', 'aggregate', 'select', 'postfilter', 'sigma',
+                                      'triangulate', 'pack', 'download']
+    assert abs(sum(out['stages_ms'].values()) - out['total_ms']) < 1e-3 * max(1.0, out['total_ms'])
+    assert out['ratio_to_baseline'] == pytest.approx(out['total_ms'] / out['baseline_opencv_sgbm_ms'],
+                                                     rel=1e-3)

@@ -3,7 +3,8 @@
 Renders the analytic scene (core.scene.render_scene) at ``--size``, then per frame:
 upload (pinned host -> device), rectify (only with ``--rectify``: a device remap with
 the scene's ideal maps), match (cost / aggregate / select / postfilter of
-core.sgm.TorchSGMMatcher), triangulate and pack (core.torch_frame.TorchFrame), and
+core.sgm.TorchSGMMatcher), sigma (the calibrated per-pixel sigma of core.sigma_model, as
+the node), triangulate and pack (core.torch_frame.TorchFrame), and
 download (the packed cloud, device -> pinned host). Stage times are CUDA events on
 CUDA, perf_counter on the CPU; medians over ``--iters`` frames after ``--warmup``.
 The baseline is ``core.stereo.OpenCVStereoMatcher.match`` (the project's current
@@ -32,7 +33,8 @@ a shared machine hits both alike. ``ratio_to_baseline`` = median frame / median 
 the analytic scene; ``--scene synth-georef`` generates a synthetic world of warmup + iters
 frames WITH its DEM, IMU and GNSS, so that every frame also runs the pose interpolation, the
 DEM ray-cast (``dem.device``), the sigma points and the fusion (stages pose, dem_retile,
-dem_raycast, dem_sigma_points, fusion). Example (issue 4's CPU target, whole frame within 1.5x of SGBM alone)::
+dem_raycast, dem_sigma_points, fusion). Example (issue 4's CPU target, whole frame within
+1.5x of SGBM alone)::
 
     geo-depth bench --pipeline --device cpu --size 640x480 --disparities 128 --iters 30
 """
@@ -142,6 +144,7 @@ def run_bench(device: str = 'cuda', size: tuple[int, int] = (1280, 720), dispari
     from ..core.params import validate_params
     from ..core.scene import render_scene
     from ..core.sgm import SGMConfig, StageTimer, TorchSGMMatcher
+    from ..core.sigma_model import SigmaModel
     from ..core.stereo import MatcherConfig, OpenCVStereoMatcher
     from ..core.torch_frame import TorchFrame
 
@@ -156,6 +159,7 @@ def run_bench(device: str = 'cuda', size: tuple[int, int] = (1280, 720), dispari
     dev = torch.device(device)
     matcher = TorchSGMMatcher(SGMConfig.from_params(params, paths=paths), dev, agg_lines=agg_lines)
     frame = TorchFrame(params, dev)
+    sigma_model = SigmaModel.for_matcher('sgm_torch')  # the node's calibrated sigma (sigma.model)
     pin = dev.type == 'cuda'
     host_l = torch.from_numpy(scene.left).pin_memory() if pin else torch.from_numpy(scene.left)
     host_r = torch.from_numpy(scene.right).pin_memory() if pin else torch.from_numpy(scene.right)
@@ -175,7 +179,9 @@ def run_bench(device: str = 'cuda', size: tuple[int, int] = (1280, 720), dispari
             left, right = (rect[:, 0].round().clamp(0, 255).to(torch.uint8)).unbind(0)
             timer.mark('rectify')
         m = matcher.match_tensors(left, right, timer=timer)
-        tri = frame.triangulate(m['disparity'], m['lr_diff'], m['flags'], stereo)
+        sigma_d = sigma_model.sigma_d_torch(m, m['disparity'])
+        timer.mark('sigma')
+        tri = frame.triangulate(m['disparity'], m['lr_diff'], m['flags'], stereo, sigma_d)
         timer.mark('triangulate')
         for name, fn in (extra_stages or {}).items():
             fn(tri)
@@ -216,7 +222,8 @@ def run_bench(device: str = 'cuda', size: tuple[int, int] = (1280, 720), dispari
                                      align_corners=False)
                 left, right = (rect[:, 0].round().clamp(0, 255).to(torch.uint8)).unbind(0)
             m = matcher.match_tensors(left, right)
-            tri = frame.triangulate(m['disparity'], m['lr_diff'], m['flags'], stereo)
+            tri = frame.triangulate(m['disparity'], m['lr_diff'], m['flags'], stereo,
+                                    sigma_model.sigma_d_torch(m, m['disparity']))
             for fn in (extra_stages or {}).values():
                 fn(tri)
             return frame.pack(tri)
