@@ -167,3 +167,24 @@ def test_ci_runs_the_readme_test_command():
     cmds = [ln.strip() for ln in ci.splitlines() if ln.strip() and not ln.startswith('#')
             and not ln.startswith(('set ', 'cd '))]
     assert cmds == ['make test'], cmds
+
+
+def test_gpu_check_script_is_valid():
+    """tools/gpu_check.sh (the GPU session's one command) parses and names existing tests,
+    bench options and parameters."""
+    import shutil
+    import subprocess
+
+    script = REPO / 'tools' / 'gpu_check.sh'
+    text = script.read_text()
+    if shutil.which('bash'):
+        subprocess.run(['bash', '-n', str(script)], check=True)
+    for name in re.findall(r'test/(test_\w+\.py)', text):
+        assert (REPO / 'test' / name).is_file(), name
+    from geo_depth_node.tools.bench import build_parser
+
+    opts = {o for a in build_parser()._actions for o in a.option_strings}
+    for opt in set(re.findall(r'(?<=\s)(--[a-z][a-z-]+)', text)):
+        assert opt in opts, opt
+    for name in re.findall(r'--set (\S+?)=', text):
+        assert name in PARAMS_BY_NAME, name
