@@ -209,7 +209,7 @@ class GeoPrior:
         eps = max(0.5 * field.cell_m, 0.5)
         xs = np.concatenate([p[:, 0], p[:, 0] + eps, p[:, 0] - eps, p[:, 0], p[:, 0]])
         ys = np.concatenate([p[:, 1], p[:, 1], p[:, 1], p[:, 1] + eps, p[:, 1] - eps])
-        with torch.no_grad():
+        with torch.no_grad(), cpu_threads(field.device, 1):  # small ops: see cpu_threads
             z = field.sample(xs, ys).double().cpu().numpy().reshape(5, -1)
         slope = np.hypot(z[1] - z[2], z[3] - z[4]) / (2 * eps)
         sig_v = float(max(s.sigma_v_m for s in self.grid.specs_by_id.values()))
