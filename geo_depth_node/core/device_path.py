@@ -18,6 +18,11 @@ the result lands in one of a small ring of pinned buffers (:class:`HostRing`), e
 only when no FrameResult view of an earlier frame still refers to it. A capture that fails
 falls back to eager launches, logged once.
 
+With DEM sources the frame dict of the stereo part goes through the DEM prior and fusion on
+the device (core.georef_torch: ray-cast, sigma points, height gate, fusion, ENU output) before
+it is packed: still one upload and one download; only the pose comes from the host. The
+graph then covers the stereo part; the fusion runs eagerly.
+
 On the CPU the same body runs eagerly (the tests and a GPU-less machine).
 """
 from __future__ import annotations
@@ -117,9 +122,10 @@ class DeviceFramePath:
         self.captures = 0  # graphs captured (a new one per size / calibration / mask layout)
 
     # -- the device body -------------------------------------------------------------------
-    def body(self, inputs: Any, stereo: StereoModel) -> Any:
-        """(K, H, W) uint8 device tensor (left, right[, left valid, right valid]) -> flat uint8
-        device buffer: packed cloud, then the :data:`IMAGE_NAMES` images. No host sync."""
+    def stereo_body(self, inputs: Any, stereo: StereoModel) -> dict[str, Any]:
+        """(K, H, W) uint8 device tensor (left, right[, left valid, right valid]) -> the frame
+        dict of ``TorchFrame.triangulate`` plus 'disparity': matching, calibrated sigma,
+        triangulation. No host sync."""
         import torch
 
         left, right = inputs[0], inputs[1]
@@ -131,10 +137,21 @@ class DeviceFramePath:
         if self.sigma_model is not None:
             sigma_d = self.sigma_model.sigma_d_torch(m, m['disparity'])
         tri = self.frame.triangulate(m['disparity'], m['lr_diff'], m['flags'], stereo, sigma_d)
+        tri['disparity'] = m['disparity']
+        return tri
+
+    def finish(self, tri: dict[str, Any]) -> Any:
+        """Frame dict -> flat uint8 device buffer: packed cloud, then the :data:`IMAGE_NAMES`
+        images."""
+        import torch
+
         packed = self.frame.pack(tri)
-        images = torch.stack([tri['depth'], tri['depth_sigma'], m['disparity'],
-                              tri['sigma_disparity']])
+        images = torch.stack([tri[name] for name in IMAGE_NAMES])
         return torch.cat([packed.reshape(-1), images.view(torch.uint8).reshape(-1)])
+
+    def body(self, inputs: Any, stereo: StereoModel) -> Any:
+        """:meth:`stereo_body` then :meth:`finish` (the whole frame without DEM priors)."""
+        return self.finish(self.stereo_body(inputs, stereo))
 
     # -- per frame ----------------------------------------------------------------------------
     def _stage(self, arrays: list[np.ndarray]) -> Any:
@@ -149,25 +166,27 @@ class DeviceFramePath:
             np.copyto(host[i], a.view(np.uint8) if a.dtype == np.bool_ else a)
         return self._staging
 
-    def _capture(self, stereo: StereoModel) -> None:
-        """Warm up on a side stream, then capture :meth:`body` on the static inputs."""
+    def _capture(self, fn: Callable[[Any, StereoModel], Any], stereo: StereoModel) -> None:
+        """Warm up on a side stream, then capture ``fn`` (:meth:`body` or :meth:`stereo_body`)
+        on the static inputs."""
         import torch
 
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):  # Triton JIT, allocator pools, cached constants
-                self.body(self._static_in, stereo)
+                fn(self._static_in, stereo)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = self.body(self._static_in, stereo)
+            out = fn(self._static_in, stereo)
         self._graph, self._graph_out = graph, out
         self.captures += 1
 
     def run(self, left: np.ndarray, right: np.ndarray, left_valid: np.ndarray | None,
             right_valid: np.ndarray | None, stereo: StereoModel,
-            timings: dict[str, float], clock: Callable[[], float]) -> dict[str, Any]:
+            timings: dict[str, float], clock: Callable[[], float],
+            georef: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """One frame; returns the host views: 'cloud' (H, W) POINT_DTYPE, 'points' (H, W, 3)
         float32 (x y z of the cloud, a strided view), and the :data:`IMAGE_NAMES` images.
 
@@ -175,8 +194,12 @@ class DeviceFramePath:
             left, right: (H, W) uint8 rectified images.
             left_valid, right_valid: optional (H, W) bool image-data masks (both or neither).
             stereo: the rectified pair.
-            timings: stage -> ms, filled in ('upload', 'match_triangulate_pack', 'host_views').
+            timings: stage -> ms, filled in ('upload', 'match_triangulate_pack' or, with
+                ``georef``, 'match_triangulate' + its stages + 'pack_download', 'host_views').
             clock: seconds (time.perf_counter).
+            georef: optional callable that fuses the DEM priors into the frame dict on the
+                device, in place (core.georef_torch); the graph then covers the stereo part
+                and the fusion and packing run eagerly (the ray-cast has host syncs).
         """
         import torch
 
@@ -184,7 +207,8 @@ class DeviceFramePath:
         arrays = [left, right] + ([left_valid, right_valid] if left_valid is not None else [])
         t = clock()
         staging = self._stage(arrays)
-        key = (tuple(staging.shape), self.frame.geometry_key(stereo))
+        fn = self.body if georef is None else self.stereo_body
+        key = (tuple(staging.shape), self.frame.geometry_key(stereo), georef is None)
         graph = self.use_graph and not self.graph_failed
         if graph:
             if self._static_in is None or tuple(self._static_in.shape) != tuple(staging.shape):
@@ -200,7 +224,7 @@ class DeviceFramePath:
         if graph:
             if self._graph_key != key:
                 try:
-                    self._capture(stereo)
+                    self._capture(fn, stereo)
                     self._graph_key = key
                 except RuntimeError as exc:  # e.g. an op that cannot be captured
                     self.graph_failed = True
@@ -211,14 +235,20 @@ class DeviceFramePath:
                 self._graph.replay()
                 out = self._graph_out
         if out is None:
-            out = self.body(inputs, stereo)
+            out = fn(inputs, stereo)
+        if georef is not None:
+            frame = dict(out)  # the graph's own output dict stays as captured
+            timings['match_triangulate'] = (clock() - t) * 1e3
+            georef(frame)
+            t = clock()
+            out = self.finish(frame)
         if self.cuda:  # the one device -> host copy, into a free pinned buffer
             host_t, host = self.ring.acquire(out.numel())
             host_t.copy_(out, non_blocking=True)
             torch.cuda.current_stream(self.device).synchronize()
         else:
             host = out.numpy()
-        timings['match_triangulate_pack'] = (clock() - t) * 1e3
+        timings['match_triangulate_pack' if georef is None else 'pack_download'] = (clock() - t) * 1e3
         t = clock()
         n = h * w * POINT_DTYPE.itemsize
         cloud = host[:n].view(POINT_DTYPE).reshape(h, w)

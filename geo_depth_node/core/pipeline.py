@@ -215,15 +215,21 @@ class DepthPipeline:
             timings['rectify'] = (time.perf_counter() - t) * 1e3
 
         if self.device_path:
-            result = self._process_on_device(left, right, left_valid, right_valid, stereo,
-                                             timings)
+            meta: dict[str, Any] = {}
+            georef = None
             if self.georef is not None:
                 if stamp_ns is None:
                     raise ValueError('DEM priors are configured: process() needs the frame '
                                      'stamp_ns')
-                self.georef.apply(result, stamp_ns, left_model, self.params, wait_s, stereo)
-                result.packed = None  # fused on the host: pack_points() packs it again
-                self._to_enu(result)
+
+                def georef(frame: dict[str, Any]) -> None:  # fused on the device
+                    meta.update(self.georef.apply_device(frame, stamp_ns, left_model,
+                                                         self.params, wait_s, stereo, timings))
+
+            result = self._process_on_device(left, right, left_valid, right_valid, stereo,
+                                             timings, georef)
+            for name, value in meta.items():
+                setattr(result, name, value)
             timings['total'] = (time.perf_counter() - t_start) * 1e3
             return result
 
@@ -279,7 +285,8 @@ class DepthPipeline:
             self.georef.add(sample, 'odometry')
 
     def _process_on_device(self, left: np.ndarray, right: np.ndarray, left_valid, right_valid,
-                           stereo: StereoModel, timings: dict[str, float]) -> FrameResult:
+                           stereo: StereoModel, timings: dict[str, float],
+                           georef: Any = None) -> FrameResult:
         """The torch frame path (core/device_path.py): ONE host->device copy of the images,
         matching, the calibrated sigma, triangulation and packing on the device (replayed as a
         CUDA graph on CUDA), and ONE device->host copy of a single buffer holding the packed
@@ -290,7 +297,7 @@ class DepthPipeline:
             self._device_path = DeviceFramePath(self.params, self.matcher, self.sigma_model,
                                                 use_graph=bool(self.params['stereo.cuda_graph']))
         v = self._device_path.run(left, right, left_valid, right_valid, stereo, timings,
-                                  time.perf_counter)
+                                  time.perf_counter, georef)
         cloud = v['cloud']
         result = FrameResult(
             depth=v['depth'], depth_sigma=v['depth_sigma'], points=v['points'],
@@ -498,9 +505,10 @@ class _Georef:
                                     params['fusion.max_prior_relative_sigma']))
         return self.prior
 
-    def apply(self, result: FrameResult, stamp_ns: int, model: CameraModel,
-              params: Mapping[str, Any], wait_s: float, stereo: StereoModel | None = None
-              ) -> None:
+    def lookup(self, stamp_ns: int, params: Mapping[str, Any], wait_s: float
+               ) -> tuple[Any, str, Any, float]:
+        """(pose or None, why, GeoPrior or None, ms spent) for a frame stamp, waiting up to
+        ``wait_s`` for IMU/GNSS newer than it."""
         t0 = time.perf_counter()
         deadline = time.monotonic() + max(0.0, wait_s)
         with self.cond:
@@ -511,7 +519,20 @@ class _Georef:
                     break
                 self.cond.wait(min(0.02, max(0.0, deadline - time.monotonic())))
             prior = self.ensure_prior(params) if pose is not None else None
-        result.timings_ms['pose'] = (time.perf_counter() - t0) * 1e3
+        return pose, why, prior, (time.perf_counter() - t0) * 1e3
+
+    @staticmethod
+    def _pose_matrix(pose) -> np.ndarray:
+        T = np.eye(4)
+        T[:3, :3], T[:3, 3] = pose.R_enu_cam, pose.p_enu_cam
+        return T
+
+    def apply(self, result: FrameResult, stamp_ns: int, model: CameraModel,
+              params: Mapping[str, Any], wait_s: float, stereo: StereoModel | None = None
+              ) -> None:
+        """Pose at the stamp, then GeoPrior.apply on the host arrays of ``result``."""
+        pose, why, prior, ms = self.lookup(stamp_ns, params, wait_s)
+        result.timings_ms['pose'] = ms
         result.pose_status = why
         if pose is None or prior is None:
             from .contract import Flag, Provenance
@@ -519,7 +540,28 @@ class _Georef:
             result.flags[result.provenance == Provenance.NONE] |= np.uint16(Flag.PRIOR_UNAVAILABLE)
             return
         result.pose_degraded = pose.degraded
-        T = np.eye(4)
-        T[:3, :3], T[:3, 3] = pose.R_enu_cam, pose.p_enu_cam
-        result.T_enu_cam = T
+        result.T_enu_cam = self._pose_matrix(pose)
         result.prior_counts = prior.apply(result, pose, model, params, stereo=stereo)
+
+    def apply_device(self, frame: dict[str, Any], stamp_ns: int, model: CameraModel,
+                     params: Mapping[str, Any], wait_s: float, stereo: StereoModel | None,
+                     timings: dict[str, float]) -> dict[str, Any]:
+        """:meth:`apply` on the device frame path's tensors (core.georef_torch), in place;
+        the points move to ENU when ``output.frame`` is enu. Returns the FrameResult fields
+        to set: pose_status, pose_degraded, T_enu_cam, prior_counts, output_frame."""
+        from .georef_torch import apply_torch, to_enu_torch
+
+        pose, why, prior, ms = self.lookup(stamp_ns, params, wait_s)
+        timings['pose'] = ms
+        meta: dict[str, Any] = {'pose_status': why}
+        if pose is None or prior is None:
+            apply_torch(None, frame, None, model, params)  # NONE points: PRIOR_UNAVAILABLE
+            return meta
+        T = self._pose_matrix(pose)
+        meta.update(pose_degraded=pose.degraded, T_enu_cam=T)
+        meta['prior_counts'] = apply_torch(prior, frame, pose, model, params, stereo=stereo,
+                                           timings=timings)
+        if params['output.frame'] == 'enu':
+            to_enu_torch(frame, T)
+            meta['output_frame'] = 'enu'
+        return meta
