@@ -14,6 +14,9 @@ torch = pytest.importorskip('torch')
 pytest.importorskip('triton')
 
 from geo_depth_node.core import sgm  # noqa: E402
+
+# the interpreter evaluates both sides of tl.where with numpy: masked-out 0/0 warns
+pytestmark = pytest.mark.filterwarnings('ignore:.*encountered in divide:RuntimeWarning')
 from geo_depth_node.core.sgm import SGMConfig, TorchSGMMatcher  # noqa: E402
 
 
