@@ -265,3 +265,32 @@ def test_raymarch_kernel_equals_torch_loop(triton_device):
     hit = res.status.cpu().numpy() == RayStatus.HIT
     assert hit.mean() > 0.3
     assert np.abs(res.range_m.cpu().double().numpy()[hit] - _plane_range(o, d, a, b, c)[hit]).max() < 2e-3
+
+
+def test_raymarch_kernel_nodata_inside_a_bracket(triton_device):
+    """A one-node nodata hole between two samples of a coarse step: the bisection meets NaN and
+    both implementations call the ray UNAVAILABLE (not a HIT through the hole)."""
+    from geo_depth_node.core.raycast import RayStatus, raycast
+    from test_raycast import _plane_field
+
+    dev = triton_device
+    f = _plane_field(0.0, 0.0, 0.0, cell=1.0, half=40.0)
+    h = f.height.clone()
+    h[40, 60] = float('nan')  # the node at x = 20 m, y = 0
+    h[75, 5] = 5.0  # a spike far off: z_max above the camera, so the ray is marched from 0
+    f = type(f)(h, f.x0_m, f.y0_m, f.cell_m)
+    o = np.array([0.0, 0.0, 2.0])
+    xs = np.linspace(19.2, 20.8, 9)
+    ys = np.linspace(-0.8, 0.8, 5)
+    tx, ty = np.meshgrid(xs, ys)
+    d = np.stack([tx.ravel(), ty.ravel(), -2.0 * np.ones(tx.size)], -1)
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    n_unavailable = 0
+    for step in (2.5, 3.0, 3.7):
+        ref = raycast(f, o, d, max_range_m=60.0, step_m=step, use_kernel=False)
+        got = raycast(f.to(dev), o, d, max_range_m=60.0, step_m=step, use_kernel=True)
+        assert torch.equal(got.status.cpu(), ref.status), step
+        n_unavailable += int((ref.status == RayStatus.UNAVAILABLE).sum())
+        both = (ref.status == RayStatus.HIT).numpy()
+        np.testing.assert_allclose(got.range_m.cpu().numpy()[both], ref.range_m.numpy()[both], atol=2e-3)
+    assert n_unavailable > 0

@@ -137,7 +137,8 @@ def _march_kernel(gx0_ptr, gy0_ptr, oz_ptr, gdx_ptr, gdy_ptr, dz_ptr, t0_ptr, t1
     frac = tl.where(ok, fa / tl.where(ok, denom, 1.0), 1.0)  # noqa: F821
     frac = tl.minimum(tl.maximum(frac.to(tl.float64), 0.0), 1.0)  # noqa: F821
     th = ta + frac * (tb - ta)
-    bad = hit & (nan_seen | ((th == th) & (tl.abs(th) < float('inf'))) == 0)  # noqa: F821
+    finite = (th == th) & (tl.abs(th) < float('inf'))  # noqa: F821
+    bad = hit & (nan_seen | (finite == 0))
     code = tl.where(bad, 2, code)  # noqa: F821
     tl.store(code_ptr + r, code, mask=rm)  # noqa: F821
     tl.store(range_ptr + r, tl.where(code == 1, th, float('nan')), mask=rm)  # noqa: F821
