@@ -86,7 +86,7 @@ def _march_kernel(gx0_ptr, gy0_ptr, oz_ptr, gdx_ptr, gdy_ptr, dz_ptr, t0_ptr, t1
     ta = t
     tb = t
     fb = fa
-    it = tl.zeros([], dtype=tl.int32)  # noqa: F821
+    it = tl.full([], 0, tl.int32)  # noqa: F821
     while (tl.max(active.to(tl.int32), axis=0) > 0) & (it < max_iter):  # noqa: F821
         # coarse lanes: skip the segment, or turn fine
         te = tl.minimum(t + seg, t1)  # noqa: F821
