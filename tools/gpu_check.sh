@@ -9,6 +9,14 @@
 #     calibrated sigma, CUDA graph) at 1280x720 and 640x480;
 #   * the same with the DEM (--scene synth-georef: pose, Triton ray-cast, sigma points,
 #     fusion) when rosbags, rasterio and pyproj import (carry their wheels otherwise).
+# The DEM run needs wheels the GPU image lacks; fetch them here once (about 50 MB) and name
+# .whl in the device tool's `carry`; this script installs them into /tmp/site:
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+#     --platform manylinux2014_x86_64 -d .whl rasterio==1.4.4 pyproj==3.7.2 rosbags==0.11.9 \
+#     transforms3d==0.4.2 affine cligj click-plugins apsw backports.zstd lz4 ruamel.yaml \
+#     ruamel.yaml.clib
 # Exit status: non-zero if any step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +25,10 @@ mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 rc=0
+if compgen -G '.whl/*.whl' > /dev/null; then
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
 "$py" - <<'EOF' | tee "$out/device.txt"
 import torch, triton
 print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available(),
