@@ -196,6 +196,9 @@ class DeviceFramePath:
             stereo: the rectified pair.
             timings: stage -> ms, filled in ('upload', 'match_triangulate_pack' or, with
                 ``georef``, 'match_triangulate' + its stages + 'pack_download', 'host_views').
+                Host clock: on CUDA the kernels run asynchronously until the first host sync,
+                so 'match_triangulate' is mostly launch time and the GPU time of the stereo
+                part lands in the next stage that waits (the whole frame is exact).
             clock: seconds (time.perf_counter).
             georef: optional callable that fuses the DEM priors into the frame dict on the
                 device, in place (core.georef_torch); the graph then covers the stereo part
