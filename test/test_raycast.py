@@ -366,3 +366,31 @@ def test_prior_flags_and_empty_field():
     empty = HeightField(torch.full((5, 5), float('nan')), -2.0, -2.0, 1.0)
     r = raycast(empty, np.zeros(3), d, max_range_m=1.0)  # max range inside the grid
     assert torch.all(r.status == RayStatus.UNAVAILABLE)  # no data: never SKY
+
+
+def test_kernel_failure_falls_back_to_the_torch_loop(monkeypatch, caplog):
+    """A Triton kernel that fails to build (auto mode) is logged once and the torch loop
+    answers, now and for the rest of the process; a forced kernel re-raises."""
+    from geo_depth_node.core import raycast as rc
+    from geo_depth_node.core import raycast_triton
+
+    def broken(*_a, **_k):
+        raise RuntimeError('no kernel here')
+
+    monkeypatch.setattr(rc, '_auto_kernel', lambda dev, dt: True)
+    monkeypatch.setattr(raycast_triton, 'march', broken)
+    monkeypatch.setattr(rc, '_KERNEL_BROKEN', [])
+    f = _plane_field(0.05, 0.02, 1.0, half=200.0)
+    o = np.array([0.0, 0.0, 8.0])
+    d = _camera_rays(40, 30, 32.0)
+    ref = raycast(f, o, d, max_range_m=150.0, use_kernel=False)
+    with caplog.at_level('WARNING'):
+        got = raycast(f, o, d, max_range_m=150.0)
+    assert torch.equal(got.status, ref.status)
+    np.testing.assert_array_equal(got.range_m.numpy(), ref.range_m.numpy())
+    assert 'no kernel here' in caplog.text and len(rc._KERNEL_BROKEN) == 1
+    raycast(f, o, d, max_range_m=150.0)  # not tried again
+    assert len(rc._KERNEL_BROKEN) == 1
+    monkeypatch.setattr(raycast_triton, 'kernel_ok', lambda dev, dt: True)
+    with pytest.raises(RuntimeError, match='no kernel here'):
+        raycast(f, o, d, max_range_m=150.0, use_kernel=True)

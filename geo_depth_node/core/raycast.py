@@ -83,6 +83,8 @@ _LOG = logging.getLogger(__name__)
 #: Samples (rays x steps) evaluated per marching iteration: bounds the working memory
 #: (about 100 bytes per sample) against the per-iteration overhead.
 _SAMPLE_BUDGET = 1 << 18
+#: why the Triton ray-march kernel failed in this process (then the torch loop is used)
+_KERNEL_BROKEN: list[str] = []
 
 
 class RayStatus(enum.IntEnum):
@@ -416,6 +418,13 @@ def _as_rays(field: HeightField, origin: Any, directions: Any) -> tuple['torch.T
     return o, d
 
 
+def _auto_kernel(device: Any, dtype: Any) -> bool:
+    """Whether raycast(use_kernel=None) marches with the Triton kernel: CUDA, float32, triton."""
+    from .raycast_triton import kernel_ok
+
+    return device.type == 'cuda' and kernel_ok(device, dtype)
+
+
 def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: float,
             step_m: float | None = None, pose_cov: PoseCovariance | None = None,
             sky_outside_grid: bool = True, tol_m: float = 1e-4, block_cells: int = 8,
@@ -471,10 +480,9 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
     status = torch.full((n,), int(RayStatus.UNAVAILABLE), dtype=torch.int8, device=dev)
     range_m = torch.full((n,), float('nan'), dtype=ct, device=dev)
     n_bisect = max(1, int(math.ceil(math.log2(max(step, tol_m) / tol_m))) + 1)
+    kernel_auto = use_kernel is None
     if use_kernel is None:
-        from .raycast_triton import kernel_ok
-
-        use_kernel = kernel_ok(dev, ct) and dev.type == 'cuda'
+        use_kernel = not _KERNEL_BROKEN and _auto_kernel(dev, ct)
     elif use_kernel:
         from .raycast_triton import kernel_ok
 
@@ -564,13 +572,22 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
         seg = block * cell  # a segment this long moves at most one block sideways
         n_fine = max(1, int(math.ceil(seg / step)))
         budget = _SAMPLE_BUDGET
+        code = None
         if act.numel() and use_kernel:
             # the Triton kernel marches AND refines: its hits skip the refinement below
             from . import raycast_triton
 
-            code, r_k = raycast_triton.march(
-                gx0[act], gy0[act], oz[act], gdx[act], gdy[act], dz[act], t0[act], t1[act],
-                hflat, (ny, nx), dmax, block, seg, step, n_bisect)
+            try:
+                code, r_k = raycast_triton.march(
+                    gx0[act], gy0[act], oz[act], gdx[act], gdy[act], dz[act], t0[act], t1[act],
+                    hflat, (ny, nx), dmax, block, seg, step, n_bisect)
+            except Exception as exc:  # noqa: BLE001 - a kernel that fails to build on this GPU
+                if not kernel_auto:
+                    raise
+                _KERNEL_BROKEN.append(repr(exc))
+                _LOG.warning('Triton ray-march kernel failed (%s); using the torch loop from '
+                             'now on', exc)
+        if code is not None:
             k_hit, k_nan = code == 1, code == 2
             status[act[k_hit]] = int(RayStatus.HIT)
             range_m[act[k_hit]] = r_k[k_hit].to(ct)
