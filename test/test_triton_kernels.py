@@ -18,35 +18,12 @@ from geo_depth_node.core import sgm  # noqa: E402
 # the interpreter evaluates both sides of tl.where with numpy: masked-out 0/0 warns
 pytestmark = pytest.mark.filterwarnings('ignore:.*encountered in divide:RuntimeWarning')
 from geo_depth_node.core.sgm import SGMConfig, TorchSGMMatcher  # noqa: E402
+from test_sgm import _shift_pair  # noqa: E402
 
 
 def _small(dev) -> bool:
     """Interpreter: keep the inputs small (seconds per kernel, not milliseconds)."""
     return dev.type == 'cpu'
-
-
-def _texture(h, w, seed=0, blur=1.0):
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    img = rng.uniform(0, 255, (h, w)).astype(np.float32)
-    if blur > 0:
-        img = cv2.GaussianBlur(img, (0, 0), blur)
-        img = (img - img.mean()) / img.std() * 45 + 128
-    return img
-
-
-def _shift_pair(h, w, disp, seed=0):
-    """Left/right uint8 pair with a constant (possibly fractional) disparity: R(x) = L(x + d)."""
-    import cv2
-
-    tex = _texture(h, w + 64, seed)
-    left = tex[:, :w]
-    xs = np.arange(w, dtype=np.float32)[None, :].repeat(h, 0) + np.float32(disp)
-    ys = np.arange(h, dtype=np.float32)[:, None].repeat(w, 1)
-    right = cv2.remap(tex, xs, ys, cv2.INTER_CUBIC)
-    return (np.clip(np.rint(left), 0, 255).astype(np.uint8),
-            np.clip(np.rint(right), 0, 255).astype(np.uint8))
 
 
 def test_aggregation_equals_torch_on_random_volumes(triton_device):

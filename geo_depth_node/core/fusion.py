@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -65,6 +65,30 @@ class FusionConfig:
         if not self.max_prior_relative_sigma > 0:
             raise ValueError(f'max_prior_relative_sigma must be > 0, got '
                              f'{self.max_prior_relative_sigma}')
+
+
+def classify(meas: Any, hit: Any, sky: Any, usable: Any, in_range: Any,
+             consistent: Any = None) -> tuple[Any, Any, Any]:
+    """The class rules of :func:`fuse` on (H, W) bool arrays (numpy or torch alike): stereo
+    point (``meas``), prior hit / sky / usable alone, range gate passed, optional second test.
+    Returns (fused, conflict, prior_only).
+
+    Raises:
+        ValueError: ``consistent`` has another shape than ``meas``.
+    """
+    if consistent is None:
+        consistent = in_range
+    elif tuple(consistent.shape) != tuple(meas.shape):
+        raise ValueError(f'consistent has shape {tuple(consistent.shape)}, expected '
+                         f'{tuple(meas.shape)}')
+    else:
+        consistent = consistent & in_range
+    # A prior too uncertain to be used alone says nothing by agreeing: no FUSED label for it.
+    consistent = meas & hit & consistent
+    fused = consistent & usable
+    conflict = meas & ((hit & ~consistent) | sky)
+    prior_only = ~meas & usable
+    return fused, conflict, prior_only
 
 
 def fuse(result, ray_unit: np.ndarray, ray_norm_rect: np.ndarray, prior_range: np.ndarray,
@@ -116,17 +140,7 @@ def fuse(result, ray_unit: np.ndarray, ray_norm_rect: np.ndarray, prior_range: n
     with np.errstate(invalid='ignore'):
         in_range = np.abs(r_s - prior_range) <= config.gate_k * np.sqrt(
             s_s ** 2 + prior_sigma ** 2)
-    if consistent is None:
-        consistent = in_range
-    elif consistent.shape != (h, w):
-        raise ValueError(f'consistent has shape {consistent.shape}, expected ({h}, {w})')
-    else:
-        consistent = consistent & in_range
-    # A prior too uncertain to be used alone says nothing by agreeing: no FUSED label for it.
-    consistent = meas & hit & consistent
-    fused = consistent & usable
-    conflict = meas & ((hit & ~consistent) | sky)
-    prior_only = ~meas & usable
+    fused, conflict, prior_only = classify(meas, hit, sky, usable, in_range, consistent)
     ruled_out = np.zeros((h, w), dtype=bool)
     if weak_stereo is not None:
         d, s_d, d_p = (np.asarray(a, dtype=np.float64) for a in weak_stereo)

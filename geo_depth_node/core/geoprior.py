@@ -41,6 +41,12 @@ def range_gradient(rng: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(rng), g, np.nan)
 
 
+def attitude_sigma_rad(pose_cov) -> float:
+    """Largest 1-sigma attitude error (rad) of a raycast.PoseCovariance: the silhouette term
+    of :meth:`GeoPrior.cast` moves a ray by ``f * sigma`` pixels."""
+    return math.sqrt(max(float(np.linalg.eigvalsh(pose_cov.attitude).max()), 0.0))
+
+
 class GeoPrior:
     """A DEM height grid around the robot plus the per-frame ray-cast and fusion.
 
@@ -163,7 +169,7 @@ class GeoPrior:
                     dev2 += 0.5 * np.where(ok, (r_s - r0) ** 2, np.inf)
                 var_vert.reshape(-1)[hit] = dev2
         t3 = time.perf_counter()
-        sig_att = math.sqrt(max(float(np.linalg.eigvalsh(pose_cov.attitude).max()), 0.0))
+        sig_att = attitude_sigma_rad(pose_cov)
         var_att = s_att ** 2
         if sig_att > 0:
             var_att = np.maximum(var_att, (range_gradient(rng) * model.fx * sig_att) ** 2)

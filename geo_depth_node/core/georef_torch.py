@@ -26,7 +26,8 @@ import numpy as np
 
 from .camera import CameraModel
 from .contract import Flag, Provenance
-from .fusion import RAY_HIT, RAY_SKY, FusionConfig
+from .fusion import RAY_HIT, RAY_SKY, FusionConfig, classify
+from .geoprior import attitude_sigma_rad
 from .pose import PoseEstimate
 from .torch_util import cpu_threads
 
@@ -113,7 +114,7 @@ def cast_torch(prior: Any, pose: PoseEstimate, model: CameraModel) -> dict[str, 
                                           torch.full_like(r0, math.inf))
             var_vert.reshape(-1)[hidx] = dev2
     t3 = time.perf_counter()
-    sig_att = math.sqrt(max(float(np.linalg.eigvalsh(pose_cov.attitude).max()), 0.0))
+    sig_att = attitude_sigma_rad(pose_cov)
     var_att = s_att ** 2
     if sig_att > 0:
         var_att = torch.maximum(var_att, (range_gradient_torch(rng) * model.fx * sig_att) ** 2)
@@ -189,16 +190,7 @@ def fuse_torch(frame: dict[str, Any], ray_unit: Any, ray_norm_rect: Any, prior_r
     r_s = torch.linalg.vector_norm(torch.nan_to_num(frame['points']), dim=-1)
     s_s = frame['sigma']
     in_range = torch.abs(r_s - prior_range) <= config.gate_k * torch.sqrt(s_s ** 2 + prior_sigma ** 2)
-    if consistent is None:
-        consistent = in_range
-    elif tuple(consistent.shape) != (h, w):
-        raise ValueError(f'consistent has shape {tuple(consistent.shape)}, expected ({h}, {w})')
-    else:
-        consistent = consistent & in_range
-    consistent = meas & hit & consistent
-    fused = consistent & usable
-    conflict = meas & ((hit & ~consistent) | sky)
-    prior_only = ~meas & usable
+    fused, conflict, prior_only = classify(meas, hit, sky, usable, in_range, consistent)
     ruled_out = torch.zeros((h, w), dtype=torch.bool, device=dev)
     if weak_stereo is not None:
         d, s_d, d_p = (a.double() for a in weak_stereo)
