@@ -61,7 +61,7 @@ class HostRing:
             raise ValueError(f'max_buffers must be >= 1, got {max_buffers}')
         self.pin = bool(pin)
         self.max_buffers = int(max_buffers)
-        self._slots: list[tuple[Any, weakref.ReferenceType | None]] = []
+        self._slots: list[tuple[Any, weakref.ReferenceType]] = []
         self.allocations = 0  # buffers allocated (pinned or not); for tests and diagnostics
 
     def acquire(self, nbytes: int) -> tuple[Any, np.ndarray]:
@@ -74,7 +74,7 @@ class HostRing:
 
         self._slots = [(t, ref) for t, ref in self._slots if t.numel() == nbytes]
         for i, (t, ref) in enumerate(self._slots):
-            if ref is None or ref() is None:
+            if ref() is None:
                 arr = t.numpy()
                 self._slots[i] = (t, weakref.ref(arr))
                 return t, arr

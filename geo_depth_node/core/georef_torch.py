@@ -55,7 +55,7 @@ def _rays(prior: Any, model: CameraModel, unrectify: bool, device: Any) -> tuple
     """GeoPrior.rays on the device, cached per calibration and device."""
     import torch
 
-    key = (id(prior._ray_cache), model.width, model.height, model.fx, model.fy, model.cx,
+    key = (model.width, model.height, model.fx, model.fy, model.cx,
            model.cy, model.R.tobytes(), unrectify, str(device))
     cache = getattr(prior, '_torch_rays', None)
     if cache is None or cache[0] != key:
@@ -229,9 +229,9 @@ def fuse_torch(frame: dict[str, Any], ray_unit: Any, ray_norm_rect: Any, prior_r
     s = torch.where(fused, 1.0 / torch.sqrt(ws + wp), s)
     r = torch.where(prior_only, prior_range, r)
     s = torch.where(prior_only, prior_sigma, s)
-    prov = prov0.clone()
-    prov = torch.where(fused, int(Provenance.FUSED), prov.to(torch.int32)).to(torch.uint8)
-    prov = torch.where(prior_only, int(Provenance.PRIOR), prov.to(torch.int32)).to(torch.uint8)
+    prov = torch.where(fused, int(Provenance.FUSED),
+                       torch.where(prior_only, int(Provenance.PRIOR), prov0.to(torch.int32)))
+    prov = prov.to(torch.uint8)
     source = torch.where(from_prior, prior_source.to(torch.int32) & 0xFFFF,
                          torch.zeros_like(prior_source, dtype=torch.int32))
     changed = from_prior
