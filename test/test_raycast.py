@@ -1,4 +1,8 @@
-"""Ray-casting into a height field: closed-form planes, statuses, sigma vs Monte Carlo, devices."""
+"""Ray-casting into a height field: closed-form planes, statuses, sigma vs Monte Carlo, devices.
+
+Every test runs with each CPU march of :func:`raycast` (the torch loop and, when numba is
+installed, the compiled numba march) through the ``march`` fixture, which fixes what
+``march='auto'`` picks."""
 from __future__ import annotations
 
 import math
@@ -10,6 +14,21 @@ import torch
 from geo_depth_node.core.raycast import HeightField, PoseCovariance, RayStatus, raycast
 
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+MARCHES_CPU = ['torch', 'numba']
+
+
+@pytest.fixture(autouse=True, params=MARCHES_CPU)
+def march(request, monkeypatch):
+    """The march that raycast(march='auto') uses on the CPU in this test."""
+    from geo_depth_node.core import raycast as rc
+    from geo_depth_node.core.raycast_numba import numba_available
+
+    if request.param == 'numba' and not numba_available():
+        pytest.skip('numba is not installed')
+    auto = rc._auto_march
+    monkeypatch.setattr(rc, '_auto_march',
+                        lambda dev, dt: request.param if dev.type == 'cpu' else auto(dev, dt))
+    return request.param
 
 
 @pytest.fixture(autouse=True)
@@ -52,6 +71,21 @@ def _rot_rpy(roll, pitch, yaw):
     ry = np.array([[cp, 0, sp], [0, 1.0, 0], [-sp, 0, cp]])
     rx = np.array([[1.0, 0, 0], [0, cr, -sr], [0, sr, cr]])
     return rz @ ry @ rx
+
+
+def _rolling_field(device, cell=2.0, n=201, seed=0):
+    """Rolling terrain (sum of sines, up to ~25 m) with a nodata hole and a spike."""
+    rng = np.random.default_rng(seed)
+    xs = cell * np.arange(n) - cell * (n - 1) / 2
+    x, y = np.meshgrid(xs, xs)
+    h = np.zeros_like(x)
+    for _ in range(6):
+        k = rng.uniform(0.005, 0.05, 2)
+        h += rng.uniform(1.0, 5.0) * np.sin(k[0] * x + k[1] * y + rng.uniform(0, 6.3))
+    h[120:135, 60:80] = np.nan
+    h[30, 170] = 60.0
+    return HeightField(torch.tensor(h, dtype=torch.float32, device=device), xs[0], xs[0], cell,
+                       sigma_v=0.5, sigma_h=0.5)
 
 
 def _camera_rays(width=640, height=480, f=500.0, pitch_deg=-8.0, yaw_deg=30.0):
@@ -368,29 +402,14 @@ def test_prior_flags_and_empty_field():
     assert torch.all(r.status == RayStatus.UNAVAILABLE)  # no data: never SKY
 
 
-def test_kernel_failure_falls_back_to_the_torch_loop(monkeypatch, caplog):
-    """A Triton kernel that fails to build (auto mode) is logged once and the torch loop
-    answers, now and for the rest of the process; a forced kernel re-raises."""
-    from geo_depth_node.core import raycast as rc
-    from geo_depth_node.core import raycast_triton
-
-    def broken(*_a, **_k):
-        raise RuntimeError('no kernel here')
-
-    monkeypatch.setattr(rc, '_auto_kernel', lambda dev, dt: True)
-    monkeypatch.setattr(raycast_triton, 'march', broken)
-    monkeypatch.setattr(rc, '_KERNEL_BROKEN', [])
-    f = _plane_field(0.05, 0.02, 1.0, half=200.0)
-    o = np.array([0.0, 0.0, 8.0])
-    d = _camera_rays(40, 30, 32.0)
-    ref = raycast(f, o, d, max_range_m=150.0, use_kernel=False)
-    with caplog.at_level('WARNING'):
-        got = raycast(f, o, d, max_range_m=150.0)
-    assert torch.equal(got.status, ref.status)
-    np.testing.assert_array_equal(got.range_m.numpy(), ref.range_m.numpy())
-    assert 'no kernel here' in caplog.text and len(rc._KERNEL_BROKEN) == 1
-    raycast(f, o, d, max_range_m=150.0)  # not tried again
-    assert len(rc._KERNEL_BROKEN) == 1
-    monkeypatch.setattr(raycast_triton, 'kernel_ok', lambda dev, dt: True)
-    with pytest.raises(RuntimeError, match='no kernel here'):
-        raycast(f, o, d, max_range_m=150.0, use_kernel=True)
+def test_ranges_only_gives_the_same_statuses_and_ranges():
+    f = _rolling_field('cpu')
+    o = np.array([0.0, 0.0, float(f.sample(np.array([0.0]), np.array([0.0]))[0]) + 4.0])
+    d = _camera_rays(64, 48, 50.0, pitch_deg=-8.0)
+    full = raycast(f, o, d, max_range_m=300.0, pose_cov=PoseCovariance.zero())
+    fast = raycast(f, o, d, max_range_m=300.0, ranges_only=True)
+    assert torch.equal(full.status, fast.status)
+    hit = (full.status == RayStatus.HIT).numpy()
+    assert hit.mean() > 0.3
+    np.testing.assert_array_equal(full.range_m.numpy(), fast.range_m.numpy())
+    assert torch.isnan(fast.sigma_m).all() and torch.isnan(fast.point).all()

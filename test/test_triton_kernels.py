@@ -186,29 +186,12 @@ def test_device_frame_path_with_kernels_equals_torch(triton_device):
     assert torch.equal(a, b)
 
 
-def _rolling_field(device, cell=2.0, n=201, seed=0):
-    """Rolling terrain (sum of sines, up to ~25 m) with a nodata hole and a spike."""
-    from geo_depth_node.core.raycast import HeightField
-
-    rng = np.random.default_rng(seed)
-    xs = cell * np.arange(n) - cell * (n - 1) / 2
-    x, y = np.meshgrid(xs, xs)
-    h = np.zeros_like(x)
-    for _ in range(6):
-        k = rng.uniform(0.005, 0.05, 2)
-        h += rng.uniform(1.0, 5.0) * np.sin(k[0] * x + k[1] * y + rng.uniform(0, 6.3))
-    h[120:135, 60:80] = np.nan
-    h[30, 170] = 60.0
-    return HeightField(torch.tensor(h, dtype=torch.float32, device=device), xs[0], xs[0], cell,
-                       sigma_v=0.5, sigma_h=0.5)
-
-
 def test_raymarch_kernel_equals_torch_loop(triton_device):
     """The Triton ray-march kernel gives the torch loop's statuses and ranges (to the
     refinement tolerance) on rolling terrain with a nodata hole, a spike, sky and grazing rays,
     and the closed-form range on a plane."""
     from geo_depth_node.core.raycast import RayStatus, raycast
-    from test_raycast import _camera_rays, _plane_field, _plane_range
+    from test_raycast import _camera_rays, _plane_field, _plane_range, _rolling_field
 
     dev = triton_device
     w, h = (24, 18) if _small(dev) else (320, 240)
@@ -220,8 +203,8 @@ def test_raymarch_kernel_equals_torch_loop(triton_device):
                                       ((80.0, -90.0, 15.0), -25.0, 110.0)):
         o = (x, y, float(field.sample(np.array([x]), np.array([y]))[0]) + above)
         d = _camera_rays(w, h, w * 0.8, pitch_deg=pitch, yaw_deg=yaw)
-        ref = raycast(field, np.array(o), d, max_range_m=400.0, use_kernel=False)
-        got = raycast(fdev, np.array(o), d, max_range_m=400.0, use_kernel=True)
+        ref = raycast(field, np.array(o), d, max_range_m=400.0, march='torch')
+        got = raycast(fdev, np.array(o), d, max_range_m=400.0, march='triton')
         st_r, st_g = ref.status.numpy(), got.status.cpu().numpy()
         assert (st_r == st_g).mean() >= 0.995, np.unique(st_r[st_r != st_g])
         both = (st_r == RayStatus.HIT) & (st_g == RayStatus.HIT)
@@ -238,7 +221,7 @@ def test_raymarch_kernel_equals_torch_loop(triton_device):
     plane = _plane_field(a, b, c, half=300.0, device=dev)
     o = np.array([0.0, 0.0, 8.0])
     d = _camera_rays(w, h, w * 0.8)
-    res = raycast(plane, o, d, max_range_m=500.0, use_kernel=True)
+    res = raycast(plane, o, d, max_range_m=500.0, march='triton')
     hit = res.status.cpu().numpy() == RayStatus.HIT
     assert hit.mean() > 0.3
     assert np.abs(res.range_m.cpu().double().numpy()[hit] - _plane_range(o, d, a, b, c)[hit]).max() < 2e-3
@@ -264,8 +247,8 @@ def test_raymarch_kernel_nodata_inside_a_bracket(triton_device):
     d /= np.linalg.norm(d, axis=1, keepdims=True)
     n_unavailable = 0
     for step in (2.5, 3.0, 3.7):
-        ref = raycast(f, o, d, max_range_m=60.0, step_m=step, use_kernel=False)
-        got = raycast(f.to(dev), o, d, max_range_m=60.0, step_m=step, use_kernel=True)
+        ref = raycast(f, o, d, max_range_m=60.0, step_m=step, march='torch')
+        got = raycast(f.to(dev), o, d, max_range_m=60.0, step_m=step, march='triton')
         assert torch.equal(got.status.cpu(), ref.status), step
         n_unavailable += int((ref.status == RayStatus.UNAVAILABLE).sum())
         both = (ref.status == RayStatus.HIT).numpy()

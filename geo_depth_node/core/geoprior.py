@@ -163,7 +163,8 @@ class GeoPrior:
                     # raised terrain can only bring the hit closer
                     reach = min(self.max_range_m, float(r0.max()) + field.cell_m) \
                         if sign > 0 else self.max_range_m
-                    rs = raycast(field, origin, d_enu[hit], max_range_m=reach)
+                    rs = raycast(field, origin, d_enu[hit], max_range_m=reach,
+                                 ranges_only=True)
                     r_s = rs.range_m.double().cpu().numpy()
                     ok = (rs.status.cpu().numpy() == RayStatus.HIT) & np.isfinite(delta)
                     dev2 += 0.5 * np.where(ok, (r_s - r0) ** 2, np.inf)

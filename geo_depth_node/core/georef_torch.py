@@ -108,7 +108,8 @@ def cast_torch(prior: Any, pose: PoseEstimate, model: CameraModel) -> dict[str, 
                 origin[:, 2] -= sign * torch.nan_to_num(delta, nan=0.0)  # as np.nan_to_num
                 reach = min(prior.max_range_m, float(r0.max()) + field.cell_m) \
                     if sign > 0 else prior.max_range_m
-                rs = raycast(field, origin, d_enu[hidx], max_range_m=reach)
+                rs = raycast(field, origin, d_enu[hidx], max_range_m=reach,
+                             ranges_only=True)
                 ok = (rs.status == int(RayStatus.HIT)) & torch.isfinite(delta)
                 dev2 += 0.5 * torch.where(ok, (rs.range_m.double() - r0) ** 2,
                                           torch.full_like(r0, math.inf))

@@ -24,7 +24,9 @@ On CUDA (float32 fields, triton installed) steps 2 and 3 run in ONE Triton kerne
 (:mod:`.raycast_triton`: a per-ray state machine, coarse skip or one fine step per
 iteration) instead of the torch loop, whose per-iteration compaction costs a host sync; the
 statuses are the same and the ranges agree to the refinement tolerance (tested in Triton's
-CPU interpreter, test_triton_kernels.py).
+CPU interpreter, test_triton_kernels.py). On the CPU, with numba installed, they run as a
+compiled per-ray march over all cores (:mod:`.raycast_numba`), the same method; the torch
+loop is the fallback everywhere.
 
 Status per ray (:class:`RayStatus`), defined precisely:
 
@@ -83,7 +85,7 @@ _LOG = logging.getLogger(__name__)
 #: Samples (rays x steps) evaluated per marching iteration: bounds the working memory
 #: (about 100 bytes per sample) against the per-iteration overhead.
 _SAMPLE_BUDGET = 1 << 18
-#: why the Triton ray-march kernel failed in this process (then the torch loop is used)
+#: compiled marches ('triton', 'numba') that failed in this process (then the torch loop)
 _KERNEL_BROKEN: list[str] = []
 
 
@@ -218,6 +220,39 @@ class HeightField:
         pad = torch.full((nby * b + 1, nbx * b + 1), -float('inf'), dtype=h.dtype, device=h.device)
         pad[:ny, :nx] = h
         m = F.max_pool2d(pad[None, None], kernel_size=b + 1, stride=b)
+        m = F.max_pool2d(m, kernel_size=3, stride=1, padding=1)[0, 0]
+        self._cache[key] = m
+        return m
+
+    def block_slope(self, block: int) -> 'torch.Tensor':
+        """Bound on the terrain's horizontal gradient over every ``block`` x ``block``-cell
+        block, dilated by one block (the blocks of :meth:`block_max`).
+
+        Within a cell the bilinear surface's ``|dz/dx|`` is at most the larger of the cell's
+        two x-edge differences over ``cell_m`` (likewise y), so ``hypot`` of the two bounds
+        ``|grad z|`` there. Returns (nby, nbx) float64 tensor, dimensionless (m per m); +inf
+        where any node of blocks bi-1..bi+1, bj-1..bj+1 has no data. Cached per block size.
+        """
+        import torch
+        import torch.nn.functional as F  # noqa: N812 - usual torch alias
+
+        key = ('block_slope', int(block))
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        ny, nx = self.shape
+        b = int(block)
+        nby, nbx = max(1, -(-(ny - 1) // b)), max(1, -(-(nx - 1) // b))
+        h = self.height.double()
+        ex = (h[:, 1:] - h[:, :-1]).abs()  # (Ny, Nx-1): x-edges
+        ey = (h[1:, :] - h[:-1, :]).abs()  # (Ny-1, Nx): y-edges
+        gx = torch.maximum(ex[:-1, :], ex[1:, :])  # per cell (Ny-1, Nx-1)
+        gy = torch.maximum(ey[:, :-1], ey[:, 1:])
+        g = torch.hypot(gx, gy) / self.cell_m
+        g = torch.where(torch.isnan(g), torch.full_like(g, float('inf')), g)
+        pad = torch.zeros((nby * b, nbx * b), dtype=g.dtype, device=g.device)
+        pad[:ny - 1, :nx - 1] = g
+        m = F.max_pool2d(pad[None, None], kernel_size=b, stride=b)
         m = F.max_pool2d(m, kernel_size=3, stride=1, padding=1)[0, 0]
         self._cache[key] = m
         return m
@@ -418,17 +453,31 @@ def _as_rays(field: HeightField, origin: Any, directions: Any) -> tuple['torch.T
     return o, d
 
 
-def _auto_kernel(device: Any, dtype: Any) -> bool:
-    """Whether raycast(use_kernel=None) marches with the Triton kernel: CUDA, float32, triton."""
-    from .raycast_triton import kernel_ok
+#: ray-march implementations of :func:`raycast` (``march=``)
+MARCHES = ('auto', 'torch', 'triton', 'numba')
 
-    return device.type == 'cuda' and kernel_ok(device, dtype)
+
+def _auto_march(device: Any, dtype: Any) -> str:
+    """What raycast(march='auto') uses: the Triton kernel on CUDA with float32 fields, numba on
+    the CPU when it is installed, else the torch loop; a kernel that failed before in this
+    process is not tried again."""
+    if device.type == 'cuda':
+        from .raycast_triton import kernel_ok
+
+        return 'triton' if 'triton' not in _KERNEL_BROKEN and kernel_ok(device, dtype) \
+            else 'torch'
+    if device.type == 'cpu':
+        from .raycast_numba import numba_available
+
+        return 'numba' if 'numba' not in _KERNEL_BROKEN and numba_available() else 'torch'
+    return 'torch'
 
 
 def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: float,
             step_m: float | None = None, pose_cov: PoseCovariance | None = None,
             sky_outside_grid: bool = True, tol_m: float = 1e-4, block_cells: int = 8,
-            dtype: 'torch.dtype | None' = None, use_kernel: bool | None = None) -> RaycastResult:
+            dtype: 'torch.dtype | None' = None, march: str = 'auto',
+            ranges_only: bool = False) -> RaycastResult:
     """Cast rays into ``field`` (see the module docstring for the method, statuses and sigma).
 
     Args:
@@ -445,10 +494,16 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
             empty space; a speed knob only.
         dtype: computation dtype (default: the field's dtype; float32 keeps < 1 mm within a
             few km of the grid origin, float64 for tests or very large grids).
-        use_kernel: march and refine with the Triton kernel (core.raycast_triton): None =
-            on CUDA with triton and float32; True forces it (also on the CPU under
-            ``sgm_triton.use_interpreter()``, for tests); False = the torch loop.
-
+        march: which code marches and refines the rays (same statuses; ranges equal to the
+            refinement tolerance): ``'torch'`` the batched torch loop (any device);
+            ``'triton'`` one Triton kernel (core.raycast_triton; CUDA with float32 fields,
+            or the CPU under ``sgm_triton.use_interpreter()`` for tests); ``'numba'`` the
+            compiled per-ray march on the CPU (core.raycast_numba; needs numba);
+            ``'auto'`` = triton on CUDA, numba on the CPU, else torch (a compiled march
+            that fails is logged once and the torch loop answers from then on).
+        ranges_only: compute only ``status`` and ``range_m``; the hit geometry and the sigma
+            fields of the result stay NaN (0 for ``source``). For repeated casts of the same
+            rays (the sigma points of GeoPrior.cast).
     Returns:
         :class:`RaycastResult` with tensors on the field's device.
 
@@ -480,14 +535,22 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
     status = torch.full((n,), int(RayStatus.UNAVAILABLE), dtype=torch.int8, device=dev)
     range_m = torch.full((n,), float('nan'), dtype=ct, device=dev)
     n_bisect = max(1, int(math.ceil(math.log2(max(step, tol_m) / tol_m))) + 1)
-    kernel_auto = use_kernel is None
-    if use_kernel is None:
-        use_kernel = not _KERNEL_BROKEN and _auto_kernel(dev, ct)
-    elif use_kernel:
+    if march not in MARCHES:
+        raise ValueError(f'march must be one of {MARCHES}, got {march!r}')
+    march_auto = march == 'auto'
+    if march_auto:
+        march = _auto_march(dev, ct)
+    elif march == 'triton':
         from .raycast_triton import kernel_ok
 
         if not kernel_ok(dev, ct):
             raise ValueError(f'the Triton ray-march kernel cannot run on {dev} with {ct}')
+    elif march == 'numba':
+        from .raycast_numba import numba_available
+
+        if dev.type != 'cpu' or not numba_available():
+            raise ValueError(f'the numba ray-march needs numba and a CPU field, got {dev}'
+                             + ('' if numba_available() else ' and numba is not installed'))
     t_a = torch.zeros(n, dtype=torch.float64, device=dev)
     t_b = torch.zeros(n, dtype=torch.float64, device=dev)
     f_a = torch.zeros(n, dtype=ct, device=dev)
@@ -573,20 +636,25 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
         n_fine = max(1, int(math.ceil(seg / step)))
         budget = _SAMPLE_BUDGET
         code = None
-        if act.numel() and use_kernel:
-            # the Triton kernel marches AND refines: its hits skip the refinement below
-            from . import raycast_triton
+        if act.numel() and march in ('triton', 'numba'):
+            # a compiled march marches AND refines: its hits skip the refinement below
+            extra = {}
+            if march == 'triton':
+                from .raycast_triton import march as compiled
+            else:
+                from .raycast_numba import march as compiled
 
+                extra['bslope'] = field.block_slope(block)
             try:
-                code, r_k = raycast_triton.march(
+                code, r_k = compiled(
                     gx0[act], gy0[act], oz[act], gdx[act], gdy[act], dz[act], t0[act], t1[act],
-                    hflat, (ny, nx), dmax, block, seg, step, n_bisect)
-            except Exception as exc:  # noqa: BLE001 - a kernel that fails to build on this GPU
-                if not kernel_auto:
+                    hflat, (ny, nx), dmax, block, seg, step, n_bisect, **extra)
+            except Exception as exc:  # noqa: BLE001 - a kernel that fails to build here
+                if not march_auto:
                     raise
-                _KERNEL_BROKEN.append(repr(exc))
-                _LOG.warning('Triton ray-march kernel failed (%s); using the torch loop from '
-                             'now on', exc)
+                _KERNEL_BROKEN.append(march)
+                _LOG.warning('%s ray-march failed (%r); using the torch loop from now on',
+                             march, exc)
         if code is not None:
             k_hit, k_nan = code == 1, code == 2
             status[act[k_hit]] = int(RayStatus.HIT)
@@ -696,7 +764,7 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
     sigma_pose = torch.full_like(sigma, float('nan'))
     sigma_vert = torch.full_like(sigma, float('nan'))
     sigma_att = torch.full_like(sigma, float('nan'))
-    if hidx.numel():
+    if hidx.numel() and not ranges_only:
         r = range_m[hidx].double()
         d = d64[hidx]
         p = o64[hidx] + r[:, None] * d

@@ -1,0 +1,140 @@
+"""numba kernels of :mod:`.raycast_numba` (imports numba; imported only when a march runs).
+
+Module-level functions so that numba can cache the compiled code on disk (``cache=True``;
+closures are not cached). See :mod:`.raycast_numba` for the method.
+"""
+# ruff: noqa: N803 - the argument names follow raycast_numba.march
+import numba
+import numpy as np
+
+if numba.config.THREADING_LAYER == 'default':
+    # TBB first (numba's default order) only warns here about an old libtbb
+    numba.config.THREADING_LAYER_PRIORITY = ['omp', 'workqueue', 'tbb']
+
+
+@numba.njit(cache=True, nogil=True)
+def f_at(buf, lim, hflat, nx, gx0, gy0, oz, gdx, gdy, dz, t):
+    # z_ray - bilinear terrain at range t; buf (1,) in the field dtype casts t to it,
+    # lim = (Nx - 1, Ny - 1, Nx - 2, Ny - 2) in that dtype (keeps float32 float32)
+    buf[0] = t
+    tc = buf[0]
+    gx = gx0 + tc * gdx
+    gy = gy0 + tc * gdy
+    if not (gx >= 0 and gx <= lim[0] and gy >= 0 and gy <= lim[1]):  # also NaN
+        return np.nan
+    ix = np.floor(gx)
+    iy = np.floor(gy)
+    if ix > lim[2]:
+        ix = lim[2]
+    if iy > lim[3]:
+        iy = lim[3]
+    wx = gx - ix
+    wy = gy - iy
+    base = int(iy) * nx + int(ix)
+    h00 = hflat[base]
+    h01 = hflat[base + 1]
+    h10 = hflat[base + nx]
+    h11 = hflat[base + nx + 1]
+    a = h00 + wx * (h01 - h00)
+    b = h10 + wx * (h11 - h10)
+    z = a + wy * (b - a)
+    return (oz + tc * dz) - z
+
+@numba.njit(cache=True, parallel=True, nogil=True)
+def march_impl(gx0, gy0, oz, gdx, gdy, dz, t0, t1, gx0c, gy0c, ozc, gdxc, gdyc, dzc,
+               hflat, lim, nx, bmax, bslope, block, seg, step, n_bisect, chunk, code, rng):
+    n = gx0.shape[0]
+    nby, nbx = bmax.shape
+    n_chunks = (n + chunk - 1) // chunk
+    margin = 1e-3  # m: float32 terrain rounding kept out of the slope-bound step
+    cell = seg / block
+    target = step * 0.5 ** n_bisect  # final bracket width of the torch loop's bisection
+    for c in numba.prange(n_chunks):
+        buf = np.empty(1, dtype=hflat.dtype)
+        for r in range(c * chunk, min(n, (c + 1) * chunk)):
+            code[r] = 0
+            rng[r] = np.nan
+            t = t0[r]
+            t_end = t1[r]
+            if not t < t_end:
+                continue
+            fa = f_at(buf, lim, hflat, nx, gx0c[r], gy0c[r], ozc[r], gdxc[r], gdyc[r],
+                      dzc[r], t)
+            fb = fa
+            ta = t
+            tb = t
+            ev = 0
+            while ev == 0 and t < t_end:
+                # coarse: skip a segment that stays above the terrain bound under it
+                te = min(t + seg, t_end)
+                z_lo = min(oz[r] + t * dz[r], oz[r] + te * dz[r])
+                bxf = np.floor((gx0[r] + t * gdx[r]) / block)
+                byf = np.floor((gy0[r] + t * gdy[r]) / block)
+                bx = 0 if not bxf >= 0 else min(int(bxf), nbx - 1)
+                by = 0 if not byf >= 0 else min(int(byf), nby - 1)
+                if z_lo > bmax[by, bx]:
+                    t = t + seg
+                    continue
+                fine_end = t + seg
+                # fine: steps up to fine_end, each `step` metres or the longer step that
+                # the slope bound proves free of any crossing
+                d_h = np.hypot(gdx[r], gdy[r]) * cell
+                while True:
+                    adv = step
+                    bxf = np.floor((gx0[r] + t * gdx[r]) / block)
+                    byf = np.floor((gy0[r] + t * gdy[r]) / block)
+                    bx = 0 if not bxf >= 0 else min(int(bxf), nbx - 1)
+                    by = 0 if not byf >= 0 else min(int(byf), nby - 1)
+                    den = bslope[by, bx] * d_h - dz[r]
+                    if den <= 0:
+                        adv = seg
+                    else:
+                        safe = (fa - margin) / den
+                        if safe > adv:
+                            adv = min(safe, seg)
+                    tn = min(t + adv, t_end)
+                    fn = f_at(buf, lim, hflat, nx, gx0c[r], gy0c[r], ozc[r], gdxc[r],
+                              gdyc[r], dzc[r], tn)
+                    if fn != fn:
+                        ev = 2
+                        break
+                    if fn <= 0:
+                        ev = 1
+                        ta = t
+                        tb = tn
+                        fb = fn
+                        break
+                    t = tn
+                    fa = fn
+                    if t >= t_end or t >= fine_end:
+                        break
+            if ev != 1:
+                code[r] = ev
+                continue
+            # refine: bisection, then one secant step (as raycast())
+            nan_seen = False
+            for _ in range(128):
+                if not tb - ta > target:
+                    break
+                tm = 0.5 * (ta + tb)
+                fm = f_at(buf, lim, hflat, nx, gx0c[r], gy0c[r], ozc[r], gdxc[r], gdyc[r],
+                          dzc[r], tm)
+                m_nan = fm != fm
+                if m_nan:
+                    nan_seen = True
+                if m_nan or fm <= 0:
+                    tb = tm
+                    fb = fm
+                else:
+                    ta = tm
+                    fa = fm
+            denom = fa - fb
+            frac = 1.0
+            if fb == fb and abs(fb) < np.inf and denom > 0:
+                frac = min(max(float(fa / denom), 0.0), 1.0)
+            th = ta + frac * (tb - ta)
+            if nan_seen or not abs(th) < np.inf:
+                code[r] = 2
+            else:
+                code[r] = 1
+                rng[r] = th
