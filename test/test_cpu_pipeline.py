@@ -325,6 +325,11 @@ def test_bench_pipeline_with_georeferencing():
             'fusion', 'pack'} <= set(st), st
     assert all(v >= 0 for k, v in st.items() if k != 'other') and st['dem_raycast'] > 0
     assert r['total_ms'] >= sum(v for k, v in st.items() if k != 'other') - 1e-6
+    from geo_depth_node.core.raycast_numba import numba_available
+
+    if numba_available():  # the numba march against the torch loop on the same world
+        m = r['dem_march']
+        assert m['march'] == 'numba' and m['raycast_ms'] > 0 and m['torch_loop_raycast_ms'] > 0
 
 
 def test_bench_device_mode_keys(capsys):

@@ -164,3 +164,12 @@ def test_march_argument_is_checked(monkeypatch):
     assert rc._auto_march(torch.device('cpu'), torch.float32) == 'torch'
     with pytest.raises(ValueError, match='numba is not installed'):
         raycast(f, np.array([0.0, 0.0, 2.0]), d, max_range_m=10.0, march='numba')
+
+
+def test_geoprior_refuses_a_march_its_device_cannot_run():
+    from geo_depth_node.core.geoprior import GeoPrior
+
+    with pytest.raises(ValueError, match='march must be one of'):
+        GeoPrior([], None, device='cpu', march='fastest')
+    with pytest.raises(ValueError, match="'triton' cannot run on the DEM device cpu"):
+        GeoPrior([], None, device='cpu', march='triton')

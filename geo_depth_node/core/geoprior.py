@@ -60,15 +60,25 @@ class GeoPrior:
         epoch: date for the survey-age growth of the DEM sigma (None = today).
         sigma_points: refine the vertical part of the prior sigma with two extra ray casts
             (see :meth:`cast`); False = first order only (a third of the ray-cast time).
+        march: the ray-march code of :func:`~.raycast.raycast` ('auto', 'torch', 'numba',
+            'triton').
     """
 
     def __init__(self, specs: list, frame: EnuFrame, *, cell_m: float = 2.0,
                  half_extent_m: float = 1500.0, retile_margin_m: float = 500.0,
                  max_range_m: float = 1000.0, device: Any = 'auto',
                  fusion: FusionConfig | None = None,
-                 epoch: datetime.date | None = None, sigma_points: bool = True) -> None:
+                 epoch: datetime.date | None = None, sigma_points: bool = True,
+                 march: str = 'auto') -> None:
         from .dem import LocalHeightGrid
+        from .raycast import MARCHES, resolve_device
 
+        if march not in MARCHES:
+            raise ValueError(f'march must be one of {MARCHES}, got {march!r}')
+        dev = resolve_device(device)
+        if (march == 'numba' and dev.type != 'cpu') or (march == 'triton' and dev.type != 'cuda'):
+            raise ValueError(f'ray-march {march!r} cannot run on the DEM device {dev} '
+                             '(numba: cpu, triton: cuda; auto picks one that can)')
         if not max_range_m <= half_extent_m - retile_margin_m:
             raise ValueError(f'max_range_m ({max_range_m}) must not exceed half_extent_m - '
                              f'retile_margin_m ({half_extent_m - retile_margin_m}): rays would '
@@ -80,6 +90,7 @@ class GeoPrior:
         self.surface_model_ids = [i for i, s in self.grid.specs_by_id.items()
                                   if s.is_surface_model]
         self.sigma_points = bool(sigma_points)
+        self.march = march
         self._ray_cache: tuple | None = None
 
     def rays(self, model: CameraModel, unrectify: bool) -> tuple[np.ndarray, np.ndarray,
@@ -135,7 +146,7 @@ class GeoPrior:
         h, w = model.height, model.width
         with cpu_threads(field.device, 1):
             res = raycast(field, pose.p_enu_cam, d_enu, max_range_m=self.max_range_m,
-                          pose_cov=pose_cov)
+                          pose_cov=pose_cov, march=self.march)
             rng = res.range_m.cpu().numpy().reshape(h, w)
             sigma = res.sigma_m.double().cpu().numpy().reshape(h, w)
             s_vert = res.sigma_vertical_m.double().cpu().numpy().reshape(h, w)
@@ -164,7 +175,7 @@ class GeoPrior:
                     reach = min(self.max_range_m, float(r0.max()) + field.cell_m) \
                         if sign > 0 else self.max_range_m
                     rs = raycast(field, origin, d_enu[hit], max_range_m=reach,
-                                 ranges_only=True)
+                                 ranges_only=True, march=self.march)
                     r_s = rs.range_m.double().cpu().numpy()
                     ok = (rs.status.cpu().numpy() == RayStatus.HIT) & np.isfinite(delta)
                     dev2 += 0.5 * np.where(ok, (r_s - r0) ** 2, np.inf)

@@ -85,7 +85,7 @@ def cast_torch(prior: Any, pose: PoseEstimate, model: CameraModel) -> dict[str, 
     pose_cov = pose.pose_covariance()
     with cpu_threads(dev, 1):
         res = raycast(field, pose.p_enu_cam, d_enu, max_range_m=prior.max_range_m,
-                      pose_cov=pose_cov)
+                      pose_cov=pose_cov, march=prior.march)
         rng = res.range_m.reshape(h, w)
         sigma = res.sigma_m.double().reshape(h, w)
         s_vert = res.sigma_vertical_m.double().reshape(h, w)
@@ -109,7 +109,7 @@ def cast_torch(prior: Any, pose: PoseEstimate, model: CameraModel) -> dict[str, 
                 reach = min(prior.max_range_m, float(r0.max()) + field.cell_m) \
                     if sign > 0 else prior.max_range_m
                 rs = raycast(field, origin, d_enu[hidx], max_range_m=reach,
-                             ranges_only=True)
+                             ranges_only=True, march=prior.march)
                 ok = (rs.status == int(RayStatus.HIT)) & torch.isfinite(delta)
                 dev2 += 0.5 * torch.where(ok, (rs.range_m.double() - r0) ** 2,
                                           torch.full_like(r0, math.inf))

@@ -263,6 +263,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('dem.device', 'auto',
               'torch device of the height grid and the ray-cast: auto = cuda when available.',
               choices=('auto', 'cpu', 'cuda'), read_only=True),
+    ParamSpec('dem.raycast_march', 'auto',
+              'Code that marches the DEM rays (one method: statuses and ranges agree to 2 mm '
+              'except on rays grazing a feature thinner than the fine step): auto = '
+              'the Triton kernel on CUDA, the compiled numba march on the CPU (when numba is '
+              'installed), else torch; torch = the batched torch loop (any device, ~5x slower '
+              'on the CPU); numba = CPU only; triton = CUDA only.',
+              choices=('auto', 'torch', 'numba', 'triton'), read_only=True),
     ParamSpec('dem.sigma_points', True,
               'Refine the vertical part of the prior sigma with two more ray casts into the '
               'DEM raised and lowered by its vertical sigma (catches rays that would hit a '

@@ -501,6 +501,7 @@ class _Georef:
                 retile_margin_m=params['dem.grid_retile_margin_m'],
                 max_range_m=params['dem.max_range_m'], device=params['dem.device'],
                 sigma_points=bool(params['dem.sigma_points']),
+                march=str(params['dem.raycast_march']),
                 fusion=FusionConfig(params['fusion.gate_k'],
                                     params['fusion.max_prior_relative_sigma']))
         return self.prior

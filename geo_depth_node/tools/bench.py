@@ -33,7 +33,9 @@ a shared machine hits both alike. ``ratio_to_baseline`` = median frame / median 
 the analytic scene; ``--scene synth-georef`` generates a synthetic world of warmup + iters
 frames WITH its DEM, IMU and GNSS, so that every frame also runs the pose interpolation, the
 DEM ray-cast (``dem.device``), the sigma points and the fusion (stages pose, dem_retile,
-dem_raycast, dem_sigma_points, fusion). Example (issue 4's CPU target, whole frame within
+dem_raycast, dem_sigma_points, fusion); when the ray-march is not the torch loop (numba on
+the CPU, Triton on CUDA), two more frames run with the torch loop and ``dem_march``
+gives both ray-cast times and the speed-up. Example (issue 4's CPU target, whole frame within
 1.5x of SGBM alone)::
 
     geo-depth bench --pipeline --device cpu --size 640x480 --disparities 128 --iters 30
@@ -353,7 +355,8 @@ def run_pipeline_bench(device: str = 'cpu', size: tuple[int, int] = (640, 480),
         from .prior_coverage import load_world
 
         tmp = tempfile.TemporaryDirectory(prefix='geo_depth_bench_')
-        cfg = SynthConfig(seed=seed + 1, frames=warmup + iters, width=w, height=h)
+        # + 2 frames for the torch-loop ray-cast baseline (dem_march): fresh stamps, poses
+        cfg = SynthConfig(seed=seed + 1, frames=warmup + iters + 2, width=w, height=h)
         pl, _, pairs, lm, rm = load_world(Path(tmp.name), cfg, settings)
     else:
         left, right, lm, rm = _pair(scene, size, seed)
@@ -410,6 +413,28 @@ def run_pipeline_bench(device: str = 'cpu', size: tuple[int, int] = (640, 480),
         else:
             runs.append(frame())
             bases.append(base())
+    march_cmp = None
+    prior = pl.georef.prior if pl.georef is not None else None
+    if prior is not None:
+        # the same frames' ray-casts with the torch loop: the march's baseline, same process
+        used = prior.march
+        if used == 'auto':
+            from ..core.raycast import _auto_march
+
+            used = _auto_march(prior.grid.field.device, prior.grid.field.height.dtype)
+        if used != 'torch':
+            keep = prior.march
+            prior.march = 'torch'
+            try:
+                torch_runs = [frame() for _ in range(2)]
+            finally:
+                prior.march = keep
+            cast = ('dem_raycast', 'dem_sigma_points')
+            ours = _median([sum(r.get(k, 0.0) for k in cast) for r in runs])
+            base_t = _median([sum(r.get(k, 0.0) for k in cast) for r in torch_runs])
+            march_cmp = {'march': used, 'raycast_ms': round(ours, 3),
+                         'torch_loop_raycast_ms': round(base_t, 3),
+                         'speedup': round(base_t / ours, 3) if ours > 0 else None}
     if tmp is not None:
         tmp.cleanup()
     keys = list(dict.fromkeys(k for r in runs for k in r if k != 'total'))
@@ -426,6 +451,7 @@ def run_pipeline_bench(device: str = 'cpu', size: tuple[int, int] = (640, 480),
         'ratio_paired_median': round(paired, 4),
         'lr_check': c.lr_check, 'lr_check_resolution': c.lr_check_resolution,
         'iters': iters, 'warmup': warmup, 'cv_threads': cv2.getNumThreads(),
+        **({'dem_march': march_cmp} if march_cmp else {}),
     }
 
 
@@ -539,6 +565,11 @@ def _print_pipeline(result: Mapping[str, Any]) -> None:
           f"{result['baseline_opencv_sgbm_ms']:.3f} ms; ratio frame/SGBM "
           f"{result['ratio_to_baseline']} (median of per-frame ratios "
           f"{result['ratio_paired_median']})")
+    m = result.get('dem_march')
+    if m:
+        print(f"DEM ray-casts (dem_raycast + dem_sigma_points) with the {m['march']} march "
+              f"{m['raycast_ms']:.1f} ms, with the torch loop (same frames, same process) "
+              f"{m['torch_loop_raycast_ms']:.1f} ms: {m['speedup']}x")
     _print_accuracy(result)
 
 
