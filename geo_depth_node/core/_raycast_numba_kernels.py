@@ -42,16 +42,17 @@ def f_at(buf, lim, hflat, nx, gx0, gy0, oz, gdx, gdy, dz, t):
 
 @numba.njit(cache=True, parallel=True, nogil=True)
 def march_impl(gx0, gy0, oz, gdx, gdy, dz, t0, t1, gx0c, gy0c, ozc, gdxc, gdyc, dzc,
-               hflat, lim, nx, bmax, bslope, block, seg, step, n_bisect, chunk, code, rng):
+               hflat, lim, nx, bmax, bslope, block, seg, step, n_bisect, n_groups, code, rng):
     n = gx0.shape[0]
     nby, nbx = bmax.shape
-    n_chunks = (n + chunk - 1) // chunk
     margin = 1e-3  # m: float32 terrain rounding kept out of the slope-bound step
     cell = seg / block
     target = step * 0.5 ** n_bisect  # final bracket width of the torch loop's bisection
-    for c in numba.prange(n_chunks):
+    # group c takes rays c, c + n_groups, ...: every group gets a like mix of cheap and
+    # expensive rays (sky, ground, far), so the threads finish together
+    for c in numba.prange(n_groups):
         buf = np.empty(1, dtype=hflat.dtype)
-        for r in range(c * chunk, min(n, (c + 1) * chunk)):
+        for r in range(c, n, n_groups):
             code[r] = 0
             rng[r] = np.nan
             t = t0[r]

@@ -46,8 +46,8 @@ import numpy as np
 
 _LOG = logging.getLogger(__name__)
 _IMPL: Any = None
-#: rays per parallel work item (one scratch buffer each)
-_CHUNK = 256
+#: parallel work items (each takes every _GROUPS-th ray, one scratch buffer each)
+_GROUPS = 64
 
 
 def numba_available() -> bool:
@@ -123,7 +123,7 @@ def march(gx0, gy0, oz, gdx, gdy, dz, t0, t1, hflat, shape: tuple[int, int], bma
     t = time.perf_counter()
     if n:
         impl(*cols, *consts, h, lim, int(nx), bm, bs, float(block), float(seg), float(step),
-             int(n_bisect), _CHUNK, code, rng)
+             int(n_bisect), min(_GROUPS, n), code, rng)
     if first:
         _LOG.info('numba ray-march ready (first call, compile or cache load included: %.1f s)',
                   time.perf_counter() - t)
