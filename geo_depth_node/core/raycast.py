@@ -430,6 +430,16 @@ def _bilinear(hflat: 'torch.Tensor', shape: tuple[int, int], gx: 'torch.Tensor',
     return z, dzdx, dzdy
 
 
+def _quad_form(v: 'torch.Tensor', m: Any) -> 'torch.Tensor':
+    """``v_i^T M v_i`` for (N, 3) float64 ``v`` and a symmetric (3, 3) host matrix ``M``, as
+    six scaled products (an (N, 3) @ (3, 3) matmul and a row sum cost ~5x more on the CPU)."""
+    m = np.asarray(m, dtype=np.float64)
+    x, y, z = v[:, 0], v[:, 1], v[:, 2]
+    return (float(m[0, 0]) * x * x + float(m[1, 1]) * y * y + float(m[2, 2]) * z * z
+            + float(m[0, 1] + m[1, 0]) * x * y + float(m[0, 2] + m[2, 0]) * x * z
+            + float(m[1, 2] + m[2, 1]) * y * z)
+
+
 def _as_rays(field: HeightField, origin: Any, directions: Any) -> tuple['torch.Tensor', 'torch.Tensor']:
     """Validate and convert origin (3,)|(N, 3) and directions (N, 3) to float64 on the device."""
     import torch
@@ -792,11 +802,9 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
             var_pose = torch.zeros_like(r)
         else:
             p_zz = float(pose_cov.position[2, 2])
-            pc = torch.as_tensor(pose_cov.position, dtype=torch.float64, device=dev)
-            ac = torch.as_tensor(pose_cov.attitude, dtype=torch.float64, device=dev)
-            var_pos = ((nrm @ pc) * nrm).sum(dim=1)
+            var_pos = _quad_form(nrm, pose_cov.position)
             c = torch.linalg.cross(d, nrm, dim=1)
-            var_att = r ** 2 * ((c @ ac) * c).sum(dim=1)
+            var_att = r ** 2 * _quad_form(c, pose_cov.attitude)
             var_pose = var_pos + var_att
         inv_s2 = torch.where(sin_g > 0, 1.0 / sin_g.clamp(min=1e-300) ** 2,
                              torch.full_like(sin_g, math.inf))
