@@ -13,11 +13,12 @@ if numba.config.THREADING_LAYER == 'default':
 
 
 @numba.njit(cache=True, nogil=True)
-def f_at(buf, lim, hflat, nx, gx0, gy0, oz, gdx, gdy, dz, t):
-    # z_ray - bilinear terrain at range t; buf (1,) in the field dtype casts t to it,
+def f_at(buf, slot, lim, hflat, nx, gx0, gy0, oz, gdx, gdy, dz, t):
+    # z_ray - bilinear terrain at range t; buf[slot] (the caller's own slot of a buffer in
+    # the field dtype) casts t to it,
     # lim = (Nx - 1, Ny - 1, Nx - 2, Ny - 2) in that dtype (keeps float32 float32)
-    buf[0] = t
-    tc = buf[0]
+    buf[slot] = t
+    tc = buf[slot]
     gx = gx0 + tc * gdx
     gy = gy0 + tc * gdy
     if not (gx >= 0 and gx <= lim[0] and gy >= 0 and gy <= lim[1]):  # also NaN
@@ -48,10 +49,11 @@ def march_impl(gx0, gy0, oz, gdx, gdy, dz, t0, t1, gx0c, gy0c, ozc, gdxc, gdyc, 
     margin = 1e-3  # m: float32 terrain rounding kept out of the slope-bound step
     cell = seg / block
     target = step * 0.5 ** n_bisect  # final bracket width of the torch loop's bisection
+    n_seg = max(1, int(np.floor(seg / step + 1e-9)))  # most whole steps in one long step
     # group c takes rays c, c + n_groups, ...: every group gets a like mix of cheap and
     # expensive rays (sky, ground, far), so the threads finish together
+    buf = np.empty(n_groups, dtype=hflat.dtype)  # one slot per group: no shared scratch
     for c in numba.prange(n_groups):
-        buf = np.empty(1, dtype=hflat.dtype)
         for r in range(c, n, n_groups):
             code[r] = 0
             rng[r] = np.nan
@@ -59,7 +61,7 @@ def march_impl(gx0, gy0, oz, gdx, gdy, dz, t0, t1, gx0c, gy0c, ozc, gdxc, gdyc, 
             t_end = t1[r]
             if not t < t_end:
                 continue
-            fa = f_at(buf, lim, hflat, nx, gx0c[r], gy0c[r], ozc[r], gdxc[r], gdyc[r],
+            fa = f_at(buf, c, lim, hflat, nx, gx0c[r], gy0c[r], ozc[r], gdxc[r], gdyc[r],
                       dzc[r], t)
             fb = fa
             ta = t
@@ -77,24 +79,27 @@ def march_impl(gx0, gy0, oz, gdx, gdy, dz, t0, t1, gx0c, gy0c, ozc, gdxc, gdyc, 
                     t = t + seg
                     continue
                 fine_end = t + seg
-                # fine: steps up to fine_end, each `step` metres or the longer step that
-                # the slope bound proves free of any crossing
+                # fine: steps up to fine_end, each `step` metres or, where the slope bound
+                # proves no crossing, a whole number of steps (the samples stay on the lattice
+                # t0 + k step of the torch loop, so both find the same crossings)
                 d_h = np.hypot(gdx[r], gdy[r]) * cell
                 while True:
-                    adv = step
                     bxf = np.floor((gx0[r] + t * gdx[r]) / block)
                     byf = np.floor((gy0[r] + t * gdy[r]) / block)
                     bx = 0 if not bxf >= 0 else min(int(bxf), nbx - 1)
                     by = 0 if not byf >= 0 else min(int(byf), nby - 1)
                     den = bslope[by, bx] * d_h - dz[r]
-                    if den <= 0:
-                        adv = seg
-                    else:
-                        safe = (fa - margin) / den
-                        if safe > adv:
-                            adv = min(safe, seg)
+                    k = n_seg  # den <= 0: the ray climbs faster than the terrain can
+                    if not den <= 0:  # den > 0, or NaN (unbounded slope, vertical ray)
+                        q = (fa - margin) / den  # metres proven free of any crossing
+                        k = 1
+                        if q >= n_seg * step:
+                            k = n_seg
+                        elif q >= 2 * step:
+                            k = int(np.floor(q / step))
+                    adv = k * step
                     tn = min(t + adv, t_end)
-                    fn = f_at(buf, lim, hflat, nx, gx0c[r], gy0c[r], ozc[r], gdxc[r],
+                    fn = f_at(buf, c, lim, hflat, nx, gx0c[r], gy0c[r], ozc[r], gdxc[r],
                               gdyc[r], dzc[r], tn)
                     if fn != fn:
                         ev = 2
@@ -118,7 +123,7 @@ def march_impl(gx0, gy0, oz, gdx, gdy, dz, t0, t1, gx0c, gy0c, ozc, gdxc, gdyc, 
                 if not tb - ta > target:
                     break
                 tm = 0.5 * (ta + tb)
-                fm = f_at(buf, lim, hflat, nx, gx0c[r], gy0c[r], ozc[r], gdxc[r], gdyc[r],
+                fm = f_at(buf, c, lim, hflat, nx, gx0c[r], gy0c[r], ozc[r], gdxc[r], gdyc[r],
                           dzc[r], tm)
                 m_nan = fm != fm
                 if m_nan:

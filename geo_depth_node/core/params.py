@@ -264,8 +264,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               'torch device of the height grid and the ray-cast: auto = cuda when available.',
               choices=('auto', 'cpu', 'cuda'), read_only=True),
     ParamSpec('dem.raycast_march', 'auto',
-              'Code that marches the DEM rays (one method: statuses and ranges agree to 2 mm '
-              'except on rays grazing a feature thinner than the fine step): auto = '
+              'Code that marches the DEM rays (one method, the same samples: statuses equal, '
+              'ranges within 2 mm): auto = '
               'the Triton kernel on CUDA, the compiled numba march on the CPU (when numba is '
               'installed), else torch; torch = the batched torch loop (any device, ~5x slower '
               'on the CPU); numba = CPU only; triton = CUDA only.',

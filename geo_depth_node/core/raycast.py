@@ -71,7 +71,7 @@ import dataclasses
 import enum
 import logging
 import math
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
@@ -206,23 +206,17 @@ class HeightField:
             never skipped over nodata). Cached per block size.
         """
         import torch
-        import torch.nn.functional as F  # noqa: N812 - usual torch alias
 
-        key = ('block_max', int(block))
-        cached = self._cache.get(key)
-        if cached is not None:
-            return cached
-        ny, nx = self.shape
-        b = int(block)
-        nby, nbx = max(1, -(-(ny - 1) // b)), max(1, -(-(nx - 1) // b))
-        h = torch.where(torch.isnan(self.height), torch.full_like(self.height, float('inf')),
-                        self.height)
-        pad = torch.full((nby * b + 1, nbx * b + 1), -float('inf'), dtype=h.dtype, device=h.device)
-        pad[:ny, :nx] = h
-        m = F.max_pool2d(pad[None, None], kernel_size=b + 1, stride=b)
-        m = F.max_pool2d(m, kernel_size=3, stride=1, padding=1)[0, 0]
-        self._cache[key] = m
-        return m
+        def build(b: int, nby: int, nbx: int) -> tuple['torch.Tensor', int]:
+            ny, nx = self.shape
+            h = torch.where(torch.isnan(self.height),
+                            torch.full_like(self.height, float('inf')), self.height)
+            pad = torch.full((nby * b + 1, nbx * b + 1), -float('inf'), dtype=h.dtype,
+                             device=h.device)
+            pad[:ny, :nx] = h
+            return pad, b + 1  # block b covers nodes b*bi .. b*bi + b
+
+        return self._block_reduce('block_max', block, build)
 
     def block_slope(self, block: int) -> 'torch.Tensor':
         """Bound on the terrain's horizontal gradient over every ``block`` x ``block``-cell
@@ -234,25 +228,36 @@ class HeightField:
         where any node of blocks bi-1..bi+1, bj-1..bj+1 has no data. Cached per block size.
         """
         import torch
+
+        def build(b: int, nby: int, nbx: int) -> tuple['torch.Tensor', int]:
+            ny, nx = self.shape
+            h = self.height.double()
+            ex = (h[:, 1:] - h[:, :-1]).abs()  # (Ny, Nx-1): x-edges
+            ey = (h[1:, :] - h[:-1, :]).abs()  # (Ny-1, Nx): y-edges
+            gx = torch.maximum(ex[:-1, :], ex[1:, :])  # per cell (Ny-1, Nx-1)
+            gy = torch.maximum(ey[:, :-1], ey[:, 1:])
+            g = torch.hypot(gx, gy) / self.cell_m
+            g = torch.where(torch.isnan(g), torch.full_like(g, float('inf')), g)
+            pad = torch.zeros((nby * b, nbx * b), dtype=g.dtype, device=g.device)
+            pad[:ny - 1, :nx - 1] = g
+            return pad, b  # block b covers cells b*bi .. b*bi + b - 1
+
+        return self._block_reduce('block_slope', block, build)
+
+    def _block_reduce(self, name: str, block: int, build: Callable) -> 'torch.Tensor':
+        """Cached max over the ``block``-cell blocks of the padded array ``build(b, nby, nbx)``
+        returns (with its window size), dilated by one block; (nby, nbx)."""
         import torch.nn.functional as F  # noqa: N812 - usual torch alias
 
-        key = ('block_slope', int(block))
+        key = (name, int(block))
         cached = self._cache.get(key)
         if cached is not None:
             return cached
         ny, nx = self.shape
         b = int(block)
         nby, nbx = max(1, -(-(ny - 1) // b)), max(1, -(-(nx - 1) // b))
-        h = self.height.double()
-        ex = (h[:, 1:] - h[:, :-1]).abs()  # (Ny, Nx-1): x-edges
-        ey = (h[1:, :] - h[:-1, :]).abs()  # (Ny-1, Nx): y-edges
-        gx = torch.maximum(ex[:-1, :], ex[1:, :])  # per cell (Ny-1, Nx-1)
-        gy = torch.maximum(ey[:, :-1], ey[:, 1:])
-        g = torch.hypot(gx, gy) / self.cell_m
-        g = torch.where(torch.isnan(g), torch.full_like(g, float('inf')), g)
-        pad = torch.zeros((nby * b, nbx * b), dtype=g.dtype, device=g.device)
-        pad[:ny - 1, :nx - 1] = g
-        m = F.max_pool2d(pad[None, None], kernel_size=b, stride=b)
+        pad, window = build(b, nby, nbx)
+        m = F.max_pool2d(pad[None, None], kernel_size=window, stride=b)
         m = F.max_pool2d(m, kernel_size=3, stride=1, padding=1)[0, 0]
         self._cache[key] = m
         return m
