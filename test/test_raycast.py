@@ -413,3 +413,34 @@ def test_ranges_only_gives_the_same_statuses_and_ranges():
     assert hit.mean() > 0.3
     np.testing.assert_array_equal(full.range_m.numpy(), fast.range_m.numpy())
     assert torch.isnan(fast.sigma_m).all() and torch.isnan(fast.point).all()
+
+
+def test_min_range_starts_the_march_there():
+    """min_range_m: the first crossing at or after it; a ray already below the terrain there
+    is a HIT at that range; bad shapes and negative values are refused."""
+    f = _rolling_field('cpu')
+    o = np.array([0.0, 0.0, float(f.sample(np.array([0.0]), np.array([0.0]))[0]) + 4.0])
+    d = _camera_rays(64, 48, 50.0, pitch_deg=-8.0)
+    ref = raycast(f, o, d, max_range_m=300.0, ranges_only=True)
+    hit = ref.status == RayStatus.HIT
+    r0 = torch.where(hit, ref.range_m.double(), torch.zeros_like(ref.range_m.double()))
+    # lowered camera-relative terrain (camera raised by 0.5 m): the hit can only move farther,
+    # so starting at the old range changes nothing
+    o_up = o + np.array([0.0, 0.0, 0.5])
+    full = raycast(f, o_up, d, max_range_m=300.0, ranges_only=True)
+    late = raycast(f, o_up, d, max_range_m=300.0, ranges_only=True,
+                   min_range_m=(r0 - 1e-3).clamp(min=0.0))
+    both = (full.status == RayStatus.HIT) & (late.status == RayStatus.HIT)
+    assert both.sum() > 0.3 * d.shape[0]
+    assert (full.status == late.status).float().mean() > 0.999
+    np.testing.assert_allclose(late.range_m[both].numpy(), full.range_m[both].numpy(), atol=2e-3)
+    assert torch.all(late.range_m[both] >= r0[both].float() - 2e-3)
+    # starting beyond the ground hit, inside the terrain: HIT at the start range
+    below = raycast(f, o, d[hit.numpy()][:5], max_range_m=300.0, ranges_only=True,
+                    min_range_m=(r0[hit][:5] + 5.0))
+    flat_below = below.status == RayStatus.HIT
+    assert bool(flat_below.any())
+    with pytest.raises(ValueError, match='min_range_m must be a number or'):
+        raycast(f, o, d, max_range_m=300.0, min_range_m=np.zeros(3))
+    with pytest.raises(ValueError, match='min_range_m must be >= 0'):
+        raycast(f, o, d, max_range_m=300.0, min_range_m=-1.0)

@@ -124,7 +124,11 @@ class GeoPrior:
           height variance), and the sigma-point variance ``((r+ - r)^2 + (r- - r)^2) / 2``
           replaces the first-order vertical term (on a plane they agree): a ray that would
           hit a crest in front, or pass over the crest it hits, gets the range uncertainty
-          it really has (infinite when a shifted ray misses: that prior is not usable);
+          it really has (infinite when a shifted ray misses: that prior is not usable).
+          Where the camera is less than ``delta`` above the DEM under it, the lowered camera
+          would start inside the terrain (every ray BELOW_TERRAIN): that sigma point does not
+          exist (the camera is above the ground it stands on) and the first-order vertical
+          term stands in for it; before, this dropped every prior of such a frame;
         * attitude: a rotation of ``sigma_att`` moves a ray by ``f sigma_att`` pixels, so the
           range change to the neighbouring pixels (``range_gradient * f * sigma_att``; a sky
           neighbour is an infinite jump) replaces the first-order attitude term where it is
@@ -171,14 +175,28 @@ class GeoPrior:
                 for sign in (1.0, -1.0):
                     origin = np.repeat(pose.p_enu_cam[None, :], r0.size, axis=0)
                     origin[:, 2] -= sign * np.nan_to_num(delta)
-                    # raised terrain can only bring the hit closer
+                    # raised terrain can only bring the hit closer; lowered terrain only
+                    # pushes it farther (f + delta > 0 before r0): march from r0
                     reach = min(self.max_range_m, float(r0.max()) + field.cell_m) \
                         if sign > 0 else self.max_range_m
                     rs = raycast(field, origin, d_enu[hit], max_range_m=reach,
-                                 ranges_only=True, march=self.march)
+                                 ranges_only=True, march=self.march,
+                                 min_range_m=None if sign > 0 else r0)
                     r_s = rs.range_m.double().cpu().numpy()
-                    ok = (rs.status.cpu().numpy() == RayStatus.HIT) & np.isfinite(delta)
-                    dev2 += 0.5 * np.where(ok, (r_s - r0) ** 2, np.inf)
+                    st_s = rs.status.cpu().numpy()
+                    ok = (st_s == RayStatus.HIT) & np.isfinite(delta)
+                    # the camera lowered into the terrain under it (it is within delta of the
+                    # DEM there): this sigma point does not exist; its first-order term stands
+                    # in (see the docstring)
+                    inside = st_s == RayStatus.BELOW_TERRAIN
+                    dev2 += 0.5 * np.where(ok, (r_s - r0) ** 2,
+                                           np.where(inside, var_vert_first.reshape(-1)[hit],
+                                                    np.inf))
+                    n_inside = int(inside.sum())
+                    if n_inside:
+                        _LOG.debug('sigma points: camera %.2f m lower is inside the DEM for %d '
+                                   'rays; first-order vertical term used', float(
+                                       np.nanmax(delta)), n_inside)
                 var_vert.reshape(-1)[hit] = dev2
         t3 = time.perf_counter()
         sig_att = attitude_sigma_rad(pose_cov)

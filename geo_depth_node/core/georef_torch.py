@@ -109,10 +109,13 @@ def cast_torch(prior: Any, pose: PoseEstimate, model: CameraModel) -> dict[str, 
                 reach = min(prior.max_range_m, float(r0.max()) + field.cell_m) \
                     if sign > 0 else prior.max_range_m
                 rs = raycast(field, origin, d_enu[hidx], max_range_m=reach,
-                             ranges_only=True, march=prior.march)
+                             ranges_only=True, march=prior.march,
+                             min_range_m=None if sign > 0 else r0)  # as GeoPrior.cast
                 ok = (rs.status == int(RayStatus.HIT)) & torch.isfinite(delta)
+                inside = rs.status == int(RayStatus.BELOW_TERRAIN)  # as GeoPrior.cast
                 dev2 += 0.5 * torch.where(ok, (rs.range_m.double() - r0) ** 2,
-                                          torch.full_like(r0, math.inf))
+                                          torch.where(inside, var_vert.reshape(-1)[hidx],
+                                                      torch.full_like(r0, math.inf)))
             var_vert.reshape(-1)[hidx] = dev2
     t3 = time.perf_counter()
     sig_att = attitude_sigma_rad(pose_cov)

@@ -492,7 +492,7 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
             step_m: float | None = None, pose_cov: PoseCovariance | None = None,
             sky_outside_grid: bool = True, tol_m: float = 1e-4, block_cells: int = 8,
             dtype: 'torch.dtype | None' = None, march: str = 'auto',
-            ranges_only: bool = False) -> RaycastResult:
+            ranges_only: bool = False, min_range_m: Any = None) -> RaycastResult:
     """Cast rays into ``field`` (see the module docstring for the method, statuses and sigma).
 
     Args:
@@ -519,6 +519,10 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
         ranges_only: compute only ``status`` and ``range_m``; the hit geometry and the sigma
             fields of the result stay NaN (0 for ``source``). For repeated casts of the same
             rays (the sigma points of GeoPrior.cast).
+        min_range_m: None, a number or (N,) per-ray ranges, metres: the march starts there
+            (the first crossing at or after it is the hit; a ray at or below the terrain
+            there is a HIT at that range). For re-casting rays known to be clear of the
+            terrain up to some range.
     Returns:
         :class:`RaycastResult` with tensors on the field's device.
 
@@ -600,6 +604,14 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
         t_hi = torch.where(dz > 0, t_cross, torch.where(above & (dz == 0), -inf, inf))
         t_hi = torch.where((dz > 0) & above, -inf, t_hi)
     t0 = torch.maximum(t_lo, torch.zeros_like(t_lo))
+    if min_range_m is not None:
+        t_min = torch.as_tensor(min_range_m, dtype=torch.float64, device=dev)
+        if t_min.ndim > 1 or (t_min.ndim == 1 and t_min.shape[0] != n):
+            raise ValueError(f'min_range_m must be a number or (N,) with N = {n}, got shape '
+                             f'{tuple(t_min.shape)}')
+        if not bool(torch.all(t_min >= 0)):
+            raise ValueError('min_range_m must be >= 0 (and not NaN)')
+        t0 = torch.maximum(t0, t_min.expand(n))
     t1 = torch.minimum(torch.minimum(t_hi, t_grid), torch.full_like(t_hi, float(max_range_m)))
 
     # per-ray constants in the computation dtype (grid-index units relative to the grid origin,

@@ -1,0 +1,96 @@
+"""GeoPrior.cast's sigma points when the camera is closer to the DEM than the vertical shift.
+
+The raised-terrain sigma point lowers the camera by ``delta = sqrt(sigma_v^2 + P_zz)``; when
+the camera is less than ``delta`` above the DEM under it, that camera would start inside the
+terrain (every ray BELOW_TERRAIN). Such a sigma point does not exist, and the first-order
+vertical term stands in for it (before, every prior of the frame became infinite).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from geo_depth_node.core.camera import CameraModel
+from geo_depth_node.core.fusion import FusionConfig
+from geo_depth_node.core.geoprior import GeoPrior
+from geo_depth_node.core.pose import PoseEstimate
+from geo_depth_node.core.raycast import HeightField, RayStatus
+
+
+class _Grid:
+    """The part of dem.LocalHeightGrid that GeoPrior.cast uses."""
+
+    def __init__(self, field: HeightField) -> None:
+        self.field = field
+        self.specs_by_id = {}
+
+    def retile_if_needed(self, _p) -> None:
+        return None
+
+
+def _prior(field: HeightField) -> GeoPrior:
+    prior = GeoPrior.__new__(GeoPrior)  # without DEM files: the grid is given
+    prior.grid = _Grid(field)
+    prior.max_range_m = 300.0
+    prior.fusion = FusionConfig()
+    prior.surface_model_ids = []
+    prior.sigma_points = True
+    prior.march = 'auto'
+    prior._ray_cache = None
+    return prior
+
+
+def _hill_field() -> HeightField:
+    """Flat ground z = 0 with a 30 m ridge whose face rises from x = 100 m to x = 130 m."""
+    cell = 2.0
+    xs = np.arange(-200.0, 400.0 + cell, cell)
+    x, _ = np.meshgrid(xs, xs)
+    h = np.clip((x - 100.0) / 30.0, 0.0, 1.0) * 30.0
+    return HeightField(torch.tensor(h, dtype=torch.float32), xs[0], xs[0], cell,
+                       sigma_v=0.5, sigma_h=0.0)
+
+
+def _pose(height_m: float) -> PoseEstimate:
+    # camera looking east (optical z = ENU x), level: x_opt = -y_enu, y_opt = -z_enu
+    r = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    return PoseEstimate(R_enu_base=np.eye(3), p_enu_base=np.array([0.0, 0.0, 0.0]),
+                        R_enu_cam=r, p_enu_cam=np.array([0.0, 0.0, height_m]),
+                        position_cov=np.diag([0.01, 0.01, 0.04]),
+                        rpy_sigma=np.array([1e-4, 1e-4, 1e-4]), degraded=False, reasons=[])
+
+
+def _model() -> CameraModel:
+    w, h, f = 64, 48, 60.0
+    k = [f, 0.0, w / 2, 0.0, f, h / 2, 0.0, 0.0, 1.0]
+    p = [f, 0.0, w / 2, 0.0, 0.0, f, h / 2, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return CameraModel.from_arrays(w, h, k, [0.0] * 5, [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0], p,
+                                   'plumb_bob', 'cam')
+
+
+def _face(res, height_m: float) -> np.ndarray:
+    """Rays that hit the ridge face between 3 and 20 m up: near the crest (30 m) a shifted ray
+    may miss, and near the foot one may hit the flat ground in front; there the large sigma
+    is meant."""
+    h, w = res['range_m'].shape
+    v = (np.arange(h)[:, None] - h / 2) / 60.0
+    u = (np.arange(w)[None, :] - w / 2) / 60.0
+    z = height_m - res['range_m'] * v / np.sqrt(1.0 + u ** 2 + v ** 2)
+    return (res['status'] == RayStatus.HIT) & (res['range_m'] > 100.0) & (z > 3.0) & (z < 20.0)
+
+
+def test_camera_within_delta_of_the_dem_keeps_its_priors():
+    field = _hill_field()
+    delta = float(np.hypot(0.5, 0.2))  # sigma_v, sqrt(P_zz)
+    low = _prior(field).cast(_pose(0.3), _model())  # 0.3 m above the DEM < delta
+    high = _prior(field).cast(_pose(2.0), _model())  # 2 m above it > delta
+    assert 0.3 < delta < 2.0
+    for res, hgt in ((low, 0.3), (high, 2.0)):
+        face = _face(res, hgt)
+        assert face.sum() > 50  # the ridge face is seen
+        s, s1 = res['sigma_m'][face], res['sigma_first_order_vertical_m'][face]
+        assert np.all(np.isfinite(s)), 'priors on the ridge face must stay usable'
+        # the sigma points refine, they do not explode or vanish: within 0.5..2 of first order
+        assert np.all((s > 0.5 * s1) & (s < 2.0 * s1)), (s / s1).min()
+    # the low camera's face priors: as uncertain as the high camera's, to 30 %
+    f_low, f_high = _face(low, 0.3), _face(high, 2.0)
+    assert abs(np.median(low['sigma_m'][f_low]) / np.median(high['sigma_m'][f_high]) - 1) < 0.3
