@@ -325,6 +325,7 @@ def test_bench_pipeline_with_georeferencing():
             'fusion', 'pack'} <= set(st), st
     assert all(v >= 0 for k, v in st.items() if k != 'other') and st['dem_raycast'] > 0
     assert r['total_ms'] >= sum(v for k, v in st.items() if k != 'other') - 1e-6
+    assert r['classes']['FUSED'] + r['classes']['PRIOR'] > 0.1, r['classes']  # priors used
     from geo_depth_node.core.raycast_numba import numba_available
 
     if numba_available():  # the numba march against the torch loop on the same world
