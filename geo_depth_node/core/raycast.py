@@ -21,12 +21,13 @@ Algorithm (:func:`raycast`), all rays at once, no Python loop per ray:
    a sharp ridge between two samples).
 
 On CUDA (float32 fields, triton installed) steps 2 and 3 run in ONE Triton kernel
-(:mod:`.raycast_triton`: a per-ray state machine, coarse skip or one fine step per
-iteration) instead of the torch loop, whose per-iteration compaction costs a host sync; the
-statuses are the same and the ranges agree to the refinement tolerance (tested in Triton's
-CPU interpreter, test_triton_kernels.py). On the CPU, with numba installed, they run as a
-compiled per-ray march over all cores (:mod:`.raycast_numba`), the same method; the torch
-loop is the fallback everywhere.
+(:mod:`.raycast_triton`: a per-ray state machine, coarse skip or fine steps per iteration,
+several at once where the terrain's slope bound proves them clear) instead of the torch
+loop, whose per-iteration compaction costs a host sync; the statuses are the same and the
+ranges agree to the refinement tolerance (tested in Triton's CPU interpreter,
+test_triton_kernels.py). On the CPU, with numba installed, they run as a compiled per-ray
+march over all cores (:mod:`.raycast_numba`), the same method; the torch loop is the
+fallback everywhere.
 
 Status per ray (:class:`RayStatus`), defined precisely:
 
@@ -523,6 +524,7 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
             (the first crossing at or after it is the hit; a ray at or below the terrain
             there is a HIT at that range). For re-casting rays known to be clear of the
             terrain up to some range.
+
     Returns:
         :class:`RaycastResult` with tensors on the field's device.
 
@@ -665,13 +667,11 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
         code = None
         if act.numel() and march in ('triton', 'numba'):
             # a compiled march marches AND refines: its hits skip the refinement below
-            extra = {}
             if march == 'triton':
                 from .raycast_triton import march as compiled
             else:
                 from .raycast_numba import march as compiled
-
-                extra['bslope'] = field.block_slope(block)
+            extra = {'bslope': field.block_slope(block)}
             try:
                 code, r_k = compiled(
                     gx0[act], gy0[act], oz[act], gdx[act], gdy[act], dz[act], t0[act], t1[act],

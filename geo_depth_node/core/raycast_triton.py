@@ -11,15 +11,17 @@ iteration (the loop runs until no ray of the block is active):
   is above the dilated block maximum of the height field under its start (the bound of
   ``HeightField.block_max``; the same test as the torch loop); otherwise the ray turns fine
   until t + seg.
-* fine: one step of ``step`` metres; ``f = z_ray - terrain <= 0`` brackets a crossing, a NaN
-  terrain value ends the ray as UNAVAILABLE.
+* fine: one step of ``step`` metres, or k whole steps where the terrain's slope bound
+  (``HeightField.block_slope``) proves they cross nothing (the same rule as
+  :mod:`.raycast_numba`: the samples stay on the lattice ``t0 + k step``); ``f = z_ray -
+  terrain <= 0`` brackets a crossing, a NaN terrain value ends the ray as UNAVAILABLE.
 
-A bracketed crossing is refined by the same bisection and final secant step as the torch
-code, with the same float32 terrain evaluation (grid-index coordinates in float32, ranges in
-float64). The sample positions of the torch loop depend on its batch sizes; both sample the
-ray every ``step`` inside the segments that can reach the terrain, so they find the same
-crossings (a feature thinner than ``step`` can be missed by either) and the refined ranges
-agree to the refinement tolerance.
+A bracketed crossing is refined by the same bisection (to the same final bracket width) and
+final secant step as the torch code, with the same float32 terrain evaluation (grid-index
+coordinates in float32, ranges in float64). Both sample the ray on the lattice ``t0 + k step``
+inside the segments that can reach the terrain (the kernel skips only samples proven above
+it), so they find the same crossings (a feature thinner than ``step`` can be missed by both)
+and the refined ranges agree to the refinement tolerance.
 
 Output codes per ray: 0 = no event up to ``t1`` (the caller decides SKY or UNAVAILABLE), 1 =
 HIT with its range, 2 = UNAVAILABLE (nodata met, or NaN during refinement).
@@ -60,8 +62,9 @@ def _f_at(h_ptr, nx, fx1, fy1, gx0, gy0, oz, gdx, gdy, dz, t):
 
 
 def _march_kernel(gx0_ptr, gy0_ptr, oz_ptr, gdx_ptr, gdy_ptr, dz_ptr, t0_ptr, t1_ptr, h_ptr,
-                  bmax_ptr, code_ptr, range_ptr, N, nx, fx1, fy1, nbx, fbx1, fby1, block, seg,
-                  step, max_iter, N_BISECT: tl.constexpr, BLOCK: tl.constexpr):  # noqa: F821
+                  bmax_ptr, bslope_ptr, code_ptr, range_ptr, N, nx, fx1, fy1, nbx, fbx1, fby1,
+                  block, seg, step, n_seg, cell, target, max_iter,
+                  N_BISECT: tl.constexpr, BLOCK: tl.constexpr):  # noqa: F821
     r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # noqa: F821
     rm = r < N
     gx0d = tl.load(gx0_ptr + r, mask=rm, other=0.0)  # noqa: F821
@@ -78,6 +81,7 @@ def _march_kernel(gx0_ptr, gy0_ptr, oz_ptr, gdx_ptr, gdy_ptr, dz_ptr, t0_ptr, t1
     gdx = gdxd.to(tl.float32)  # noqa: F821
     gdy = gdyd.to(tl.float32)  # noqa: F821
     dz = dzd.to(tl.float32)  # noqa: F821
+    d_h = tl.sqrt(gdxd * gdxd + gdyd * gdyd) * cell  # noqa: F821 - horizontal m per m
     active = rm & (t < t1)
     fine = tl.zeros([BLOCK], dtype=tl.int32)  # noqa: F821
     fine_end = t
@@ -95,8 +99,9 @@ def _march_kernel(gx0_ptr, gy0_ptr, oz_ptr, gdx_ptr, gdy_ptr, dz_ptr, t0_ptr, t1
         byf = tl.floor((gy0d + t * gdyd) / block)  # noqa: F821
         bx = tl.minimum(tl.maximum(tl.where(bxf == bxf, bxf, 0.0), 0.0), fbx1)  # noqa: F821
         by = tl.minimum(tl.maximum(tl.where(byf == byf, byf, 0.0), 0.0), fby1)  # noqa: F821
-        bm = tl.load(bmax_ptr + by.to(tl.int64) * nbx + bx.to(tl.int64),  # noqa: F821
-                     mask=active, other=0.0).to(tl.float64)  # noqa: F821
+        bidx = by.to(tl.int64) * nbx + bx.to(tl.int64)  # noqa: F821
+        bm = tl.load(bmax_ptr + bidx, mask=active, other=0.0).to(tl.float64)  # noqa: F821
+        bs = tl.load(bslope_ptr + bidx, mask=active, other=0.0).to(tl.float64)  # noqa: F821
         coarse = active & (fine == 0)
         skip = coarse & (z_lo > bm)
         to_fine = coarse & ((z_lo > bm) == 0)
@@ -104,7 +109,14 @@ def _march_kernel(gx0_ptr, gy0_ptr, oz_ptr, gdx_ptr, gdy_ptr, dz_ptr, t0_ptr, t1
         fine_end = tl.where(to_fine, t + seg, fine_end)  # noqa: F821
         # fine lanes (those that were fine at the start of this iteration): one step
         stepping = active & (fine != 0)
-        tn = tl.minimum(t + step, t1)  # noqa: F821
+        # k whole steps where the slope bound proves they cross nothing (as raycast_numba):
+        # den <= 0 -> a whole segment; NaN (unbounded slope, vertical ray) -> one step
+        den = bs * d_h - dzd
+        q = (fa.to(tl.float64) - 1e-3) / den  # noqa: F821
+        k = tl.where(q >= n_seg * step, n_seg * 1.0,  # noqa: F821
+                     tl.where(q >= 2.0 * step, tl.floor(q / step), 1.0))  # noqa: F821
+        k = tl.where(den <= 0, n_seg * 1.0, k)  # noqa: F821
+        tn = tl.minimum(t + k * step, t1)  # noqa: F821
         fn = _f_at(h_ptr, nx, fx1, fy1, gx0, gy0, oz, gdx, gdy, dz, tn)
         nan_ev = stepping & (fn != fn)
         hit_ev = stepping & (fn <= 0)
@@ -123,15 +135,18 @@ def _march_kernel(gx0_ptr, gy0_ptr, oz_ptr, gdx_ptr, gdy_ptr, dz_ptr, t0_ptr, t1
     hit = code == 1
     nan_seen = tl.zeros([BLOCK], dtype=tl.int1)  # noqa: F821
     for _ in range(N_BISECT):
+        # a lane stops at the torch loop's final bracket width (longer slope-step brackets
+        # take more halvings)
+        live = hit & ((tb - ta) > target)
         tm = 0.5 * (ta + tb)
         fm = _f_at(h_ptr, nx, fx1, fy1, gx0, gy0, oz, gdx, gdy, dz, tm)
         m_nan = fm != fm
-        nan_seen = nan_seen | (hit & m_nan)
+        nan_seen = nan_seen | (live & m_nan)
         lower = m_nan | (fm <= 0)
-        tb = tl.where(hit & lower, tm, tb)  # noqa: F821
-        fb = tl.where(hit & lower, fm, fb)  # noqa: F821
-        ta = tl.where(hit & (lower == 0), tm, ta)  # noqa: F821
-        fa = tl.where(hit & (lower == 0), fm, fa)  # noqa: F821
+        tb = tl.where(live & lower, tm, tb)  # noqa: F821
+        fb = tl.where(live & lower, fm, fb)  # noqa: F821
+        ta = tl.where(live & (lower == 0), tm, ta)  # noqa: F821
+        fa = tl.where(live & (lower == 0), fm, fa)  # noqa: F821
     denom = fa - fb
     ok = (fb == fb) & (tl.abs(fb) < float('inf')) & (denom > 0)  # noqa: F821
     frac = tl.where(ok, fa / tl.where(ok, denom, 1.0), 1.0)  # noqa: F821
@@ -168,7 +183,7 @@ def kernel_ok(device: Any, dtype: Any) -> bool:
 
 
 def march(gx0, gy0, oz, gdx, gdy, dz, t0, t1, hflat, shape: tuple[int, int], bmax,
-          block: int, seg: float, step: float, n_bisect: int) -> tuple[Any, Any]:
+          block: int, seg: float, step: float, n_bisect: int, bslope=None) -> tuple[Any, Any]:
     """March and refine N rays in one launch.
 
     Args:
@@ -180,7 +195,10 @@ def march(gx0, gy0, oz, gdx, gdy, dz, t0, t1, hflat, shape: tuple[int, int], bma
         hflat: (Ny * Nx,) float32 heights (NaN = no data); shape: (Ny, Nx).
         bmax: (nby, nbx) float32 ``HeightField.block_max(block)``.
         block: block side in cells; seg: block * cell (m); step: fine step (m).
-        n_bisect: bisection iterations.
+        n_bisect: bisection iterations (of a ``step``-long bracket; longer brackets get
+            more, to the same final width).
+        bslope: (nby, nbx) ``HeightField.block_slope(block)``; None = every fine step is
+            ``step`` metres.
 
     Returns:
         (code (N,) int32: 0 no event, 1 hit, 2 unavailable; range (N,) float64, NaN unless hit).
@@ -201,9 +219,17 @@ def march(gx0, gy0, oz, gdx, gdy, dz, t0, t1, hflat, shape: tuple[int, int], bma
     span = float((t1 - t0).clamp_min(0).max()) if n else 0.0
     max_iter = int(math.ceil(span / step) + math.ceil(span / seg)) + 8
     block_rays = 128
+    n_seg = max(1, int(math.floor(seg / step + 1e-9)))
+    bs = torch.full_like(bmax, math.inf) if bslope is None else bslope.to(bmax.dtype)
+    if tuple(bs.shape) != tuple(bmax.shape):
+        raise ValueError(f'bslope must have the shape of bmax {tuple(bmax.shape)}, got '
+                         f'{tuple(bs.shape)}')
+    # a bracket of up to n_seg steps needs log2(n_seg) more halvings for the same final width
+    n_bis = int(n_bisect) + int(math.ceil(math.log2(n_seg)))
     c = [x.contiguous() for x in (gx0, gy0, oz, gdx, gdy, dz, t0, t1)]
-    k[(-(-n // block_rays),)](*c, hflat.contiguous(), bmax.contiguous(), code, rng, n, nx,
-                              float(nx - 1), float(ny - 1), nbx, float(nbx - 1), float(nby - 1),
-                              float(block), float(seg), float(step), max_iter,
-                              N_BISECT=int(n_bisect), BLOCK=block_rays)
+    k[(-(-n // block_rays),)](*c, hflat.contiguous(), bmax.contiguous(), bs.contiguous(), code,
+                              rng, n, nx, float(nx - 1), float(ny - 1), nbx, float(nbx - 1),
+                              float(nby - 1), float(block), float(seg), float(step), n_seg,
+                              float(seg / block), float(step * 0.5 ** int(n_bisect)), max_iter,
+                              N_BISECT=n_bis, BLOCK=block_rays)
     return code, rng
