@@ -8,11 +8,12 @@ vertical term stands in for it (before, every prior of the frame became infinite
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from geo_depth_node.core.camera import CameraModel
 from geo_depth_node.core.fusion import FusionConfig
-from geo_depth_node.core.geoprior import GeoPrior
+from geo_depth_node.core.geoprior import GeoPrior, clearance_warning
 from geo_depth_node.core.pose import PoseEstimate
 from geo_depth_node.core.raycast import HeightField, RayStatus
 
@@ -94,3 +95,21 @@ def test_camera_within_delta_of_the_dem_keeps_its_priors():
     # the low camera's face priors: as uncertain as the high camera's, to 30 %
     f_low, f_high = _face(low, 0.3), _face(high, 2.0)
     assert abs(np.median(low['sigma_m'][f_low]) / np.median(high['sigma_m'][f_high]) - 1) < 0.3
+
+
+def test_camera_clearance_and_its_warning():
+    """camera_clearance: the camera's height above the DEM under it and the sigma points'
+    shift; a camera closer to the DEM than the shift gets a /diagnostics warning."""
+    field = _hill_field()
+    delta = float(np.hypot(0.5, 0.2))
+    low = _prior(field).camera_clearance(_pose(0.3))
+    high = _prior(field).camera_clearance(_pose(2.0))
+    assert low['camera_above_dem_m'] == pytest.approx(0.3, abs=1e-5)
+    assert high['camera_above_dem_m'] == pytest.approx(2.0, abs=1e-5)
+    assert low['dem_vertical_shift_m'] == pytest.approx(delta, rel=1e-6)
+    assert 'camera 0.30 m above the DEM' in clearance_warning(low)
+    assert clearance_warning(high) is None
+    assert clearance_warning({}) is None
+    off = _pose(2.0)
+    off.p_enu_cam = np.array([5000.0, 0.0, 2.0])  # outside the grid: nothing known
+    assert clearance_warning(_prior(field).camera_clearance(off)) is None

@@ -227,6 +227,16 @@ def test_diagnostics_carry_fractions_and_latencies(replayed, reference):
             assert float(kv[f'latency_ms.{stage}.p50']) > 0
             assert float(kv[f'latency_ms.{stage}.frame']) > 0
     assert int(kv['frames_processed']) == FRAMES and int(kv['input_problems']) == 0
+    # the camera's clearance above the DEM (GeoPrior.camera_clearance), as the pipeline saw it
+    n_geo = 0
+    for (_, arr), res in zip(got['/diagnostics'], reference.values(), strict=True):
+        kv = {k.key: k.value for k in arr.status[0].values}
+        for name, v in res.georef_stats.items():
+            assert float(kv[f'georef.{name}']) == pytest.approx(v, abs=1e-4)
+        if res.georef_stats:
+            n_geo += 1  # this world's camera is well clear of its DEM: level OK (above)
+            assert res.georef_stats['camera_above_dem_m'] > res.georef_stats['dem_vertical_shift_m']
+    assert n_geo >= FRAMES - 1
 
 
 # ----------------------------------------------------------------------------- pictures, PLY

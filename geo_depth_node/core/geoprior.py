@@ -47,6 +47,18 @@ def attitude_sigma_rad(pose_cov) -> float:
     return math.sqrt(max(float(np.linalg.eigvalsh(pose_cov.attitude).max()), 0.0))
 
 
+def clearance_warning(stats: Mapping[str, float]) -> str | None:
+    """The /diagnostics warning for a FrameResult.georef_stats (:meth:`GeoPrior.camera_clearance`),
+    or None when the camera is clear of the DEM (or nothing is known)."""
+    h = float(stats.get('camera_above_dem_m', float('nan')))
+    shift = float(stats.get('dem_vertical_shift_m', float('nan')))
+    if not (math.isfinite(h) and math.isfinite(shift)) or h >= shift:
+        return None
+    return (f'camera {h:.2f} m above the DEM under it, less than the DEM/height sigma '
+            f'{shift:.2f} m: nearly every prior is refused (DEM offset, wrong datum or a '
+            'terrain change where the vehicle stands?)')
+
+
 class GeoPrior:
     """A DEM height grid around the robot plus the per-frame ray-cast and fusion.
 
@@ -214,6 +226,29 @@ class GeoPrior:
                 'timings_ms': {'dem_retile': (t1 - t0) * 1e3,
                                'dem_raycast': (t2 - t1) * 1e3,
                                'dem_sigma_points': (t3 - t2) * 1e3}}
+
+    def camera_clearance(self, pose: PoseEstimate) -> dict[str, float]:
+        """How high the camera is above the DEM under it, against the sigma points' shift.
+
+        Returns ``{'camera_above_dem_m': z_cam - DEM(x_cam, y_cam)`` (ENU, metres; NaN over
+        nodata or outside the grid)``, 'dem_vertical_shift_m': sqrt(sigma_v^2 + P_zz)`` (the
+        DEM vertical sigma at the nearest node and the camera height variance, metres)}.
+        A camera less than the shift above the DEM sees it at grazing angles only, so nearly
+        every prior is refused: on a vehicle this points to a DEM offset or a terrain change
+        where it stands (the node warns on /diagnostics).
+        """
+        import torch
+
+        field = self.grid.field
+        x, y, z = (float(v) for v in pose.p_enu_cam)
+        with torch.no_grad(), cpu_threads(field.device, 1):
+            ground = float(field.sample(np.array([x]), np.array([y]))[0])
+        ny, nx = field.shape
+        jx = int(round((x - field.x0_m) / field.cell_m))
+        jy = int(round((y - field.y0_m) / field.cell_m))
+        sv = float(field.sigma_v[jy, jx]) if 0 <= jx < nx and 0 <= jy < ny else float('nan')
+        shift = math.sqrt(sv ** 2 + max(float(pose.position_cov[2, 2]), 0.0))
+        return {'camera_above_dem_m': z - ground, 'dem_vertical_shift_m': shift}
 
     def height_consistency(self, result, pose: PoseEstimate, model: CameraModel
                            ) -> np.ndarray | None:

@@ -65,6 +65,10 @@ class FrameResult:
         pose_degraded: the pose behind the priors was degraded (POSE_DEGRADED on them).
         prior_counts: fused / prior / conflict / measured pixel counts of the fusion.
         T_enu_cam: (4, 4) pose of the left optical frame in the local ENU frame, or None.
+        georef_stats: with a pose and DEM sources: 'camera_above_dem_m', the ENU height of the
+            camera centre above the DEM surface under it (NaN over nodata), and
+            'dem_vertical_shift_m', the sigma points' vertical shift sqrt(sigma_v^2 + P_zz)
+            there (:meth:`GeoPrior.camera_clearance`), metres.
     """
 
     depth: np.ndarray
@@ -83,6 +87,7 @@ class FrameResult:
     T_enu_cam: np.ndarray | None = None
     packed: np.ndarray | None = None  # (H, W) POINT_DTYPE cloud already packed on the device
     output_frame: str = 'camera'  # frame of ``points``: 'camera' or 'enu'
+    georef_stats: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -543,13 +548,15 @@ class _Georef:
         result.pose_degraded = pose.degraded
         result.T_enu_cam = self._pose_matrix(pose)
         result.prior_counts = prior.apply(result, pose, model, params, stereo=stereo)
+        result.georef_stats = prior.camera_clearance(pose)
 
     def apply_device(self, frame: dict[str, Any], stamp_ns: int, model: CameraModel,
                      params: Mapping[str, Any], wait_s: float, stereo: StereoModel | None,
                      timings: dict[str, float]) -> dict[str, Any]:
         """:meth:`apply` on the device frame path's tensors (core.georef_torch), in place;
         the points move to ENU when ``output.frame`` is enu. Returns the FrameResult fields
-        to set: pose_status, pose_degraded, T_enu_cam, prior_counts, output_frame."""
+        to set: pose_status, pose_degraded, T_enu_cam, prior_counts, georef_stats,
+        output_frame."""
         from .georef_torch import apply_torch, to_enu_torch
 
         pose, why, prior, ms = self.lookup(stamp_ns, params, wait_s)
@@ -562,6 +569,7 @@ class _Georef:
         meta.update(pose_degraded=pose.degraded, T_enu_cam=T)
         meta['prior_counts'] = apply_torch(prior, frame, pose, model, params, stereo=stereo,
                                            timings=timings)
+        meta['georef_stats'] = prior.camera_clearance(pose)
         if params['output.frame'] == 'enu':
             to_enu_torch(frame, T)
             meta['output_frame'] = 'enu'

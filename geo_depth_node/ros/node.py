@@ -33,6 +33,7 @@ from geo_depth_node.msg import ProvenanceLegend
 
 from ..core.cloud import pack_points
 from ..core.contract import Provenance
+from ..core.geoprior import clearance_warning
 from ..core.images import to_gray8
 from ..core.params import (DEM_SOURCE_PREFIX, PARAMETERS, PARAMS_BY_NAME, ROS_ONLY_PARAMS,
                            ParamSpec, validate_params)
@@ -113,6 +114,7 @@ class GeoDepthNode(Node):
         self._latency: dict[str, collections.deque] = collections.defaultdict(
             lambda: collections.deque(maxlen=STAGES_WINDOW))
         self._fractions = {p.name: 0.0 for p in Provenance}
+        self._georef_stats: dict[str, float] = {}
         self._frames_done = 0
         self._frames_in_period = 0
         self._input_problems: collections.Counter = collections.Counter()
@@ -362,6 +364,7 @@ class GeoDepthNode(Node):
             for k, v in stages.items():
                 self._latency[k].append(v)
             self._fractions = result.class_fractions()
+            self._georef_stats = dict(result.georef_stats)
             if result.pose_status != 'off':
                 self._pose_status['ok' if result.pose_status == 'ok'
                                   else 'unavailable'] += 1
@@ -415,6 +418,9 @@ class GeoDepthNode(Node):
                 values[f'input_problem.{kind}'] = n
             for name, frac in self._fractions.items():
                 values[f'fraction.{name}'] = float(frac)
+            georef_stats = dict(self._georef_stats)
+            for name, v in sorted(georef_stats.items()):
+                values[f'georef.{name}'] = float(v)
             for stage, q in sorted(self._latency.items()):
                 if q:
                     arr = np.fromiter(q, dtype=np.float64)
@@ -428,6 +434,8 @@ class GeoDepthNode(Node):
             level, text = DiagnosticStatus.WARN, f'input problem: {last_problem}'
         elif frames_in_period == 0:
             level, text = DiagnosticStatus.WARN, 'no synchronized stereo frames in the last period'
+        elif clearance_warning(georef_stats):
+            level, text = DiagnosticStatus.WARN, clearance_warning(georef_stats)
         else:
             level, text = DiagnosticStatus.OK, f'{frames_in_period} frame(s) processed'
         arr = DiagnosticArray()

@@ -388,6 +388,7 @@ class _Replay:
         return True
 
     def _write_diagnostics(self, stamp: int, result: Any, stages: Mapping[str, float]) -> None:
+        from ..core.geoprior import clearance_warning
         from . import bag_io as bio
 
         values: dict[str, object] = {
@@ -399,12 +400,17 @@ class _Replay:
             values[f'input_problem.{kind}'] = n
         for name, frac in result.class_fractions().items():
             values[f'fraction.{name}'] = float(frac)
+        for name, v in sorted(result.georef_stats.items()):  # as the node
+            values[f'georef.{name}'] = float(v)
         for stage, q in sorted(self.window.items()):
             arr = np.fromiter(q, dtype=np.float64)
             values[f'latency_ms.{stage}.p50'] = float(np.median(arr))
             values[f'latency_ms.{stage}.max'] = float(arr.max())
             values[f'latency_ms.{stage}.frame'] = float(stages.get(stage, float('nan')))
         level, text = bio.DIAG_OK, f'frame {len(self.stamps)} replayed offline'
+        warning = clearance_warning(result.georef_stats)
+        if warning:
+            level, text = bio.DIAG_WARN, warning
         self._write('diagnostics', stamp, bio.diagnostic_array(
             self.ts, stamp, self.status_name, level, text, values, hardware_id='stereo'))
 
