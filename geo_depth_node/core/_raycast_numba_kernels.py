@@ -41,6 +41,18 @@ def f_at(buf, slot, lim, hflat, nx, gx0, gy0, oz, gdx, gdy, dz, t):
     z = a + wy * (b - a)
     return (oz + tc * dz) - z
 
+
+@numba.njit(cache=True, nogil=True)
+def block_of(gx0, gy0, gdx, gdy, t, block, nby, nbx):
+    # (row, column) of the block_max / block_slope block under the ray at range t, clamped
+    # (NaN -> 0), as the torch loop and the Triton kernel
+    bxf = np.floor((gx0 + t * gdx) / block)
+    byf = np.floor((gy0 + t * gdy) / block)
+    bx = 0 if not bxf >= 0 else min(int(bxf), nbx - 1)
+    by = 0 if not byf >= 0 else min(int(byf), nby - 1)
+    return by, bx
+
+
 @numba.njit(cache=True, parallel=True, nogil=True)
 def march_impl(gx0, gy0, oz, gdx, gdy, dz, t0, t1, gx0c, gy0c, ozc, gdxc, gdyc, dzc,
                hflat, lim, nx, bmax, bslope, block, seg, step, n_bisect, n_groups, code, rng):
@@ -71,10 +83,7 @@ def march_impl(gx0, gy0, oz, gdx, gdy, dz, t0, t1, gx0c, gy0c, ozc, gdxc, gdyc, 
                 # coarse: skip a segment that stays above the terrain bound under it
                 te = min(t + seg, t_end)
                 z_lo = min(oz[r] + t * dz[r], oz[r] + te * dz[r])
-                bxf = np.floor((gx0[r] + t * gdx[r]) / block)
-                byf = np.floor((gy0[r] + t * gdy[r]) / block)
-                bx = 0 if not bxf >= 0 else min(int(bxf), nbx - 1)
-                by = 0 if not byf >= 0 else min(int(byf), nby - 1)
+                by, bx = block_of(gx0[r], gy0[r], gdx[r], gdy[r], t, block, nby, nbx)
                 if z_lo > bmax[by, bx]:
                     t = t + seg
                     continue
@@ -84,10 +93,7 @@ def march_impl(gx0, gy0, oz, gdx, gdy, dz, t0, t1, gx0c, gy0c, ozc, gdxc, gdyc, 
                 # t0 + k step of the torch loop, so both find the same crossings)
                 d_h = np.hypot(gdx[r], gdy[r]) * cell
                 while True:
-                    bxf = np.floor((gx0[r] + t * gdx[r]) / block)
-                    byf = np.floor((gy0[r] + t * gdy[r]) / block)
-                    bx = 0 if not bxf >= 0 else min(int(bxf), nbx - 1)
-                    by = 0 if not byf >= 0 else min(int(byf), nby - 1)
+                    by, bx = block_of(gx0[r], gy0[r], gdx[r], gdy[r], t, block, nby, nbx)
                     den = bslope[by, bx] * d_h - dz[r]
                     k = n_seg  # den <= 0: the ray climbs faster than the terrain can
                     if not den <= 0:  # den > 0, or NaN (unbounded slope, vertical ray)

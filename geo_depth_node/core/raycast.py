@@ -489,6 +489,31 @@ def _auto_march(device: Any, dtype: Any) -> str:
     return 'torch'
 
 
+def resolve_march(march: str, device: Any, dtype: Any) -> str:
+    """The march :func:`raycast` runs for ``march`` on a field of this torch device and dtype:
+    'auto' resolved (:func:`_auto_march`), a forced one checked.
+
+    Raises:
+        ValueError: an unknown name, or a march that cannot run there.
+    """
+    if march not in MARCHES:
+        raise ValueError(f'march must be one of {MARCHES}, got {march!r}')
+    if march == 'auto':
+        return _auto_march(device, dtype)
+    if march == 'triton':
+        from .raycast_triton import kernel_ok
+
+        if not kernel_ok(device, dtype):
+            raise ValueError(f'the Triton ray-march kernel cannot run on {device} with {dtype}')
+    elif march == 'numba':
+        from .raycast_numba import numba_available
+
+        if device.type != 'cpu' or not numba_available():
+            raise ValueError(f'the numba ray-march needs numba and a CPU field, got {device}'
+                             + ('' if numba_available() else ' and numba is not installed'))
+    return march
+
+
 def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: float,
             step_m: float | None = None, pose_cov: PoseCovariance | None = None,
             sky_outside_grid: bool = True, tol_m: float = 1e-4, block_cells: int = 8,
@@ -556,22 +581,8 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
     status = torch.full((n,), int(RayStatus.UNAVAILABLE), dtype=torch.int8, device=dev)
     range_m = torch.full((n,), float('nan'), dtype=ct, device=dev)
     n_bisect = max(1, int(math.ceil(math.log2(max(step, tol_m) / tol_m))) + 1)
-    if march not in MARCHES:
-        raise ValueError(f'march must be one of {MARCHES}, got {march!r}')
     march_auto = march == 'auto'
-    if march_auto:
-        march = _auto_march(dev, ct)
-    elif march == 'triton':
-        from .raycast_triton import kernel_ok
-
-        if not kernel_ok(dev, ct):
-            raise ValueError(f'the Triton ray-march kernel cannot run on {dev} with {ct}')
-    elif march == 'numba':
-        from .raycast_numba import numba_available
-
-        if dev.type != 'cpu' or not numba_available():
-            raise ValueError(f'the numba ray-march needs numba and a CPU field, got {dev}'
-                             + ('' if numba_available() else ' and numba is not installed'))
+    march = resolve_march(march, dev, ct)
     t_a = torch.zeros(n, dtype=torch.float64, device=dev)
     t_b = torch.zeros(n, dtype=torch.float64, device=dev)
     f_a = torch.zeros(n, dtype=ct, device=dev)

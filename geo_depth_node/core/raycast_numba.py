@@ -56,19 +56,14 @@ def numba_available() -> bool:
     return importlib.util.find_spec('numba') is not None
 
 
-def _build() -> Any:
-    """Compile (or load from numba's on-disk cache) the march; imports numba."""
-    from ._raycast_numba_kernels import march_impl
-
-    return march_impl
-
-
 def _impl() -> Any:
+    """The compiled march (imports numba; compiled or loaded from numba's disk cache on the
+    first call)."""
     global _IMPL
     if _IMPL is None:
-        t = time.perf_counter()
-        _IMPL = _build()
-        _LOG.debug('numba ray-march built in %.2f s', time.perf_counter() - t)
+        from ._raycast_numba_kernels import march_impl
+
+        _IMPL = march_impl
     return _IMPL
 
 
@@ -111,7 +106,7 @@ def march(gx0, gy0, oz, gdx, gdy, dz, t0, t1, hflat, shape: tuple[int, int], bma
     ct = h.dtype
     cols = [np.ascontiguousarray(x.detach().to(torch.float64).numpy())
             for x in (gx0, gy0, oz, gdx, gdy, dz, t0, t1)]
-    consts = [c.astype(ct) for c in cols[:6]]
+    consts = [c.astype(ct, copy=False) for c in cols[:6]]
     lim = np.array([nx - 1, ny - 1, nx - 2, ny - 2], dtype=ct)
     bm = np.ascontiguousarray(bmax.detach().to(torch.float64).numpy())
     bs = np.full(bm.shape, np.inf) if bslope is None else \

@@ -434,8 +434,8 @@ class GeoDepthNode(Node):
             level, text = DiagnosticStatus.WARN, f'input problem: {last_problem}'
         elif frames_in_period == 0:
             level, text = DiagnosticStatus.WARN, 'no synchronized stereo frames in the last period'
-        elif clearance_warning(georef_stats):
-            level, text = DiagnosticStatus.WARN, clearance_warning(georef_stats)
+        elif clearance := clearance_warning(georef_stats):
+            level, text = DiagnosticStatus.WARN, clearance
         else:
             level, text = DiagnosticStatus.OK, f'{frames_in_period} frame(s) processed'
         arr = DiagnosticArray()

@@ -423,11 +423,10 @@ def run_pipeline_bench(device: str = 'cpu', size: tuple[int, int] = (640, 480),
     prior = pl.georef.prior if pl.georef is not None else None
     if prior is not None:
         # the same frames' ray-casts with the torch loop: the march's baseline, same process
-        used = prior.march
-        if used == 'auto':
-            from ..core.raycast import _auto_march
+        from ..core.raycast import resolve_march
 
-            used = _auto_march(prior.grid.field.device, prior.grid.field.height.dtype)
+        field = prior.grid.field
+        used = resolve_march(prior.march, field.device, field.height.dtype)
         if used != 'torch':
             keep = prior.march
             prior.march = 'torch'
@@ -444,10 +443,7 @@ def run_pipeline_bench(device: str = 'cpu', size: tuple[int, int] = (640, 480),
     if tmp is not None:
         tmp.cleanup()
     keys = list(dict.fromkeys(k for r in runs for k in r if k != 'total'))
-    from ..core.contract import Provenance
-
-    prov = last['result'].provenance
-    classes = {p.name: round(float((prov == p).mean()), 4) for p in Provenance}
+    classes = {k: round(float(v), 4) for k, v in last['result'].class_fractions().items()}
     stages = {k: _median([r.get(k, 0.0) for r in runs]) for k in keys}
     total = _median([r['total'] for r in runs])
     baseline = _median(bases)
