@@ -4,7 +4,9 @@ The production code is vectorised for speed (no masked assignments, reused scrat
 outputs carved out of one allocation); these tests hold it to plain, obviously-correct
 reference implementations (masked numpy, one fresh array per quantity), check the depth-image
 conventions at every class of pixel, that a frame's outputs are not touched by the next
-frame, and the bench's ``--pipeline`` mode.
+frame, and the bench's ``--pipeline`` mode. Triangulation and packing run in two
+implementations (numpy passes + pack_points, or one compiled numba pass that also packs,
+core.triangulate_numba); the tests that touch them run with both (``tail`` fixture).
 """
 from __future__ import annotations
 
@@ -21,6 +23,10 @@ from geo_depth_node.core.images import Workspace, alloc_arrays
 from geo_depth_node.core.pipeline import DepthPipeline
 from geo_depth_node.core.scene import render_scene
 from geo_depth_node.core.stereo import MatcherConfig, OpenCVStereoMatcher
+from geo_depth_node.core.triangulate_numba import numba_available
+
+TAILS = ['numpy', pytest.param('numba', marks=pytest.mark.skipif(
+    not numba_available(), reason='numba is not installed'))]
 
 
 # --------------------------------------------------------------------------- references
@@ -133,6 +139,18 @@ def scene():
     return render_scene(320, 240, seed=2)
 
 
+@pytest.fixture(params=TAILS)
+def tail(request):
+    """The host triangulation + packing implementation (DepthPipeline.frame_tail)."""
+    return request.param
+
+
+def _pipeline(params, tail):
+    pl = DepthPipeline(params)
+    pl.frame_tail = tail
+    return pl
+
+
 def _masks(h, w):
     lv = np.ones((h, w), bool)
     lv[:10] = False
@@ -209,11 +227,11 @@ def test_matcher_config_errors():
     {'sigma.model': 'constant', 'limit.max_sigma_m': 0.5},
     {'limit.max_relative_sigma': 0.02},
 ])
-def test_triangulate_equals_reference(scene, params):
+def test_triangulate_equals_reference(scene, params, tail):
     tilt = 0.02
     R = np.array([[1, 0, 0], [0, np.cos(tilt), -np.sin(tilt)], [0, np.sin(tilt), np.cos(tilt)]])
     lm, rm = _models(scene, R)
-    pl = DepthPipeline(dict(params, **{'stereo.num_disparities': 32}))
+    pl = _pipeline(dict(params, **{'stereo.num_disparities': 32}), tail)
     stereo = StereoModel.from_cameras(lm, rm)
     m = pl.matcher.match(scene.left, scene.right)
     d = m.disparity.copy()
@@ -225,6 +243,7 @@ def test_triangulate_equals_reference(scene, params):
     flags[200:205, 200:220] = 0
     sd = pl.sigma_model.sigma_d(m.features, d) if pl.sigma_model is not None else None
     r = pl._triangulate(d, m.lr_diff, flags, stereo, sd)
+    assert (r.packed is not None) == (tail == 'numba')
     ref = _reference_triangulate(pl.params, d, m.lr_diff, flags, stereo, sd)
     for k in ('depth', 'depth_sigma', 'sigma', 'points', 'sigma_disparity'):
         np.testing.assert_allclose(getattr(r, k), ref[k], rtol=2e-6, atol=1e-6, err_msg=k)
@@ -243,9 +262,9 @@ def test_triangulate_equals_reference(scene, params):
     assert np.isnan(r.points[~meas]).all() and np.isfinite(r.points[meas]).all()
 
 
-def test_pack_points_bytes(scene):
+def test_pack_points_bytes(scene, tail):
     lm, rm = _models(scene)
-    r = DepthPipeline({'stereo.num_disparities': 32}).process(scene.left, scene.right, lm, rm)
+    r = _pipeline({'stereo.num_disparities': 32}, tail).process(scene.left, scene.right, lm, rm)
     ref = np.zeros(r.shape, POINT_DTYPE)
     for i, k in enumerate('xyz'):
         ref[k] = r.points[..., i]
@@ -261,10 +280,10 @@ def test_pack_points_bytes(scene):
     assert sparse.tobytes() == ref.view(np.uint8).reshape(-1, 24)[keep].tobytes()
 
 
-def test_outputs_survive_the_next_frame(scene):
+def test_outputs_survive_the_next_frame(scene, tail):
     """Scratch buffers are reused between frames; the arrays of a result must not be."""
     lm, rm = _models(scene)
-    pl = DepthPipeline({'stereo.num_disparities': 32})
+    pl = _pipeline({'stereo.num_disparities': 32}, tail)
     r1 = pl.process(scene.left, scene.right, lm, rm)
     names = ('depth', 'depth_sigma', 'points', 'sigma', 'provenance', 'flags', 'disparity',
              'sigma_disparity')
@@ -275,6 +294,57 @@ def test_outputs_survive_the_next_frame(scene):
         np.testing.assert_array_equal(getattr(r1, k), snap[k], err_msg=k)
         assert not np.shares_memory(getattr(r1, k), getattr(r2, k)), k
     assert not np.array_equal(r1.disparity, r2.disparity, equal_nan=True)
+
+
+@pytest.mark.skipif(not numba_available(), reason='numba is not installed')
+@pytest.mark.parametrize('params', [{}, {'sigma.model': 'constant', 'limit.max_sigma_m': 0.5}])
+@pytest.mark.parametrize('tilt', [0.0, 0.02])
+def test_numba_tail_equals_numpy_tail(scene, params, tilt):
+    """The compiled pass gives the numpy passes' bytes: same float32 operations in the same
+    order. Only points rotated back by R^T (a matrix product in numpy) may differ, in the last
+    bit."""
+    R = np.array([[1, 0, 0], [0, np.cos(tilt), -np.sin(tilt)], [0, np.sin(tilt), np.cos(tilt)]])
+    lm, rm = _models(scene, R)
+    out = {}
+    for tail in ('numpy', 'numba'):
+        r = _pipeline(dict(params, **{'stereo.num_disparities': 32}), tail).process(
+            scene.left, scene.right, lm, rm)
+        out[tail] = (r, pack_points(r))
+    (a, ca), (b, cb) = out['numpy'], out['numba']
+    assert b.packed is cb and a.packed is None
+    for k in ('depth', 'depth_sigma', 'sigma', 'provenance', 'flags', 'source',
+              'sigma_disparity'):
+        np.testing.assert_array_equal(getattr(b, k), getattr(a, k), err_msg=k)
+    if tilt == 0.0:
+        assert cb.tobytes() == ca.tobytes()
+    else:
+        np.testing.assert_allclose(b.points, a.points, rtol=1e-6, atol=1e-6)
+        for k in ('sigma', 'provenance', 'flags', 'source'):
+            np.testing.assert_array_equal(cb[k], ca[k], err_msg=k)
+    assert (a.provenance == Provenance.MEASURED).sum() > 1000
+
+
+def test_numba_tail_failure_falls_back_to_numpy(scene, monkeypatch, caplog):
+    """A compiled pass that cannot run here is logged once; the numpy passes answer, with the
+    same result, from then on."""
+    import geo_depth_node.core.pipeline as pipeline_mod
+    import geo_depth_node.core.triangulate_numba as tn
+
+    def broken(*args, **kwargs):
+        raise RuntimeError('no LLVM here')
+
+    monkeypatch.setattr(tn, 'triangulate_pack', broken)
+    monkeypatch.setattr(pipeline_mod, '_TAIL_BROKEN', [])
+    lm, rm = _models(scene)
+    ref = _pipeline({'stereo.num_disparities': 32}, 'numpy').process(
+        scene.left, scene.right, lm, rm)
+    pl = _pipeline({'stereo.num_disparities': 32}, 'numba')
+    with caplog.at_level('WARNING'):
+        r = pl.process(scene.left, scene.right, lm, rm)
+    assert pl.frame_tail == 'numpy' and pipeline_mod._TAIL_BROKEN
+    assert 'numba triangulation failed' in caplog.text
+    assert pack_points(r).tobytes() == pack_points(ref).tobytes()
+    assert DepthPipeline({'stereo.num_disparities': 32}).frame_tail == 'numpy'
 
 
 # --------------------------------------------------------------------------- buffers

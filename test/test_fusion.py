@@ -110,3 +110,18 @@ def test_weak_stereo_rules_out_a_prior_it_contradicts():
     with pytest.raises(ValueError, match='prior_disparity'):
         fuse(res, ray, norm, pr, pr, np.full((3, 1), RAY_HIT), np.ones((3, 1)), FusionConfig(),
              weak_stereo=(d, s_d, np.zeros((2, 1))))
+
+
+def test_fusion_drops_a_cloud_packed_before_it():
+    """A result packed before the fusion (device path, compiled host triangulation) must not
+    hand the stale cloud to pack_points afterwards."""
+    from geo_depth_node.core.cloud import pack_points
+
+    res, ray, norm = _frame([np.inf], [np.nan], [N], [B])
+    res.packed = pack_points(res)
+    fuse(res, ray, norm, np.array([[80.0]]), np.array([[4.0]]), np.array([[RAY_HIT]]),
+         np.full((1, 1), 7), FusionConfig())
+    assert res.packed is None
+    cloud = pack_points(res)
+    assert cloud['provenance'][0, 0] == Provenance.PRIOR and cloud['z'][0, 0] == pytest.approx(80.0)
+    assert cloud['source'][0, 0] == 7

@@ -190,6 +190,7 @@ def fuse(result, ray_unit: np.ndarray, ray_norm_rect: np.ndarray, prior_range: n
     sigma[changed] = s[changed].astype(np.float32)
     result.points, result.depth, result.depth_sigma, result.sigma = pts, depth, depth_sigma, sigma
     result.provenance, result.flags, result.source = prov, flags, source
+    result.packed = None  # a cloud packed before the fusion is stale now
     return {'fused': int(fused.sum()), 'prior': int(prior_only.sum()),
             'conflict': int(conflict.sum()), 'measured': int((meas & ~fused).sum()),
             'prior_ruled_out': int(ruled_out.sum())}

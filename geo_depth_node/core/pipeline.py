@@ -24,12 +24,14 @@ from typing import Any, Mapping
 import numpy as np
 
 from .camera import CameraModel, Rectifier, StereoModel, ray_norms
-from .contract import Flag, Provenance
+from .contract import POINT_DTYPE, Flag, Provenance
 from .images import RowBands, Workspace, alloc_arrays
 from .params import ROS_ONLY_PARAMS, dem_source_names, validate_params
 from .stereo import MatcherConfig, OpenCVStereoMatcher
 
 _LOG = logging.getLogger(__name__)
+#: why the compiled triangulation (core.triangulate_numba) failed in this process, if it did
+_TAIL_BROKEN: list[str] = []
 
 # _triangulate writes the MEASURED mask (bool) straight into the provenance image.
 if (int(Provenance.NONE), int(Provenance.MEASURED)) != (0, 1):
@@ -85,7 +87,9 @@ class FrameResult:
     pose_degraded: bool = False
     prior_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     T_enu_cam: np.ndarray | None = None
-    packed: np.ndarray | None = None  # (H, W) POINT_DTYPE cloud already packed on the device
+    # (H, W) POINT_DTYPE cloud already packed (device path, compiled host triangulation);
+    # whoever replaces the arrays above sets it to None
+    packed: np.ndarray | None = None
     output_frame: str = 'camera'  # frame of ``points``: 'camera' or 'enu'
     georef_stats: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -168,6 +172,11 @@ class DepthPipeline:
         self._rect_right = Rectifier()
         self._grid_cache: tuple[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
         self._ws = Workspace()  # temporaries of the host path (one frame at a time)
+        # host path: triangulation + packing in one compiled pass (core.triangulate_numba)
+        # when numba is installed, else numpy passes + cloud.pack_points; tests set either
+        from .triangulate_numba import numba_available
+
+        self.frame_tail = 'numba' if numba_available() and not _TAIL_BROKEN else 'numpy'
         self._bands = RowBands()  # per-pixel passes over row bands on the CPU cores
 
     @property
@@ -312,17 +321,69 @@ class DepthPipeline:
         result.packed = cloud
         return result
 
-    @staticmethod
-    def _alloc_outputs(shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    def _alloc_outputs(self, shape: tuple[int, int]) -> dict[str, np.ndarray]:
         """Fresh (H, W) output arrays of one frame, carved out of one allocation
         (core.images.alloc_arrays): sigma_disparity, depth, depth_sigma, sigma float32,
-        points (H, W, 3) float32, provenance uint8, flags, source uint16."""
+        points (H, W, 3) float32, provenance uint8, flags, source uint16.
+
+        For the compiled triangulation (``frame_tail == 'numba'``) the allocation holds the
+        packed cloud ('cloud', (H, W) POINT_DTYPE) instead, and points, sigma, provenance,
+        flags and source are views of its fields (as on the device path)."""
+        f32 = np.float32
+        if self.frame_tail == 'numba':
+            cloud, sd, depth, depth_sigma = alloc_arrays([(shape, POINT_DTYPE)] + [(shape, f32)] * 3)
+            h, w = shape
+            points = np.ndarray((h, w, 3), dtype=f32, buffer=cloud,
+                                strides=(w * POINT_DTYPE.itemsize, POINT_DTYPE.itemsize, 4))
+            return {'cloud': cloud, 'sigma_disparity': sd, 'depth': depth,
+                    'depth_sigma': depth_sigma, 'sigma': cloud['sigma'], 'points': points,
+                    'provenance': cloud['provenance'], 'flags': cloud['flags'],
+                    'source': cloud['source']}
         names = ('sigma_disparity', 'depth', 'depth_sigma', 'sigma', 'points', 'provenance',
                  'flags', 'source')
-        f32 = np.float32
         specs = [(shape, f32)] * 4 + [((*shape, 3), f32), (shape, np.uint8), (shape, np.uint16),
                                       (shape, np.uint16)]
         return dict(zip(names, alloc_arrays(specs), strict=True))
+
+    def _triangulate_numba(self, disparity: np.ndarray, lr_diff: np.ndarray,
+                           match_flags: np.ndarray, stereo: StereoModel,
+                           sigma_d: np.ndarray | None, out: dict[str, np.ndarray]
+                           ) -> FrameResult | None:
+        """:meth:`_triangulate` in one compiled pass that also packs the cloud
+        (core.triangulate_numba; ``out`` from :meth:`_alloc_outputs` with a 'cloud').
+        None if the kernel cannot run here (logged once; the numpy path takes over)."""
+        from .triangulate_numba import triangulate_pack
+
+        p = self.params
+        left = stereo.left
+        ray, u, v = self._grids(left)
+        unrectify = bool(p['output.unrectify_points']) and not np.allclose(left.R, np.eye(3))
+        consts = (float(stereo.fb), float(stereo.delta_cx), float(p['limit.max_relative_sigma']),
+                  float(p['limit.max_sigma_m']), self.sigma_d0, float(p['sigma.lr_gain']))
+        try:
+            bad = triangulate_pack(
+                np.asarray(disparity, dtype=np.float32),
+                np.asarray(lr_diff if sigma_d is None else sigma_d, dtype=np.float32),
+                sigma_d is not None, match_flags, ray, u.reshape(-1), v.reshape(-1), consts,
+                left.R.T if unrectify else None, out['cloud'], out['depth'], out['depth_sigma'],
+                out['sigma_disparity'])
+        except Exception as exc:  # noqa: BLE001 - numba missing a feature or failing to build
+            if isinstance(exc, ValueError):
+                raise
+            _TAIL_BROKEN.append(repr(exc))
+            self.frame_tail = 'numpy'
+            _LOG.warning('numba triangulation failed (%r); using the numpy passes from now on',
+                         exc)
+            return None
+        if bad:
+            raise RuntimeError('internal error: MEASURED point without a finite sigma')
+        result = FrameResult(
+            depth=out['depth'], depth_sigma=out['depth_sigma'], points=out['points'],
+            sigma=out['sigma'], provenance=out['provenance'], flags=out['flags'],
+            source=out['source'], disparity=disparity, sigma_disparity=out['sigma_disparity'],
+            timings_ms={})
+        result.packed = out['cloud']
+        return result
 
     def _triangulate(self, disparity: np.ndarray, lr_diff: np.ndarray, match_flags: np.ndarray,
                      stereo: StereoModel, sigma_d: np.ndarray | None = None,
@@ -351,6 +412,12 @@ class DepthPipeline:
         match_flags = np.asarray(match_flags, dtype=np.uint16)
         if out is None:
             out = self._alloc_outputs(shape)
+        if 'cloud' in out:
+            result = self._triangulate_numba(disparity, lr_diff, match_flags, stereo, sigma_d,
+                                             out)
+            if result is not None:
+                return result
+            out = self._alloc_outputs(shape)  # the compiled pass failed: numpy from now on
         ws = self._ws
         # scratch (full size; each band works on its rows)
         f1, f2 = ws.get('tri_f1', shape, f32), ws.get('tri_f2', shape, f32)
