@@ -347,6 +347,31 @@ def test_numba_tail_failure_falls_back_to_numpy(scene, monkeypatch, caplog):
     assert DepthPipeline({'stereo.num_disparities': 32}).frame_tail == 'numpy'
 
 
+@pytest.mark.skipif(not numba_available(), reason='numba is not installed')
+def test_warm_up_loads_the_compiled_kernels(monkeypatch):
+    """DepthPipeline.warm_up makes the compiled triangulation ready before the first frame
+    (the node and replay call it at start-up); without DEM sources nothing else is cast."""
+    import geo_depth_node.core.pipeline as pipeline_mod
+    import geo_depth_node.core.triangulate_numba as tn
+    from geo_depth_node.core import raycast
+
+    pl = DepthPipeline({'stereo.num_disparities': 32})
+    took = pl.warm_up()
+    assert set(took) == {'triangulation'} and took['triangulation'] >= 0
+    assert tn._IMPL is not None
+    assert raycast.warm_up('cpu', 'numba') > 0  # the DEM march's tiny cast runs
+    with pytest.raises(ValueError, match='march must be one of'):
+        raycast.warm_up('cpu', 'bogus')
+
+    def broken():
+        raise RuntimeError('no LLVM here')
+
+    monkeypatch.setattr(tn, 'warm_up', broken)
+    monkeypatch.setattr(pipeline_mod, '_TAIL_BROKEN', [])
+    pl = DepthPipeline({'stereo.num_disparities': 32})
+    assert pl.warm_up() == {} and pl.frame_tail == 'numpy'
+
+
 # --------------------------------------------------------------------------- buffers
 def test_workspace_and_alloc_arrays():
     ws = Workspace()

@@ -345,6 +345,42 @@ class DepthPipeline:
                                       (shape, np.uint16)]
         return dict(zip(names, alloc_arrays(specs), strict=True))
 
+    def warm_up(self) -> dict[str, float]:
+        """Make the compiled kernels this pipeline will run ready now, so that the first frame
+        does not pay for them: numba loads them from its disk cache (~1 s) or compiles them
+        (seconds, on the first run after an install); Triton compiles on first use. A kernel
+        that fails here falls back as it would on a frame (logged once).
+
+        Returns:
+            kernel -> seconds ('triangulation', 'dem_raycast'); empty if there is none.
+
+        Raises:
+            ValueError: ``dem.raycast_march`` forced to a march that cannot run on
+                ``dem.device``.
+        """
+        took: dict[str, float] = {}
+        if not self.device_path and self.frame_tail == 'numba':
+            from .triangulate_numba import warm_up
+
+            try:
+                took['triangulation'] = warm_up()
+            except Exception as exc:  # noqa: BLE001 - as on a frame: numpy from now on
+                if isinstance(exc, ValueError):
+                    raise
+                self._tail_failed(exc)
+        if self.georef is not None:
+            from .raycast import warm_up
+
+            took['dem_raycast'] = warm_up(self.params['dem.device'],
+                                          str(self.params['dem.raycast_march']))
+        return took
+
+    def _tail_failed(self, exc: BaseException) -> None:
+        """The compiled triangulation cannot run here: numpy passes from now on (logged)."""
+        _TAIL_BROKEN.append(repr(exc))
+        self.frame_tail = 'numpy'
+        _LOG.warning('numba triangulation failed (%r); using the numpy passes from now on', exc)
+
     def _triangulate_numba(self, disparity: np.ndarray, lr_diff: np.ndarray,
                            match_flags: np.ndarray, stereo: StereoModel,
                            sigma_d: np.ndarray | None, out: dict[str, np.ndarray]
@@ -370,10 +406,7 @@ class DepthPipeline:
         except Exception as exc:  # noqa: BLE001 - numba missing a feature or failing to build
             if isinstance(exc, ValueError):
                 raise
-            _TAIL_BROKEN.append(repr(exc))
-            self.frame_tail = 'numpy'
-            _LOG.warning('numba triangulation failed (%r); using the numpy passes from now on',
-                         exc)
+            self._tail_failed(exc)
             return None
         if bad:
             raise RuntimeError('internal error: MEASURED point without a finite sigma')

@@ -514,6 +514,31 @@ def resolve_march(march: str, device: Any, dtype: Any) -> str:
     return march
 
 
+def warm_up(device: Any = 'auto', march: str = 'auto') -> float:
+    """Cast a few rays into a tiny field on ``device`` with ``march``, so that a compiled march
+    is ready before the first frame (numba: loaded from its disk cache, ~1 s, or compiled after
+    an install; Triton: JIT-compiled). A march that fails in 'auto' mode is logged and the
+    torch loop answers from then on, as in :func:`raycast`.
+
+    Returns:
+        Seconds taken.
+
+    Raises:
+        ValueError: a forced ``march`` that cannot run on ``device``.
+    """
+    import time
+
+    import torch
+
+    t = time.perf_counter()
+    dev = resolve_device(device)
+    yy, xx = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing='ij')
+    field = HeightField((0.1 * xx + 0.05 * yy).to(dev), 0.0, 0.0, 1.0)
+    d = np.array([[1.0, 0.3, -0.2], [0.2, 1.0, -0.5], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+    raycast(field, np.array([1.0, 1.0, 3.0]), d, max_range_m=20.0, march=march)
+    return time.perf_counter() - t
+
+
 def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: float,
             step_m: float | None = None, pose_cov: PoseCovariance | None = None,
             sky_outside_grid: bool = True, tol_m: float = 1e-4, block_cells: int = 8,

@@ -78,6 +78,10 @@ class GeoDepthNode(Node):
         self._params = validate_params(values)
         self._lock = threading.Lock()
         self._pipeline = DepthPipeline(self._params)  # opens the DEM sources (or refuses)
+        took = self._pipeline.warm_up()  # compiled kernels ready before the first frame
+        if took:
+            self.get_logger().info('compiled kernels ready: ' + ', '.join(
+                f'{name} {sec:.1f} s' for name, sec in took.items()))
         self._dem_sources = self._pipeline.georef.sources if self._pipeline.georef else []
         for src in self._dem_sources:
             spec = src.spec

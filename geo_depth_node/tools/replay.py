@@ -232,6 +232,7 @@ class _Replay:
         from .bag_io import make_typestore
 
         self.pipeline = DepthPipeline(params)  # built exactly as the node builds it
+        self.pipeline.warm_up()  # as the node: the first frame's latency is not a compile
         self.params = self.pipeline.params
         self.out = out
         self.truth = truth
