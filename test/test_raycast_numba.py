@@ -114,7 +114,7 @@ def test_compiled_march_failure_falls_back_to_the_torch_loop(monkeypatch, caplog
     def broken(*_a, **_k):
         raise RuntimeError('no compiler here')
 
-    monkeypatch.setattr(raycast_numba, 'march', broken)
+    monkeypatch.setattr(raycast_numba, 'cast', broken)
     monkeypatch.setattr(rc, '_KERNEL_BROKEN', [])
     f = _plane_field(0.05, 0.02, 1.0, half=200.0)
     o = np.array([0.0, 0.0, 8.0])

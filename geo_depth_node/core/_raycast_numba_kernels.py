@@ -3,7 +3,6 @@
 Module-level functions so that numba can cache the compiled code on disk (``cache=True``;
 closures are not cached). See :mod:`.raycast_numba` for the method.
 """
-# ruff: noqa: N803 - the argument names follow raycast_numba.march
 import numba
 import numpy as np
 
@@ -53,100 +52,168 @@ def block_of(gx0, gy0, gdx, gdy, t, block, nby, nbx):
     return by, bx
 
 
-@numba.njit(cache=True, parallel=True, nogil=True)
-def march_impl(gx0, gy0, oz, gdx, gdy, dz, t0, t1, gx0c, gy0c, ozc, gdxc, gdyc, dzc,
-               hflat, lim, nx, bmax, bslope, block, seg, step, n_bisect, n_groups, code, rng):
-    n = gx0.shape[0]
+@numba.njit(cache=True, nogil=True)
+def march_ray(buf, c, lim, hflat, nx, bmax, bslope, block, seg, step, target, n_seg,
+              gx0, gy0, oz, gdx, gdy, dz, gx0c, gy0c, ozc, gdxc, gdyc, dzc, t, t_end):
+    # March one ray from t (above the terrain there) to t_end and refine its first crossing:
+    # (0 no event | 1 hit | 2 unavailable, range of the hit or NaN).
     nby, nbx = bmax.shape
     margin = 1e-3  # m: float32 terrain rounding kept out of the slope-bound step
     cell = seg / block
-    target = step * 0.5 ** n_bisect  # final bracket width of the torch loop's bisection
-    n_seg = max(1, int(np.floor(seg / step + 1e-9)))  # most whole steps in one long step
-    # group c takes rays c, c + n_groups, ...: every group gets a like mix of cheap and
-    # expensive rays (sky, ground, far), so the threads finish together
-    buf = np.empty(n_groups, dtype=hflat.dtype)  # one slot per group: no shared scratch
+    fa = f_at(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc, gdyc, dzc, t)
+    fb = fa
+    ta = t
+    tb = t
+    ev = 0
+    while ev == 0 and t < t_end:
+        # coarse: skip a segment that stays above the terrain bound under it
+        te = min(t + seg, t_end)
+        z_lo = min(oz + t * dz, oz + te * dz)
+        by, bx = block_of(gx0, gy0, gdx, gdy, t, block, nby, nbx)
+        if z_lo > bmax[by, bx]:
+            t = t + seg
+            continue
+        fine_end = t + seg
+        # fine: steps up to fine_end, each `step` metres or, where the slope bound proves no
+        # crossing, a whole number of steps (the samples stay on the lattice t0 + k step of
+        # the torch loop, so both find the same crossings)
+        d_h = np.hypot(gdx, gdy) * cell
+        while True:
+            by, bx = block_of(gx0, gy0, gdx, gdy, t, block, nby, nbx)
+            den = bslope[by, bx] * d_h - dz
+            k = n_seg  # den <= 0: the ray climbs faster than the terrain can
+            if not den <= 0:  # den > 0, or NaN (unbounded slope, vertical ray)
+                q = (fa - margin) / den  # metres proven free of any crossing
+                k = 1
+                if q >= n_seg * step:
+                    k = n_seg
+                elif q >= 2 * step:
+                    k = int(np.floor(q / step))
+            tn = min(t + k * step, t_end)
+            fn = f_at(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc, gdyc, dzc, tn)
+            if fn != fn:
+                ev = 2
+                break
+            if fn <= 0:
+                ev = 1
+                ta = t
+                tb = tn
+                fb = fn
+                break
+            t = tn
+            fa = fn
+            if t >= t_end or t >= fine_end:
+                break
+    if ev != 1:
+        return ev, np.nan
+    # refine: bisection, then one secant step (as raycast())
+    nan_seen = False
+    for _ in range(128):
+        if not tb - ta > target:
+            break
+        tm = 0.5 * (ta + tb)
+        fm = f_at(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc, gdyc, dzc, tm)
+        m_nan = fm != fm
+        if m_nan:
+            nan_seen = True
+        if m_nan or fm <= 0:
+            tb = tm
+            fb = fm
+        else:
+            ta = tm
+            fa = fm
+    denom = fa - fb
+    frac = 1.0
+    if fb == fb and abs(fb) < np.inf and denom > 0:
+        frac = min(max(float(fa / denom), 0.0), 1.0)
+    th = ta + frac * (tb - ta)
+    if nan_seen or not abs(th) < np.inf:
+        return 2, np.nan
+    return 1, th
+
+
+@numba.njit(cache=True, nogil=True)
+def grid_exit(g0, gd, hi):
+    # range at which a ray leaves [0, hi] in one grid-index axis (inf if it never does)
+    if gd > 0:
+        return (hi - g0) / gd
+    if gd < 0:
+        return (0 - g0) / gd
+    return np.inf
+
+
+@numba.njit(cache=True, parallel=True, nogil=True)
+def cast_impl(origin, d, tmin, grid, hflat, lim, nx, ny, bmax, bslope, block, seg, step,
+              n_bisect, n_groups, sky_outside, status, rng):
+    # raycast_numba.cast: the whole status / range part of raycast() per ray, in raycast()'s
+    # float64 order of operations. origin (1 or N, 3), d (N, 3) unit ENU; tmin (N,) or (0,);
+    # grid = (x0, y0, cell, z_max (NaN = no data), max_range); status: RayStatus codes
+    # (1 HIT, 2 SKY, 3 UNAVAILABLE, 4 BELOW_TERRAIN; raycast_numba checks them).
+    n = d.shape[0]
+    x0, y0, cell, z_max, max_range = grid[0], grid[1], grid[2], grid[3], grid[4]
+    no_data = z_max != z_max
+    ct = hflat.dtype.type
+    target = step * 0.5 ** n_bisect
+    n_seg = max(1, int(np.floor(seg / step + 1e-9)))
+    buf = np.empty(n_groups, dtype=hflat.dtype)
+    one_origin = origin.shape[0] == 1
     for c in numba.prange(n_groups):
         for r in range(c, n, n_groups):
-            code[r] = 0
+            o = 0 if one_origin else r
+            gx0 = (origin[o, 0] - x0) / cell
+            gy0 = (origin[o, 1] - y0) / cell
+            gdx = d[r, 0] / cell
+            gdy = d[r, 1] / cell
+            oz = origin[o, 2]
+            dz = d[r, 2]
             rng[r] = np.nan
-            t = t0[r]
-            t_end = t1[r]
-            if not t < t_end:
+            if not (gx0 >= 0 and gx0 <= nx - 1 and gy0 >= 0 and gy0 <= ny - 1):
+                status[r] = 3  # origin outside the grid: UNAVAILABLE
                 continue
-            fa = f_at(buf, c, lim, hflat, nx, gx0c[r], gy0c[r], ozc[r], gdxc[r], gdyc[r],
-                      dzc[r], t)
-            fb = fa
-            ta = t
-            tb = t
-            ev = 0
-            while ev == 0 and t < t_end:
-                # coarse: skip a segment that stays above the terrain bound under it
-                te = min(t + seg, t_end)
-                z_lo = min(oz[r] + t * dz[r], oz[r] + te * dz[r])
-                by, bx = block_of(gx0[r], gy0[r], gdx[r], gdy[r], t, block, nby, nbx)
-                if z_lo > bmax[by, bx]:
-                    t = t + seg
-                    continue
-                fine_end = t + seg
-                # fine: steps up to fine_end, each `step` metres or, where the slope bound
-                # proves no crossing, a whole number of steps (the samples stay on the lattice
-                # t0 + k step of the torch loop, so both find the same crossings)
-                d_h = np.hypot(gdx[r], gdy[r]) * cell
-                while True:
-                    by, bx = block_of(gx0[r], gy0[r], gdx[r], gdy[r], t, block, nby, nbx)
-                    den = bslope[by, bx] * d_h - dz[r]
-                    k = n_seg  # den <= 0: the ray climbs faster than the terrain can
-                    if not den <= 0:  # den > 0, or NaN (unbounded slope, vertical ray)
-                        q = (fa - margin) / den  # metres proven free of any crossing
-                        k = 1
-                        if q >= n_seg * step:
-                            k = n_seg
-                        elif q >= 2 * step:
-                            k = int(np.floor(q / step))
-                    adv = k * step
-                    tn = min(t + adv, t_end)
-                    fn = f_at(buf, c, lim, hflat, nx, gx0c[r], gy0c[r], ozc[r], gdxc[r],
-                              gdyc[r], dzc[r], tn)
-                    if fn != fn:
-                        ev = 2
-                        break
-                    if fn <= 0:
-                        ev = 1
-                        ta = t
-                        tb = tn
-                        fb = fn
-                        break
-                    t = tn
-                    fa = fn
-                    if t >= t_end or t >= fine_end:
-                        break
-            if ev != 1:
-                code[r] = ev
-                continue
-            # refine: bisection, then one secant step (as raycast())
-            nan_seen = False
-            for _ in range(128):
-                if not tb - ta > target:
-                    break
-                tm = 0.5 * (ta + tb)
-                fm = f_at(buf, c, lim, hflat, nx, gx0c[r], gy0c[r], ozc[r], gdxc[r], gdyc[r],
-                          dzc[r], tm)
-                m_nan = fm != fm
-                if m_nan:
-                    nan_seen = True
-                if m_nan or fm <= 0:
-                    tb = tm
-                    fb = fm
-                else:
-                    ta = tm
-                    fa = fm
-            denom = fa - fb
-            frac = 1.0
-            if fb == fb and abs(fb) < np.inf and denom > 0:
-                frac = min(max(float(fa / denom), 0.0), 1.0)
-            th = ta + frac * (tb - ta)
-            if nan_seen or not abs(th) < np.inf:
-                code[r] = 2
+            t_grid = min(grid_exit(gx0, gdx, nx - 1), grid_exit(gy0, gdy, ny - 1))
+            if no_data:
+                t_lo = 0.0
+                t_hi = 0.0
             else:
-                code[r] = 1
-                rng[r] = th
+                t_cross = (z_max - oz) / (dz if dz != 0 else 1.0)
+                above = oz > z_max
+                if dz < 0:
+                    t_lo = max(t_cross, 0.0)
+                else:
+                    t_lo = np.inf if above else 0.0
+                if dz > 0:
+                    t_hi = -np.inf if above else t_cross
+                else:
+                    t_hi = -np.inf if (above and dz == 0) else np.inf
+            t0 = max(t_lo, 0.0)
+            if tmin.shape[0]:
+                t0 = max(t0, tmin[r])
+            t1 = min(min(t_hi, t_grid), max_range)
+            ev = 0
+            if not no_data and t0 <= t1:
+                gx0c, gy0c, ozc = ct(gx0), ct(gy0), ct(oz)
+                gdxc, gdyc, dzc = ct(gdx), ct(gdy), ct(dz)
+                f0 = f_at(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc, gdyc, dzc, t0)
+                if f0 != f0:
+                    ev = 2
+                elif f0 <= 0:  # at or below the terrain where the march would start
+                    if t0 <= 0:
+                        status[r] = 4  # the origin: BELOW_TERRAIN
+                        continue
+                    ev = 1  # entering the z_max slab on a node at z_max: a touch at t0
+                    rng[r] = t0
+                elif t0 < t1:
+                    ev, rng[r] = march_ray(
+                        buf, c, lim, hflat, nx, bmax, bslope, block, seg, step, target, n_seg,
+                        gx0, gy0, oz, gdx, gdy, dz, gx0c, gy0c, ozc, gdxc, gdyc, dzc, t0, t1)
+            if ev == 1:
+                status[r] = 1  # HIT
+            elif ev == 2:
+                status[r] = 3  # UNAVAILABLE
+            else:  # no event: SKY or UNAVAILABLE by where the ray ends
+                sky = False
+                if not no_data:
+                    stays_in = t_grid >= max_range
+                    z_exit = oz + min(t_grid, 1e12) * dz
+                    sky = stays_in or (sky_outside and z_exit > z_max and dz >= 0)
+                status[r] = 2 if sky else 3  # SKY / UNAVAILABLE

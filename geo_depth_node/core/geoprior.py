@@ -160,7 +160,14 @@ class GeoPrior:
         pose_cov = pose.pose_covariance()
         field = self.grid.field
         h, w = model.height, model.width
-        with cpu_threads(field.device, 1):
+        # the torch loop issues many small ops: one thread (see cpu_threads); around the numba
+        # march torch works on whole-frame arrays, where the default threads help
+        import torch
+
+        from .raycast import resolve_march
+
+        loop = resolve_march(self.march, field.device, field.height.dtype) == 'torch'
+        with cpu_threads(field.device, 1 if loop else torch.get_num_threads()):
             res = raycast(field, pose.p_enu_cam, d_enu, max_range_m=self.max_range_m,
                           pose_cov=pose_cov, march=self.march)
             rng = res.range_m.cpu().numpy().reshape(h, w)

@@ -598,16 +598,61 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
     dev = field.device
     o64, d64 = _as_rays(field, origin, directions)
     n = d64.shape[0]
-    ny, nx = field.shape
-    cell = field.cell_m
-    z_max = field.z_max
     hflat = field.height.to(ct).reshape(-1)
-
-    status = torch.full((n,), int(RayStatus.UNAVAILABLE), dtype=torch.int8, device=dev)
-    range_m = torch.full((n,), float('nan'), dtype=ct, device=dev)
+    t_min = None
+    if min_range_m is not None:
+        t_min = torch.as_tensor(min_range_m, dtype=torch.float64, device=dev)
+        if t_min.ndim > 1 or (t_min.ndim == 1 and t_min.shape[0] != n):
+            raise ValueError(f'min_range_m must be a number or (N,) with N = {n}, got shape '
+                             f'{tuple(t_min.shape)}')
+        if not bool(torch.all(t_min >= 0)):
+            raise ValueError('min_range_m must be >= 0 (and not NaN)')
     n_bisect = max(1, int(math.ceil(math.log2(max(step, tol_m) / tol_m))) + 1)
     march_auto = march == 'auto'
     march = resolve_march(march, dev, ct)
+    block = max(1, int(block_cells))
+    found = None
+    if march == 'numba':  # the whole status / range part in one compiled pass
+        from .raycast_numba import cast as numba_cast
+
+        try:
+            st, r64 = numba_cast(field, o64, d64, hflat, max_range_m=max_range_m, step=step,
+                                 n_bisect=n_bisect, block=block,
+                                 sky_outside_grid=sky_outside_grid, min_range_m=t_min)
+            found = (st, r64.to(ct))
+        except Exception as exc:  # noqa: BLE001 - a kernel that fails to build here
+            if not march_auto:
+                raise
+            _KERNEL_BROKEN.append(march)
+            _LOG.warning('%s ray-march failed (%r); using the torch loop from now on',
+                         march, exc)
+            march = 'torch'
+    if found is None:
+        found = _status_range(field, o64, d64, hflat, ct, march, march_auto, max_range_m,
+                              step, n_bisect, block, sky_outside_grid, t_min)
+    status, range_m = found
+    hidx = torch.nonzero(status == int(RayStatus.HIT), as_tuple=False).reshape(-1)
+    return _hit_geometry(field, o64, d64, hflat, ct, status, range_m, hidx, pose_cov,
+                         ranges_only)
+
+
+def _status_range(field: HeightField, o64: 'torch.Tensor', d64: 'torch.Tensor',
+                  hflat: 'torch.Tensor', ct: 'torch.dtype', march: str, march_auto: bool,
+                  max_range_m: float, step: float, n_bisect: int, block: int,
+                  sky_outside_grid: bool, t_min: 'torch.Tensor | None'
+                  ) -> tuple['torch.Tensor', 'torch.Tensor']:
+    """(status (N,) int8, range (N,) in ``ct``) of :func:`raycast` with the batched torch loop,
+    or the Triton kernel marching the rays the torch code set up (``march`` 'torch' or
+    'triton'; a Triton kernel that fails in auto mode falls back to the loop)."""
+    import torch
+
+    dev = field.device
+    n = d64.shape[0]
+    ny, nx = field.shape
+    cell = field.cell_m
+    z_max = field.z_max
+    status = torch.full((n,), int(RayStatus.UNAVAILABLE), dtype=torch.int8, device=dev)
+    range_m = torch.full((n,), float('nan'), dtype=ct, device=dev)
     t_a = torch.zeros(n, dtype=torch.float64, device=dev)
     t_b = torch.zeros(n, dtype=torch.float64, device=dev)
     f_a = torch.zeros(n, dtype=ct, device=dev)
@@ -642,13 +687,7 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
         t_hi = torch.where(dz > 0, t_cross, torch.where(above & (dz == 0), -inf, inf))
         t_hi = torch.where((dz > 0) & above, -inf, t_hi)
     t0 = torch.maximum(t_lo, torch.zeros_like(t_lo))
-    if min_range_m is not None:
-        t_min = torch.as_tensor(min_range_m, dtype=torch.float64, device=dev)
-        if t_min.ndim > 1 or (t_min.ndim == 1 and t_min.shape[0] != n):
-            raise ValueError(f'min_range_m must be a number or (N,) with N = {n}, got shape '
-                             f'{tuple(t_min.shape)}')
-        if not bool(torch.all(t_min >= 0)):
-            raise ValueError('min_range_m must be >= 0 (and not NaN)')
+    if t_min is not None:
         t0 = torch.maximum(t0, t_min.expand(n))
     t1 = torch.minimum(torch.minimum(t_hi, t_grid), torch.full_like(t_hi, float(max_range_m)))
 
@@ -693,7 +732,6 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
         resolved[idx] = True
         act = candidates[~is_nan & ~below]
         t_cur = t0[act].clone()
-        block = max(1, int(block_cells))
         dmax = field.block_max(block).to(ct)
         nby, nbx = dmax.shape
         dmax_flat = dmax.reshape(-1)
@@ -701,17 +739,15 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
         n_fine = max(1, int(math.ceil(seg / step)))
         budget = _SAMPLE_BUDGET
         code = None
-        if act.numel() and march in ('triton', 'numba'):
-            # a compiled march marches AND refines: its hits skip the refinement below
-            if march == 'triton':
-                from .raycast_triton import march as compiled
-            else:
-                from .raycast_numba import march as compiled
-            extra = {'bslope': field.block_slope(block)}
+        if act.numel() and march == 'triton':
+            # the kernel marches AND refines: its hits skip the refinement below
+            from .raycast_triton import march as compiled
+
             try:
                 code, r_k = compiled(
                     gx0[act], gy0[act], oz[act], gdx[act], gdy[act], dz[act], t0[act], t1[act],
-                    hflat, (ny, nx), dmax, block, seg, step, n_bisect, **extra)
+                    hflat, (ny, nx), dmax, block, seg, step, n_bisect,
+                    bslope=field.block_slope(block))
             except Exception as exc:  # noqa: BLE001 - a kernel that fails to build here
                 if not march_auto:
                     raise
@@ -816,8 +852,22 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
         status[hidx[bad]] = int(RayStatus.UNAVAILABLE)
         status[hidx[~bad]] = int(RayStatus.HIT)
         range_m[hidx[~bad]] = th[~bad].to(ct)
-    hidx = torch.nonzero(status == int(RayStatus.HIT), as_tuple=False).reshape(-1)
+    return status, range_m
 
+
+def _hit_geometry(field: HeightField, o64: 'torch.Tensor', d64: 'torch.Tensor',
+                  hflat: 'torch.Tensor', ct: 'torch.dtype', status: 'torch.Tensor',
+                  range_m: 'torch.Tensor', hidx: 'torch.Tensor',
+                  pose_cov: 'PoseCovariance | None', ranges_only: bool) -> RaycastResult:
+    """The :class:`RaycastResult` of :func:`raycast`: hit points, normals, grazing angles,
+    sources and the prior sigma of the HIT rays ``hidx`` (NaN / 0 elsewhere, and everywhere
+    with ``ranges_only``)."""
+    import torch
+
+    dev = field.device
+    n = d64.shape[0]
+    ny, nx = field.shape
+    cell = field.cell_m
     point = torch.full((n, 3), float('nan'), dtype=ct, device=dev)
     normal = torch.full((n, 3), float('nan'), dtype=ct, device=dev)
     grazing = torch.full((n,), float('nan'), dtype=ct, device=dev)

@@ -28,13 +28,15 @@ coordinates ``g0 + t * gd`` in that dtype, bilinear heights, so float32 fields g
 terrain values as the torch code: statuses equal and ranges within the refinement tolerance
 (test_raycast_numba.py, 0 of 921 600 rays differed; test_raycast.py runs with both).
 
-numba is optional: without it (or if compiling fails) :func:`~.raycast.raycast` uses the torch
-loop. Nothing here imports numba at module import time; the first :func:`march` compiles
-(a few seconds, then cached on disk by numba) and logs it.
+The set-up before the march is compiled too (:func:`cast`): each ray's grid coordinates, its
+exit from the grid, the part of it below the highest terrain, the terrain at its start
+(BELOW_TERRAIN, a touch, or nodata there), and after the march SKY or UNAVAILABLE for a ray
+without a crossing, all as :func:`~.raycast.raycast` computes them in float64. Over a whole
+frame that torch bookkeeping cost about as much as the march itself.
 
-Output codes per ray, as the Triton kernel: 0 = no event up to ``t1`` (the caller decides SKY
-or UNAVAILABLE), 1 = HIT with its range, 2 = UNAVAILABLE (nodata met, or NaN during the
-refinement).
+numba is optional: without it (or if compiling fails) :func:`~.raycast.raycast` uses the torch
+loop. Nothing here imports numba at module import time; the first :func:`cast` compiles
+(a few seconds, then cached on disk by numba) and logs it.
 """
 from __future__ import annotations
 
@@ -57,70 +59,71 @@ def numba_available() -> bool:
 
 
 def _impl() -> Any:
-    """The compiled march (imports numba; compiled or loaded from numba's disk cache on the
+    """The compiled cast (imports numba; compiled or loaded from numba's disk cache on the
     first call)."""
     global _IMPL
     if _IMPL is None:
-        from ._raycast_numba_kernels import march_impl
+        from ._raycast_numba_kernels import cast_impl
 
-        _IMPL = march_impl
+        _IMPL = cast_impl
     return _IMPL
 
 
-def march(gx0, gy0, oz, gdx, gdy, dz, t0, t1, hflat, shape: tuple[int, int], bmax,
-          block: int, seg: float, step: float, n_bisect: int, bslope=None) -> tuple[Any, Any]:
-    """March and refine N rays on the CPU (the arguments of :func:`.raycast_triton.march`).
+def cast(field: Any, origin: Any, directions: Any, hflat: Any, *, max_range_m: float,
+         step: float, n_bisect: int, block: int, sky_outside_grid: bool,
+         min_range_m: Any = None) -> tuple[Any, Any]:
+    """Status and range of every ray in one compiled pass: what :func:`~.raycast.raycast` does
+    before its hit geometry and sigma (ray set-up in grid units, grid exit, the z_max slab,
+    the terrain at the start, the march and refinement, SKY or UNAVAILABLE for rays without
+    a crossing), per ray and in the same float64 order of operations, so no torch
+    bookkeeping runs over all rays.
 
     Args:
-        gx0, gy0: (N,) float64 CPU tensors, grid-index coordinates of the origins (column, row).
-        oz: (N,) float64 origin ENU z, metres.
-        gdx, gdy: (N,) float64 ray direction in grid-index units per metre of range.
-        dz: (N,) float64 ray direction z per metre.
-        t0, t1: (N,) float64 range interval to march, metres.
-        hflat: (Ny * Nx,) float32 or float64 heights (NaN = no data); shape: (Ny, Nx).
-        bmax: (nby, nbx) ``HeightField.block_max(block)`` in the field dtype.
-        block: block side in cells; seg: block * cell (m); step: fine step (m).
-        n_bisect: bisection iterations of a ``step``-long bracket (longer brackets are
-            bisected to the same final width).
-        bslope: (nby, nbx) ``HeightField.block_slope(block)``; None = no slope-bound steps
-            (every fine step is ``step``).
+        field: the :class:`~.raycast.HeightField` (on the CPU).
+        origin: (1, 3) or (N, 3) float64 CPU tensor, ENU metres.
+        directions: (N, 3) float64 CPU tensor of unit ENU directions.
+        hflat: (Ny * Nx,) heights in the computation dtype (float32 or float64).
+        max_range_m, step: metres; n_bisect: as :func:`march`; block: block side (cells).
+        sky_outside_grid: see :func:`~.raycast.raycast`.
+        min_range_m: None or (N,) float64 CPU tensor, metres (>= 0).
 
     Returns:
-        (code (N,) int32 tensor: 0 no event, 1 hit, 2 unavailable; range (N,) float64 tensor,
-        NaN unless hit).
-
-    Raises:
-        ValueError: a tensor not on the CPU, or a field dtype other than float32/float64.
+        (status (N,) int8 tensor of RayStatus values, range (N,) float64 tensor, NaN unless
+        HIT).
     """
     import torch
 
+    from .raycast import RayStatus
+
     first = _IMPL is None
-    impl = _impl()
-    for name, x in (('gx0', gx0), ('hflat', hflat), ('bmax', bmax)):
-        if x.device.type != 'cpu':
-            raise ValueError(f'the numba ray-march runs on the CPU, {name} is on {x.device}')
+    cast_impl = _impl()
+    if [int(s) for s in RayStatus] != [1, 2, 3, 4]:
+        raise RuntimeError('the numba cast writes RayStatus HIT..BELOW_TERRAIN as 1..4')
+    if hflat.device.type != 'cpu':
+        raise ValueError(f'the numba ray-march runs on the CPU, the field is on {hflat.device}')
     if hflat.dtype not in (torch.float32, torch.float64):
         raise ValueError(f'height field dtype must be float32 or float64, got {hflat.dtype}')
-    ny, nx = shape
+    ny, nx = field.shape
     h = np.ascontiguousarray(hflat.numpy())
     ct = h.dtype
-    cols = [np.ascontiguousarray(x.detach().to(torch.float64).numpy())
-            for x in (gx0, gy0, oz, gdx, gdy, dz, t0, t1)]
-    consts = [c.astype(ct, copy=False) for c in cols[:6]]
+    seg = block * field.cell_m
+    bm = np.ascontiguousarray(field.block_max(block).to(torch.float64).numpy())
+    bs = np.ascontiguousarray(field.block_slope(block).to(torch.float64).numpy())
+    o = np.ascontiguousarray(origin.reshape(-1, 3).numpy(), dtype=np.float64)
+    d = np.ascontiguousarray(directions.numpy(), dtype=np.float64)
+    n = d.shape[0]
+    tmin = np.zeros(0) if min_range_m is None else \
+        np.ascontiguousarray(min_range_m.to(torch.float64).expand(n).numpy())
+    grid = np.array([field.x0_m, field.y0_m, field.cell_m, field.z_max, max_range_m])
     lim = np.array([nx - 1, ny - 1, nx - 2, ny - 2], dtype=ct)
-    bm = np.ascontiguousarray(bmax.detach().to(torch.float64).numpy())
-    bs = np.full(bm.shape, np.inf) if bslope is None else \
-        np.ascontiguousarray(bslope.detach().to(torch.float64).numpy())
-    if bs.shape != bm.shape:
-        raise ValueError(f'bslope must have the shape of bmax {bm.shape}, got {bs.shape}')
-    n = cols[0].shape[0]
-    code = np.zeros(n, dtype=np.int32)
-    rng = np.full(n, np.nan)
+    status = np.empty(n, dtype=np.int8)
+    rng = np.empty(n)
     t = time.perf_counter()
     if n:
-        impl(*cols, *consts, h, lim, int(nx), bm, bs, float(block), float(seg), float(step),
-             int(n_bisect), min(_GROUPS, n), code, rng)
+        cast_impl(o, d, tmin, grid, h, lim, int(nx), int(ny), bm, bs, float(block), float(seg),
+                  float(step), int(n_bisect), min(_GROUPS, n), bool(sky_outside_grid), status,
+                  rng)
     if first:
         _LOG.info('numba ray-march ready (first call, compile or cache load included: %.1f s)',
                   time.perf_counter() - t)
-    return torch.from_numpy(code), torch.from_numpy(rng)
+    return torch.from_numpy(status), torch.from_numpy(rng)
