@@ -621,11 +621,7 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
                                  sky_outside_grid=sky_outside_grid, min_range_m=t_min)
             found = (st, r64.to(ct))
         except Exception as exc:  # noqa: BLE001 - a kernel that fails to build here
-            if not march_auto:
-                raise
-            _KERNEL_BROKEN.append(march)
-            _LOG.warning('%s ray-march failed (%r); using the torch loop from now on',
-                         march, exc)
+            _kernel_failed(march, march_auto, exc)
             march = 'torch'
     if found is None:
         found = _status_range(field, o64, d64, hflat, ct, march, march_auto, max_range_m,
@@ -634,6 +630,15 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
     hidx = torch.nonzero(status == int(RayStatus.HIT), as_tuple=False).reshape(-1)
     return _hit_geometry(field, o64, d64, hflat, ct, status, range_m, hidx, pose_cov,
                          ranges_only)
+
+
+def _kernel_failed(march: str, march_auto: bool, exc: Exception) -> None:
+    """A compiled march raised ``exc``: re-raise it when it was asked for by name; in auto
+    mode log it once and let the torch loop answer from now on (the caller's fallback)."""
+    if not march_auto:
+        raise exc
+    _KERNEL_BROKEN.append(march)
+    _LOG.warning('%s ray-march failed (%r); using the torch loop from now on', march, exc)
 
 
 def _status_range(field: HeightField, o64: 'torch.Tensor', d64: 'torch.Tensor',
@@ -749,11 +754,7 @@ def _status_range(field: HeightField, o64: 'torch.Tensor', d64: 'torch.Tensor',
                     hflat, (ny, nx), dmax, block, seg, step, n_bisect,
                     bslope=field.block_slope(block))
             except Exception as exc:  # noqa: BLE001 - a kernel that fails to build here
-                if not march_auto:
-                    raise
-                _KERNEL_BROKEN.append(march)
-                _LOG.warning('%s ray-march failed (%r); using the torch loop from now on',
-                             march, exc)
+                _kernel_failed(march, march_auto, exc)
         if code is not None:
             k_hit, k_nan = code == 1, code == 2
             status[act[k_hit]] = int(RayStatus.HIT)
