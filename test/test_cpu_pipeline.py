@@ -324,14 +324,16 @@ def test_numba_tail_equals_numpy_tail(scene, params, tilt):
     assert (a.provenance == Provenance.MEASURED).sum() > 1000
 
 
-def test_numba_tail_failure_falls_back_to_numpy(scene, monkeypatch, caplog):
-    """A compiled pass that cannot run here is logged once; the numpy passes answer, with the
-    same result, from then on."""
+@pytest.mark.parametrize('error', [RuntimeError('no LLVM here'),
+                                   ValueError('No threading layer could be loaded')])
+def test_numba_tail_failure_falls_back_to_numpy(scene, monkeypatch, caplog, error):
+    """A compiled pass that cannot run here (whatever numba raises, ValueError included) is
+    logged once; the numpy passes answer, with the same result, from then on."""
     import geo_depth_node.core.pipeline as pipeline_mod
     import geo_depth_node.core.triangulate_numba as tn
 
     def broken(*args, **kwargs):
-        raise RuntimeError('no LLVM here')
+        raise error
 
     monkeypatch.setattr(tn, 'triangulate_pack', broken)
     monkeypatch.setattr(pipeline_mod, '_TAIL_BROKEN', [])
@@ -342,9 +344,29 @@ def test_numba_tail_failure_falls_back_to_numpy(scene, monkeypatch, caplog):
     with caplog.at_level('WARNING'):
         r = pl.process(scene.left, scene.right, lm, rm)
     assert pl.frame_tail == 'numpy' and pipeline_mod._TAIL_BROKEN
-    assert 'numba triangulation failed' in caplog.text
+    assert 'numba triangulation failed' in caplog.text and str(error) in caplog.text
     assert pack_points(r).tobytes() == pack_points(ref).tobytes()
     assert DepthPipeline({'stereo.num_disparities': 32}).frame_tail == 'numpy'
+
+
+def test_numba_tail_refuses_bad_inputs():
+    """Inputs the kernel cannot take are the caller's bug: TriangulateInputError names them
+    (the pipeline re-raises it instead of falling back)."""
+    from geo_depth_node.core.triangulate_numba import TriangulateInputError, triangulate_pack
+
+    f32 = np.float32
+    ok = np.zeros((2, 3), f32)
+    args = [ok, ok, True, np.zeros((2, 3), np.uint16), ok, np.zeros(3, f32), np.zeros(2, f32),
+            (1.0, 0.0, 0.1, 0.0, 0.2, 0.5), None, np.zeros((2, 3), POINT_DTYPE),
+            ok.copy(), ok.copy(), ok.copy()]
+    bad = list(args)
+    bad[0] = np.zeros((2, 3), np.float64)
+    with pytest.raises(TriangulateInputError, match='disparity must be'):
+        triangulate_pack(*bad)
+    bad = list(args)
+    bad[9] = np.zeros((3, 2), POINT_DTYPE)
+    with pytest.raises(TriangulateInputError, match='cloud must be'):
+        triangulate_pack(*bad)
 
 
 @pytest.mark.skipif(not numba_available(), reason='numba is not installed')

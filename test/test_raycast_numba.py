@@ -105,6 +105,35 @@ def test_numba_march_nodata_inside_a_bracket():
     assert n_unavailable > 0
 
 
+def high_camera_rays(n=20000, seed=1):
+    """Random downward rays (z 0.3 of the horizontal spread) from 30 m over the rolling field:
+    long coarse skips before the fine phase starts."""
+    rng = np.random.default_rng(seed)
+    d = rng.normal(size=(n, 3))
+    d[:, 2] = -np.abs(d[:, 2]) * 0.3
+    return np.array([0.0, 0.0, 30.0]), d
+
+
+#: rays of high_camera_rays() a march with a stale terrain value after coarse skips got wrong
+STALE_FA_RAYS = [8028, 9847, 10643, 11207, 11266, 12187, 13525, 14577, 17104, 19524, 19660]
+
+
+@needs_numba
+def test_numba_march_after_coarse_skips():
+    """The slope-bound steps of a fine phase are sized from the terrain where the phase starts,
+    not from the last value before the coarse skips: with the stale value 11 of these 20 000
+    rays jumped over their crossing (HIT turned UNAVAILABLE, or a range 70 m too far)."""
+    field = _rolling_field('cpu')
+    o, d = high_camera_rays()
+    ref = raycast(field, o, d, max_range_m=400.0, march='torch')
+    got = raycast(field, o, d, max_range_m=400.0, march='numba')
+    both = (ref.status == RayStatus.HIT) & (got.status == RayStatus.HIT)
+    assert int(both.sum()) > 10000
+    assert torch.equal(got.status, ref.status)
+    assert float((ref.range_m - got.range_m).abs()[both].max()) < 2e-3
+    assert (ref.status[STALE_FA_RAYS] == RayStatus.HIT).all()
+
+
 @needs_numba
 def test_compiled_march_failure_falls_back_to_the_torch_loop(monkeypatch, caplog):
     """A compiled march that fails in auto mode is logged once and the torch loop answers, now

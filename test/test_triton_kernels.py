@@ -255,6 +255,24 @@ def test_raymarch_kernel_slope_steps_never_cross_the_terrain(triton_device):
     assert bad <= 1e-4 * n, (bad, n)
 
 
+def test_raymarch_kernel_after_coarse_skips(triton_device):
+    """A lane turning fine after coarse skips sizes its slope-bound steps from the terrain where
+    it turns: with the stale value from before the skips, all 11 of these rays (numba's
+    failures, test_raycast_numba) jumped over their crossing in the interpreter."""
+    from geo_depth_node.core.raycast import RayStatus, raycast
+    from test_raycast import _rolling_field
+    from test_raycast_numba import STALE_FA_RAYS, high_camera_rays
+
+    field = _rolling_field('cpu')
+    o, d = high_camera_rays()
+    d = d[STALE_FA_RAYS]
+    ref = raycast(field, o, d, max_range_m=400.0, march='torch')
+    got = raycast(field.to(triton_device), o, d, max_range_m=400.0, march='triton')
+    assert (ref.status == RayStatus.HIT).all()
+    assert torch.equal(got.status.cpu(), ref.status)
+    np.testing.assert_allclose(got.range_m.cpu().numpy(), ref.range_m.numpy(), atol=2e-3)
+
+
 def test_raymarch_kernel_nodata_inside_a_bracket(triton_device):
     """A one-node nodata hole between two samples of a coarse step: the bisection meets NaN and
     both implementations call the ray UNAVAILABLE (not a HIT through the hole)."""

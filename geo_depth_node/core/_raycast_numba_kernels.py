@@ -21,7 +21,8 @@ def f_at(buf, slot, lim, hflat, nx, gx0, gy0, oz, gdx, gdy, dz, t):
     gx = gx0 + tc * gdx
     gy = gy0 + tc * gdy
     if not (gx >= 0 and gx <= lim[0] and gy >= 0 and gy <= lim[1]):  # also NaN
-        return np.nan
+        buf[slot] = np.nan  # a NaN of the field dtype (np.nan would make f_at float64)
+        return buf[slot]
     ix = np.floor(gx)
     iy = np.floor(gy)
     if ix > lim[2]:
@@ -74,6 +75,9 @@ def march_ray(buf, c, lim, hflat, nx, bmax, bslope, block, seg, step, target, n_
             t = t + seg
             continue
         fine_end = t + seg
+        # the terrain where the fine phase starts (a coarse skip moved t past the last value:
+        # a stale, larger fa would stretch the slope-bound steps over real crossings)
+        fa = f_at(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc, gdyc, dzc, t)
         # fine: steps up to fine_end, each `step` metres or, where the slope bound proves no
         # crossing, a whole number of steps (the samples stay on the lattice t0 + k step of
         # the torch loop, so both find the same crossings)

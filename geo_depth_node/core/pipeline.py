@@ -352,20 +352,23 @@ class DepthPipeline:
         that fails here falls back as it would on a frame (logged once).
 
         Returns:
-            kernel -> seconds ('triangulation', 'dem_raycast'); empty if there is none.
+            kernel -> seconds ('triangulation' when the host path triangulates with numba;
+            'dem_raycast' with DEM sources, a tiny cast with ``dem.raycast_march``, whichever
+            march that is); empty if there is none.
 
         Raises:
             ValueError: ``dem.raycast_march`` forced to a march that cannot run on
-                ``dem.device``.
+                ``dem.device``. A march forced by name that fails to build re-raises its
+                error (as it would on the first frame).
         """
         took: dict[str, float] = {}
         if not self.device_path and self.frame_tail == 'numba':
-            from .triangulate_numba import warm_up
+            from .triangulate_numba import TriangulateInputError, warm_up
 
             try:
                 took['triangulation'] = warm_up()
             except Exception as exc:  # noqa: BLE001 - as on a frame: numpy from now on
-                if isinstance(exc, ValueError):
+                if isinstance(exc, TriangulateInputError):
                     raise
                 self._tail_failed(exc)
         if self.georef is not None:
@@ -388,7 +391,7 @@ class DepthPipeline:
         """:meth:`_triangulate` in one compiled pass that also packs the cloud
         (core.triangulate_numba; ``out`` from :meth:`_alloc_outputs` with a 'cloud').
         None if the kernel cannot run here (logged once; the numpy path takes over)."""
-        from .triangulate_numba import triangulate_pack
+        from .triangulate_numba import TriangulateInputError, triangulate_pack
 
         p = self.params
         left = stereo.left
@@ -404,7 +407,7 @@ class DepthPipeline:
                 left.R.T if unrectify else None, out['cloud'], out['depth'], out['depth_sigma'],
                 out['sigma_disparity'])
         except Exception as exc:  # noqa: BLE001 - numba missing a feature or failing to build
-            if isinstance(exc, ValueError):
+            if isinstance(exc, TriangulateInputError):
                 raise
             self._tail_failed(exc)
             return None

@@ -80,12 +80,14 @@ def cast(field: Any, origin: Any, directions: Any, hflat: Any, *, max_range_m: f
 
     Args:
         field: the :class:`~.raycast.HeightField` (on the CPU).
-        origin: (1, 3) or (N, 3) float64 CPU tensor, ENU metres.
+        origin: (1, 3) or (N, 3) float64 CPU tensor, ENU metres (one origin for all rays,
+            or one per ray).
         directions: (N, 3) float64 CPU tensor of unit ENU directions.
         hflat: (Ny * Nx,) heights in the computation dtype (float32 or float64).
-        max_range_m, step: metres; n_bisect: as :func:`march`; block: block side (cells).
+        max_range_m, step: metres; n_bisect: bisection iterations of a ``step``-long bracket
+            (longer brackets are bisected to the same final width); block: block side (cells).
         sky_outside_grid: see :func:`~.raycast.raycast`.
-        min_range_m: None or (N,) float64 CPU tensor, metres (>= 0).
+        min_range_m: None, or a 0-d or (N,) float64 CPU tensor, metres (>= 0).
 
     Returns:
         (status (N,) int8 tensor of RayStatus values, range (N,) float64 tensor, NaN unless
@@ -107,8 +109,11 @@ def cast(field: Any, origin: Any, directions: Any, hflat: Any, *, max_range_m: f
     h = np.ascontiguousarray(hflat.numpy())
     ct = h.dtype
     seg = block * field.cell_m
-    bm = np.ascontiguousarray(field.block_max(block).to(torch.float64).numpy())
+    # the block maxima rounded to the computation dtype, as the torch loop uses them
+    bm = np.ascontiguousarray(field.block_max(block).to(hflat.dtype).to(torch.float64).numpy())
     bs = np.ascontiguousarray(field.block_slope(block).to(torch.float64).numpy())
+    if origin.ndim == 2 and origin.shape[0] > 1 and origin.stride(0) == 0:
+        origin = origin[:1]  # one origin expanded over the rays (raycast's _as_rays)
     o = np.ascontiguousarray(origin.reshape(-1, 3).numpy(), dtype=np.float64)
     d = np.ascontiguousarray(directions.numpy(), dtype=np.float64)
     n = d.shape[0]

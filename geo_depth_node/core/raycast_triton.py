@@ -117,7 +117,13 @@ def _march_kernel(gx0_ptr, gy0_ptr, oz_ptr, gdx_ptr, gdy_ptr, dz_ptr, t0_ptr, t1
                      tl.where(q >= 2.0 * step, tl.floor(q / step), 1.0))  # noqa: F821
         k = tl.where(den <= 0, n_seg * 1.0, k)  # noqa: F821
         tn = tl.minimum(t + k * step, t1)  # noqa: F821
-        fn = _f_at(h_ptr, nx, fx1, fy1, gx0, gy0, oz, gdx, gdy, dz, tn)
+        # one terrain lookup per lane: the next sample of a fine lane, or the start of the
+        # fine phase of a lane turning fine (after coarse skips its fa is stale, and a stale,
+        # larger fa would stretch the slope-bound steps over real crossings)
+        f_ev = _f_at(h_ptr, nx, fx1, fy1, gx0, gy0, oz, gdx, gdy, dz,
+                     tl.where(to_fine, t, tn))  # noqa: F821
+        fa = tl.where(to_fine, f_ev, fa)  # noqa: F821
+        fn = f_ev
         nan_ev = stepping & (fn != fn)
         hit_ev = stepping & (fn <= 0)
         ta = tl.where(hit_ev, t, ta)  # noqa: F821

@@ -37,6 +37,11 @@ if (POINT_DTYPE.itemsize, [POINT_DTYPE.fields[n][1] for n in POINT_DTYPE.names])
                       'provenance flags source at offsets 0 4 8 12 16 18 20')
 
 
+class TriangulateInputError(ValueError):
+    """An input :func:`triangulate_pack` cannot take (shape, dtype, layout): a caller's bug,
+    unlike a failure of numba itself (which the pipeline answers with the numpy path)."""
+
+
 def numba_available() -> bool:
     """Whether numba can be imported (does not import it)."""
     return importlib.util.find_spec('numba') is not None
@@ -66,7 +71,8 @@ def triangulate_pack(disparity: np.ndarray, sd_src: np.ndarray, sd_is_model: boo
         The number of MEASURED pixels whose sigma is not finite (0 unless something is wrong).
 
     Raises:
-        ValueError: shapes, dtypes or layouts the kernel cannot take.
+        TriangulateInputError: shapes, dtypes or layouts the kernel cannot take (anything
+            else raised comes from numba: the kernel cannot run here).
     """
     global _IMPL
     h, w = shape = disparity.shape
@@ -75,15 +81,15 @@ def triangulate_pack(disparity: np.ndarray, sd_src: np.ndarray, sd_is_model: boo
                         ('depth', depth, np.float32), ('depth_sigma', depth_sigma, np.float32),
                         ('sigma_disparity', sigma_disparity, np.float32)):
         if a.shape != shape or a.dtype != dt:
-            raise ValueError(f'{name} must be {shape} {np.dtype(dt)}, got {a.shape} {a.dtype}')
+            raise TriangulateInputError(f'{name} must be {shape} {np.dtype(dt)}, got {a.shape} {a.dtype}')
     if u.shape != (w,) or v.shape != (h,):
-        raise ValueError(f'u, v must be ({w},), ({h},), got {u.shape}, {v.shape}')
+        raise TriangulateInputError(f'u, v must be ({w},), ({h},), got {u.shape}, {v.shape}')
     if cloud.shape != shape or cloud.dtype != POINT_DTYPE or not cloud.flags.c_contiguous:
-        raise ValueError(f'cloud must be a C-contiguous {shape} POINT_DTYPE array')
+        raise TriangulateInputError(f'cloud must be a C-contiguous {shape} POINT_DTYPE array')
     for name, a in (('depth', depth), ('depth_sigma', depth_sigma),
                     ('sigma_disparity', sigma_disparity)):
         if not a.flags.writeable:
-            raise ValueError(f'{name} must be writeable')
+            raise TriangulateInputError(f'{name} must be writeable')
     first = _IMPL is None
     t = time.perf_counter()
     if first:
