@@ -352,7 +352,8 @@ class DepthPipeline:
         that fails here falls back as it would on a frame (logged once).
 
         Returns:
-            kernel -> seconds ('triangulation' when the host path triangulates with numba;
+            kernel -> seconds ('stereo' for the device frame path of ``sgm_torch``;
+            'triangulation' when the host path triangulates with numba;
             'dem_raycast' with DEM sources, a tiny cast with ``dem.raycast_march``, whichever
             march that is); empty if there is none.
 
@@ -362,6 +363,15 @@ class DepthPipeline:
                 error (as it would on the first frame).
         """
         took: dict[str, float] = {}
+        if self.device_path:
+            t = time.perf_counter()
+            try:
+                self._warm_up_device()
+            except Exception as exc:  # noqa: BLE001 - the first frame will say it, with context
+                _LOG.warning('warming up the device frame path failed (%r); the first frame '
+                             'compiles what it needs', exc)
+            else:
+                took['stereo'] = time.perf_counter() - t
         if not self.device_path and self.frame_tail == 'numba':
             from .triangulate_numba import TriangulateInputError, warm_up
 
@@ -377,6 +387,37 @@ class DepthPipeline:
             took['dem_raycast'] = warm_up(self.params['dem.device'],
                                           str(self.params['dem.raycast_march']))
         return took
+
+    def _warm_up_device(self) -> None:
+        """One eager pass of the device frame body (matching, sigma, triangulation, packing) on
+        a small textured pair with this pipeline's disparity range: on CUDA the Triton kernels
+        are compiled for it (their specialisations do not depend on the image size, which
+        is a multiple of 16 here as in common camera sizes); the CUDA graph of the real size
+        is captured on the first frame."""
+        import torch
+
+        from .device_path import DeviceFramePath
+
+        if self._device_path is None:
+            self._device_path = DeviceFramePath(self.params, self.matcher, self.sigma_model,
+                                                use_graph=bool(self.params['stereo.cuda_graph']))
+        n_disp = int(self.params['stereo.num_disparities'])
+        w, h = (n_disp + 64 + 15) // 16 * 16, 32
+        rng = np.random.default_rng(0)
+        ext = rng.integers(0, 256, (h, w + 8), dtype=np.uint8)
+        left = np.ascontiguousarray(ext[:, :w])
+        right = np.ascontiguousarray(ext[:, 8:])  # left[x] = right[x - 8]: disparity 8 px
+        f, b = 100.0, 0.1
+        k = [f, 0.0, w / 2, 0.0, f, h / 2, 0.0, 0.0, 1.0]
+        lm = CameraModel.from_arrays(w, h, k, np.zeros(5), np.eye(3),
+                                     [f, 0.0, w / 2, 0.0, 0.0, f, h / 2, 0.0, 0.0, 0.0, 1.0, 0.0])
+        rm = CameraModel.from_arrays(w, h, k, np.zeros(5), np.eye(3),
+                                     [f, 0.0, w / 2, -f * b, 0.0, f, h / 2, 0.0, 0.0, 0.0, 1.0,
+                                      0.0])
+        inputs = torch.from_numpy(np.stack([left, right])).to(self._device_path.device)
+        self._device_path.body(inputs, StereoModel.from_cameras(lm, rm))
+        if self._device_path.cuda:
+            torch.cuda.synchronize(self._device_path.device)
 
     def _tail_failed(self, exc: BaseException) -> None:
         """The compiled triangulation cannot run here: numpy passes from now on (logged)."""
