@@ -8,7 +8,8 @@
 #   * `geo-depth bench --pipeline` of the node's frame path (DepthPipeline.process with the
 #     calibrated sigma, CUDA graph) at 1280x720 and 640x480;
 #   * the same with the DEM (--scene synth-georef: pose, Triton ray-cast, sigma points,
-#     fusion) when rosbags, rasterio and pyproj import (carry their wheels otherwise).
+#     fusion) when rosbags, rasterio and pyproj import (carry their wheels otherwise);
+#   * start-up: DepthPipeline.warm_up (Triton compile) and the first three frames' times.
 # The DEM run needs wheels the GPU image lacks; fetch them here once (about 50 MB) and name
 # .whl in the device tool's `carry`; this script installs them into /tmp/site:
 #   echo /.whl/ >> .git/info/exclude
@@ -53,5 +54,28 @@ if "$py" -c 'import rosbags, rasterio, pyproj' 2>/dev/null; then
 else
     echo 'rosbags / rasterio / pyproj missing: no --scene synth-georef run' | tee "$out/georef_skipped.txt"
 fi
+# start-up: DepthPipeline.warm_up (Triton compile, as the node does at start) and the first
+# two frames at 1280x720 (the first also captures the CUDA graph)
+"$py" - > "$out/first_frames.json" <<'EOF2' || rc=1
+import json, time
+import numpy as np
+from geo_depth_node.core.camera import CameraModel
+from geo_depth_node.core.cloud import pack_points
+from geo_depth_node.core.pipeline import DepthPipeline
+from geo_depth_node.core.scene import render_scene
+t = time.perf_counter()
+pl = DepthPipeline({'stereo.matcher': 'sgm_torch', 'stereo.device': 'cuda'})
+made = time.perf_counter() - t
+took = pl.warm_up()
+s = render_scene(1280, 720, seed=0)
+models = [CameraModel.from_arrays(1280, 720, s.K, np.zeros(5), np.eye(3), P)
+          for P in (s.P_left, s.P_right)]
+frames = []
+for _ in range(3):
+    t = time.perf_counter()
+    pack_points(pl.process(s.left, s.right, *models))
+    frames.append(round((time.perf_counter() - t) * 1e3, 2))
+print(json.dumps({'pipeline_s': round(made, 2), 'warm_up_s': took, 'frames_ms': frames}))
+EOF2
 for f in "$out"/*.json; do echo "== $f"; cat "$f"; echo; done
 exit $rc
