@@ -113,3 +113,50 @@ def test_camera_clearance_and_its_warning():
     off = _pose(2.0)
     off.p_enu_cam = np.array([5000.0, 0.0, 2.0])  # outside the grid: nothing known
     assert clearance_warning(_prior(field).camera_clearance(off)) is None
+
+
+@pytest.mark.parametrize('above_m, consistent', [(6.0, True), (20.0, False)])
+def test_height_gate_uses_the_dem_sigma_the_prior_uses(above_m, consistent):
+    """The height test of a stereo point uses the DEM sigma of the node under it as the grid
+    holds it (per source, grown with survey age: 0.5 m surveyed 10 years ago at 0.3 m/year is
+    3.04 m), not the source's stated sigma: a point 6 m above such a DEM is consistent, 20 m
+    is not (with the stated 0.5 m, every 6-m point was a PRIOR_CONFLICT). numpy and torch
+    twins alike."""
+    import datetime
+
+    from geo_depth_node.core.dem import DemSourceSpec
+    from geo_depth_node.core.georef_torch import height_consistency_torch
+    from geo_depth_node.core.pipeline import FrameResult
+
+    spec = DemSourceSpec(id=1, name='old', path='x', kind='dem', vertical_datum='ellipsoid',
+                         sigma_v_m=0.5, sigma_h_m=0.0, survey_date=datetime.date(2015, 1, 1),
+                         sigma_v_growth_m_per_year=0.3)
+    sv = spec.sigma_v_at(datetime.date(2025, 1, 1))
+    assert sv == pytest.approx(3.04, abs=0.01)
+    cell = 2.0
+    xs = np.arange(-200.0, 600.0 + cell, cell)
+    field = HeightField(torch.zeros((xs.size, xs.size)), xs[0], xs[0], cell, sigma_v=sv,
+                        sigma_h=0.0)
+    prior = _prior(field)
+    prior.grid.specs_by_id = {1: spec}
+    cam_h, pose, model = 30.0, _pose(30.0), _model()
+    d_cam, ray_unit, norm = prior.rays(model, True)
+    down = (d_cam @ pose.R_enu_cam.T)[..., 2] < -0.05
+    r_s = np.where(down, (cam_h - above_m) / -(d_cam @ pose.R_enu_cam.T)[..., 2], np.nan)
+    r_s = r_s.astype(np.float32)
+    pts = (ray_unit * r_s[..., None]).astype(np.float32)
+    prov = down.astype(np.uint8)
+    sig = np.where(down, 0.05 * r_s, np.nan).astype(np.float32)
+    h, w = prov.shape
+    res = FrameResult(depth=r_s / norm, depth_sigma=sig / norm, points=pts, sigma=sig,
+                      provenance=prov, flags=np.zeros((h, w), np.uint16),
+                      source=np.zeros((h, w), np.uint16),
+                      disparity=np.full((h, w), np.nan, np.float32),
+                      sigma_disparity=np.full((h, w), np.nan, np.float32), timings_ms={})
+    ok = prior.height_consistency(res, pose, model)
+    frame = {'points': torch.from_numpy(pts), 'provenance': torch.from_numpy(prov),
+             'sigma': torch.from_numpy(sig)}
+    ok_t = height_consistency_torch(prior, frame, pose, model).numpy()
+    assert down.sum() > 1000
+    np.testing.assert_array_equal(ok, ok_t)
+    assert ok[down].all() if consistent else not ok[down].any()

@@ -110,8 +110,10 @@ class GeoPrior:
         """Unit pixel rays of the left camera, cached per calibration: (d_cam (H, W, 3) float64
         in the camera optical frame, the rays of the output frame (H, W, 3) float32 — camera if
         ``unrectify`` else rectified —, |((u-cx)/fx, (v-cy)/fy, 1)| (H, W) float64)."""
+        # both output frames are kept: a frame asks for the camera rays (cast, height test)
+        # and, with output.unrectify_points false, for the rectified ones (fusion)
         key = (model.width, model.height, model.fx, model.fy, model.cx, model.cy,
-               model.R.tobytes(), unrectify)
+               model.R.tobytes())
         if self._ray_cache is None or self._ray_cache[0] != key:
             u = (np.arange(model.width) - model.cx) / model.fx
             v = (np.arange(model.height) - model.cy) / model.fy
@@ -119,9 +121,10 @@ class GeoPrior:
             norm = np.linalg.norm(d, axis=-1)
             d_rect = d / norm[..., None]
             d_cam = d_rect @ np.asarray(model.R, dtype=np.float64)  # R^T d for row vectors
-            out = d_cam if unrectify else d_rect
-            self._ray_cache = (key, d_cam, out.astype(np.float32), norm)
-        return self._ray_cache[1], self._ray_cache[2], self._ray_cache[3]
+            self._ray_cache = (key, d_cam, d_cam.astype(np.float32), d_rect.astype(np.float32),
+                               norm)
+        _, d_cam, cam32, rect32, norm = self._ray_cache
+        return d_cam, (cam32 if unrectify else rect32), norm
 
     def cast(self, pose: PoseEstimate, model: CameraModel) -> dict[str, np.ndarray]:
         """Ray-cast every pixel; (H, W) arrays range_m, sigma_m, status, source (numpy), and
@@ -289,9 +292,10 @@ class GeoPrior:
         ys = np.concatenate([p[:, 1], p[:, 1], p[:, 1], p[:, 1] + eps, p[:, 1] - eps])
         with torch.no_grad(), cpu_threads(field.device, 1):  # small ops: see cpu_threads
             z = field.sample(xs, ys).double().cpu().numpy().reshape(5, -1)
+            # the DEM sigmas under each point, as the prior's sigma uses them (per source,
+            # grown with survey age to the grid's epoch)
+            sig_v, sig_h = (s.double().cpu().numpy() for s in field.node_sigmas(p[:, 0], p[:, 1]))
         slope = np.hypot(z[1] - z[2], z[3] - z[4]) / (2 * eps)
-        sig_v = float(max(s.sigma_v_m for s in self.grid.specs_by_id.values()))
-        sig_h = float(max(s.sigma_h_m for s in self.grid.specs_by_id.values()))
         d_h = np.hypot(d[:, 0], d[:, 1])
         att = float(max(pose.rpy_sigma[0], pose.rpy_sigma[1]))
         s_s = result.sigma[meas].astype(np.float64)

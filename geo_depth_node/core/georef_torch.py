@@ -58,12 +58,14 @@ def _rays(prior: Any, model: CameraModel, unrectify: bool, device: Any) -> tuple
     key = (model.width, model.height, model.fx, model.fy, model.cx,
            model.cy, model.R.tobytes(), unrectify, str(device))
     cache = getattr(prior, '_torch_rays', None)
-    if cache is None or cache[0] != key:
-        d_cam, out, norm = prior.rays(model, unrectify)
-        cache = (key, *(torch.from_numpy(np.ascontiguousarray(a)).to(device)
-                        for a in (d_cam, out, norm)))
-        prior._torch_rays = cache
-    return cache[1], cache[2], cache[3]
+    if cache is None:  # key -> tensors; a frame asks for up to two output frames x devices
+        cache = prior._torch_rays = {}
+    if key not in cache:
+        if len(cache) >= 4:
+            cache.clear()  # a new calibration
+        cache[key] = tuple(torch.from_numpy(np.ascontiguousarray(a)).to(device)
+                           for a in prior.rays(model, unrectify))
+    return cache[key]
 
 
 def cast_torch(prior: Any, pose: PoseEstimate, model: CameraModel) -> dict[str, Any]:
@@ -150,9 +152,10 @@ def height_consistency_torch(prior: Any, frame: Mapping[str, Any], pose: PoseEst
     ys = torch.cat([py, py, py, py + eps, py - eps])
     with torch.no_grad(), cpu_threads(field.device, 1):
         z = field.sample(xs.to(field.device), ys.to(field.device)).double().to(dev).reshape(5, -1)
+        # the DEM sigmas under each point (per source, grown with survey age), as the prior's
+        sig_v, sig_h = (s.double().to(dev) for s in field.node_sigmas(px.to(field.device),
+                                                                       py.to(field.device)))
     slope = torch.hypot(z[1] - z[2], z[3] - z[4]) / (2 * eps)
-    sig_v = float(max(s.sigma_v_m for s in prior.grid.specs_by_id.values()))
-    sig_h = float(max(s.sigma_h_m for s in prior.grid.specs_by_id.values()))
     d_h = torch.hypot(d[:, 0], d[:, 1])
     att = float(max(pose.rpy_sigma[0], pose.rpy_sigma[1]))
     s_s = frame['sigma'][meas].double()

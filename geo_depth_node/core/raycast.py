@@ -280,6 +280,23 @@ class HeightField:
         z, _, _ = _bilinear(self.height.reshape(-1), self.shape, gx.to(dt), gy.to(dt))
         return z
 
+    def node_sigmas(self, x: Any, y: Any) -> tuple['torch.Tensor', 'torch.Tensor']:
+        """(sigma_v, sigma_h) of the node nearest to ENU (x, y) (tensors or arrays, same
+        shape), metres, in the field's dtype and on its device; NaN outside the grid. These
+        are the sigmas the ray-cast's prior sigma uses (per source, grown with survey age)."""
+        import torch
+
+        ny, nx = self.shape
+        gx = (torch.as_tensor(x, dtype=torch.float64, device=self.device) - self.x0_m) / self.cell_m
+        gy = (torch.as_tensor(y, dtype=torch.float64, device=self.device) - self.y0_m) / self.cell_m
+        inside = (gx >= -0.5) & (gx <= nx - 0.5) & (gy >= -0.5) & (gy <= ny - 0.5)
+        jx = torch.round(torch.nan_to_num(gx, nan=0.0)).clamp(0, nx - 1).long()
+        jy = torch.round(torch.nan_to_num(gy, nan=0.0)).clamp(0, ny - 1).long()
+        node = jy * nx + jx
+        nan = torch.full_like(gx, float('nan'), dtype=self.height.dtype)
+        return (torch.where(inside, self.sigma_v.reshape(-1)[node], nan),
+                torch.where(inside, self.sigma_h.reshape(-1)[node], nan))
+
 
 @dataclasses.dataclass(frozen=True)
 class PoseCovariance:
