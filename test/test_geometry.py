@@ -142,6 +142,35 @@ def test_unrectify_points_rotates_back_to_optical_frame():
     np.testing.assert_allclose(r_opt.points.reshape(-1, 3) @ R.T, p_rect, atol=1e-4)
 
 
+def test_enu_output_places_rectified_and_optical_points_alike():
+    """output.frame enu: the ENU cloud does not depend on output.unrectify_points. With false
+    the points are in the rectified frame, so the pose of the optical frame is composed with
+    R^T (p_cam = R^T p_rect) before it is applied, on the host and in the torch twin."""
+    import torch
+
+    from geo_depth_node.core.georef_torch import to_enu_torch
+    from geo_depth_node.core.pipeline import points_to_enu
+
+    ang = np.deg2rad(3.0)
+    R = np.array([[np.cos(ang), 0, np.sin(ang)], [0, 1, 0], [-np.sin(ang), 0, np.cos(ang)]])
+    disp = np.full((H, W), 30.0, dtype=np.float32)
+    T = np.eye(4)
+    T[:3, :3] = [[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]  # looking east, level
+    T[:3, 3] = [10.0, -5.0, 2.0]
+    enu = {}
+    for unrect in (False, True):
+        params = {'output.unrectify_points': unrect, 'output.frame': 'enu'}
+        pl, r, left = _pipeline_on_disparity(disp, params, R=R)
+        frame = {'points': torch.from_numpy(r.points.copy())}
+        to_enu_torch(frame, points_to_enu(T, left, pl.params))
+        r.T_enu_cam = T
+        pl._to_enu(r, left)
+        np.testing.assert_allclose(frame['points'].numpy(), r.points, atol=1e-4)
+        enu[unrect] = r.points.reshape(-1, 3)
+    np.testing.assert_allclose(enu[False], enu[True], atol=1e-4)
+    assert np.ptp(enu[True][:, 1]) > 1.0  # not a degenerate cloud
+
+
 def test_rectification_round_trip():
     """Project 3-D points into the raw (distorted, rotated) image; rectifying the raw image
     moves a blob there to the rectified projection P [R p]."""

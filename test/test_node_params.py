@@ -14,15 +14,30 @@ pytest.importorskip('geo_depth_node.msg', reason='custom messages not built (run
 from geo_depth_node.ros.harness import installed_paths, isolated_ros_env  # noqa: E402
 
 
-def _run_with(tmp_path, mutate) -> tuple[int, str]:
+def _run_with(tmp_path, mutate, namespace: str | None = None) -> tuple[int, str]:
     doc = yaml.safe_load(installed_paths().params_file.read_text())
-    mutate(doc['geo_depth_node']['ros__parameters'])
+    mutate(doc['/**/geo_depth_node']['ros__parameters'])
     path = tmp_path / 'params.yaml'
     path.write_text(yaml.safe_dump(doc))
+    ns = ['-r', f'__ns:={namespace}'] if namespace else []
     out = subprocess.run([str(installed_paths().executable), '--ros-args', '--params-file',
-                          str(path)], env=isolated_ros_env(random.randint(100, 200)),
+                          str(path), *ns], env=isolated_ros_env(random.randint(100, 200)),
                          capture_output=True, text=True, timeout=60)
     return out.returncode, out.stdout + out.stderr
+
+
+def test_params_file_applies_in_any_namespace_and_ros_own_keys_pass(tmp_path):
+    """The installed params file's section (``/**/geo_depth_node``) reaches the node under a
+    launch namespace (a plain ``geo_depth_node:`` key would be silently ignored there): a typo
+    in it is refused under /stereo too. ROS's own per-node parameters are not typos."""
+    def mutate(p):
+        p['stereo'].update(num_disparitys=64)
+        p['start_type_description_service'] = True
+        p['use_sim_time'] = False
+
+    rc, log = _run_with(tmp_path, mutate, namespace='/stereo')
+    assert rc == 2, log
+    assert 'stereo.num_disparitys' in log and 'start_type_description_service' not in log, log
 
 
 @pytest.mark.parametrize('mutate,expect', [

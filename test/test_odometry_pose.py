@@ -287,7 +287,7 @@ def test_node_refuses_odometry_without_a_fixed_datum(tmp_path):
     from geo_depth_node.ros.harness import installed_paths, isolated_ros_env
 
     doc = yaml.safe_load(installed_paths().params_file.read_text())
-    p = doc['geo_depth_node']['ros__parameters']
+    p = doc['/**/geo_depth_node']['ros__parameters']
     p['pose']['source'] = 'odometry'
     p['georef']['datum_mode'] = 'first_fix'
     path = tmp_path / 'params.yaml'
@@ -429,7 +429,7 @@ def test_live_node_georeferences_from_odometry(world, tmp_path):
     from geo_depth_node.ros.harness import BagReplayer, NodeProcess, isolated_ros_env
 
     doc = yaml.safe_load(Path(world['params']).read_text())
-    doc['geo_depth_node']['ros__parameters'].setdefault('pose', {}).update({
+    doc['/**/geo_depth_node']['ros__parameters'].setdefault('pose', {}).update({
         'source': 'odometry', 'odometry_default_position_sigma_m': SIGMA_P,
         'odometry_default_attitude_sigma_rad': SIGMA_A})  # small: the priors stay usable
     params = tmp_path / 'params.yaml'

@@ -60,7 +60,7 @@ def test_installed_package_is_the_one_imported():
 def test_params_yaml_mirrors_declared_parameters():
     path = REPO / 'config' / 'geo_depth.yaml'
     doc = yaml.safe_load(path.read_text())
-    flat = flatten(doc['geo_depth_node']['ros__parameters'])
+    flat = flatten(doc['/**/geo_depth_node']['ros__parameters'])
     assert set(flat) == set(PARAMS_BY_NAME), set(flat) ^ set(PARAMS_BY_NAME)
     for name, value in flat.items():
         spec = PARAMS_BY_NAME[name]
@@ -141,9 +141,10 @@ def test_launch_file_starts_the_installed_executable_with_the_params_file():
     assert re.search(r'install\(PROGRAMS scripts/geo_depth_node DESTINATION lib/\$\{PROJECT_NAME\}\)',
                      cmake)
     assert (REPO / 'scripts' / 'geo_depth_node').stat().st_mode & 0o111
-    # launch-argument names are what users pass; the YAML section is for that node name
+    # launch-argument names are what users pass; the YAML section is for that node name in
+    # any namespace (the launch file's namespace argument)
     doc = yaml.safe_load((REPO / 'config' / 'geo_depth.yaml').read_text())
-    assert list(doc) == [ast.literal_eval(kw['name'])]
+    assert list(doc) == ['/**/' + ast.literal_eval(kw['name'])]
 
 
 def test_launch_file_compiles():

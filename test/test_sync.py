@@ -228,6 +228,25 @@ def test_reset_drops_queued_and_accepts_older_stamps() -> None:
     assert sync.stats.out_of_order == 0
 
 
+def test_a_time_jump_back_starts_over() -> None:
+    """A stamp more than TIME_JUMP_BACK_NS older than the last emitted one of its input is a
+    bag loop, not a late message: the queues reset and the new pass is matched (before, every
+    later message was dropped as out of order, for ever). A late message within the jump
+    threshold is still out of order."""
+    from geo_depth_node.core.sync import TIME_JUMP_BACK_NS
+
+    s = 1_000_000_000
+    sync, rec = make_sync(mode='exact')
+    feed(sync, [('left', 10 * s), ('right', 10 * s), ('left', 20 * s), ('right', 20 * s)])
+    feed(sync, [('left', 20 * s - TIME_JUMP_BACK_NS // 2)])  # late, not a jump
+    assert sync.stats.out_of_order == 1 and sync.stats.time_jumps == 0
+    feed(sync, [('left', 10 * s), ('right', 10 * s), ('left', 11 * s), ('right', 11 * s)])
+    assert stamps_of(rec.sets)[-2:] == [{'left': 10 * s, 'right': 10 * s},
+                                       {'left': 11 * s, 'right': 11 * s}]
+    assert sync.stats.time_jumps == 1 and sync.stats.out_of_order == 1
+    assert sync.stats.matched == 4
+
+
 # ----------------------------------------------------------------- callback
 def test_callback_exception_propagates_and_sync_keeps_working() -> None:
     calls: list[dict[str, Any]] = []

@@ -407,7 +407,12 @@ def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
     return flat
 
 
-ROS_ONLY_PARAMS = frozenset({'use_sim_time'})
+ROS_ONLY_PARAMS = frozenset({'use_sim_time', 'start_type_description_service'})
+#: the params-file key of the node's section: the node name in any namespace (a plain
+#: ``geo_depth_node:`` key matches only ``/geo_depth_node``, so a launch with a namespace
+#: would silently get the defaults)
+PARAMS_FILE_KEY = '/**/geo_depth_node'
+
 #: Per-source parameters (dynamic names): dem.source.<name>.<field>, see core/dem.py.
 DEM_SOURCE_PREFIX = 'dem.source.'
 

@@ -110,6 +110,20 @@ class FrameResult:
         return {fl.name: int(np.count_nonzero(f & np.uint16(fl))) for fl in Flag}
 
 
+def points_to_enu(T_enu_cam: np.ndarray, model: CameraModel,
+                  params: Mapping[str, Any]) -> np.ndarray:
+    """(4, 4) transform of the cloud's camera-frame points into ENU: ``T_enu_cam`` (the pose of
+    the left optical frame) when the points are in the optical frame
+    (``output.unrectify_points``), else ``T_enu_cam`` composed with R^T (the points are in the
+    rectified frame: p_cam = R^T p_rect, R the left camera's rectification)."""
+    T = np.asarray(T_enu_cam, dtype=np.float64)
+    if bool(params['output.unrectify_points']):
+        return T
+    rect = np.eye(4)
+    rect[:3, :3] = np.asarray(model.R, dtype=np.float64).T
+    return T @ rect
+
+
 def resolve_matcher(matcher: str, device: str) -> tuple[str, str]:
     """('auto'|'sgm_torch'|'opencv_sgbm', 'auto'|'cpu'|'cuda') -> (matcher, torch device).
 
@@ -266,15 +280,15 @@ class DepthPipeline:
             if stamp_ns is None:
                 raise ValueError('DEM priors are configured: process() needs the frame stamp_ns')
             self.georef.apply(result, stamp_ns, left_model, self.params, wait_s, stereo)
-            self._to_enu(result)
+            self._to_enu(result, left_model)
         timings['total'] = (time.perf_counter() - t_start) * 1e3
         return result
 
-    def _to_enu(self, result: FrameResult) -> None:
+    def _to_enu(self, result: FrameResult, model: CameraModel) -> None:
         """output.frame enu: move the points into the local ENU frame with the frame's pose."""
         if self.params['output.frame'] != 'enu' or result.T_enu_cam is None:
             return
-        T = result.T_enu_cam
+        T = points_to_enu(result.T_enu_cam, model, self.params)
         pts = result.points.reshape(-1, 3).astype(np.float64) @ T[:3, :3].T + T[:3, 3]
         result.points = pts.astype(np.float32).reshape(result.points.shape)
         result.output_frame = 'enu'
@@ -715,6 +729,6 @@ class _Georef:
                                            timings=timings)
         meta['georef_stats'] = prior.camera_clearance(pose)
         if params['output.frame'] == 'enu':
-            to_enu_torch(frame, T)
+            to_enu_torch(frame, points_to_enu(T, model, params))
             meta['output_frame'] = 'enu'
         return meta

@@ -53,6 +53,9 @@ from .geodesy import EnuFrame
 _LOG = logging.getLogger(__name__)
 
 STATUS_NO_FIX = -1
+#: A sample this much older than the newest of its stream is a time jump (a rosbag loop), not
+#: a late sample: the pose buffers start over (the datum is kept) and it is accepted.
+TIME_JUMP_BACK_NS = 1_000_000_000
 COV_UNKNOWN = 0
 GRAVITY = 9.80665
 
@@ -284,7 +287,21 @@ class PoseEstimator:
         self._yaw_sigma = math.pi
         self._speed = 0.0  # m/s over ground from GNSS (>= 1 s baseline)
         self.counts = {'gnss_no_fix': 0, 'gnss_unknown_cov': 0, 'imu_bad': 0,
-                       'gnss_out_of_order': 0, 'imu_out_of_order': 0}
+                       'gnss_out_of_order': 0, 'imu_out_of_order': 0, 'time_jumps': 0}
+
+    def _reset_buffers(self) -> None:
+        """Time went back (bag loop): forget the buffered fixes, attitudes and the filter; the
+        ENU datum stays."""
+        self.counts['time_jumps'] += 1
+        _LOG.warning('IMU/GNSS stamps went back by more than %.1f s (bag loop?): pose buffers '
+                     'reset', TIME_JUMP_BACK_NS * 1e-9)
+        for buf in (self._gnss_t, self._gnss, self._att_t, self._att):
+            buf.clear()
+        self._filter_r = None
+        self._filter_t = None
+        self._yaw_known = False
+        self._yaw_sigma = math.pi
+        self._speed = 0.0
 
     # -- inputs -------------------------------------------------------------------------
     def add_gnss(self, fix: GnssFix) -> None:
@@ -297,7 +314,9 @@ class PoseEstimator:
             self.frame = EnuFrame(fix.lat_deg, fix.lon_deg, fix.alt_m)
             _LOG.info('ENU datum set from the first good fix: %.8f %.8f %.3f m', fix.lat_deg,
                       fix.lon_deg, fix.alt_m)
-        if self._gnss_t and fix.stamp_ns <= self._gnss_t[-1]:
+        if self._gnss_t and self._gnss_t[-1] - fix.stamp_ns > TIME_JUMP_BACK_NS:
+            self._reset_buffers()
+        elif self._gnss_t and fix.stamp_ns <= self._gnss_t[-1]:
             self.counts['gnss_out_of_order'] += 1
             return
         unknown = fix.cov_type == COV_UNKNOWN or not np.all(np.isfinite(fix.cov)) \
@@ -329,7 +348,10 @@ class PoseEstimator:
         if not (np.all(np.isfinite(s.gyro)) and np.all(np.isfinite(s.accel))):
             self.counts['imu_bad'] += 1
             return
-        if self._att_t and s.stamp_ns <= self._att_t[-1]:
+        newest = self._att_t[-1] if self._att_t else self._filter_t
+        if newest is not None and newest - s.stamp_ns > TIME_JUMP_BACK_NS:
+            self._reset_buffers()
+        elif self._att_t and s.stamp_ns <= self._att_t[-1]:
             self.counts['imu_out_of_order'] += 1
             return
         if s.orientation_xyzw is not None and s.orientation_cov is not None \
@@ -614,7 +636,8 @@ class OdometryPoseSource:
         self._v: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]] = []
         self._announced = False
         self.counts = {'odometry_bad': 0, 'odometry_out_of_order': 0,
-                       'odometry_unknown_cov': 0, 'odometry_frame_mismatch': 0}
+                       'odometry_unknown_cov': 0, 'odometry_frame_mismatch': 0,
+                       'time_jumps': 0}
 
     def add_odometry(self, s: OdometrySample) -> None:
         """Buffer one sample; bad (non-finite, non-unit quaternion, covariance not 6x6) and
@@ -640,7 +663,13 @@ class OdometryPoseSource:
                              'used as ENU at the datum all the same', s.frame_id,
                              self.config.frame_id)
             self.counts['odometry_frame_mismatch'] += 1
-        if self._t and s.stamp_ns <= self._t[-1]:
+        if self._t and self._t[-1] - s.stamp_ns > TIME_JUMP_BACK_NS:
+            self.counts['time_jumps'] += 1
+            _LOG.warning('odometry stamps went back by more than %.1f s (bag loop?): buffer '
+                         'reset', TIME_JUMP_BACK_NS * 1e-9)
+            self._t.clear()
+            self._v.clear()
+        elif self._t and s.stamp_ns <= self._t[-1]:
             self.counts['odometry_out_of_order'] += 1
             return
         reasons: list[str] = []

@@ -39,6 +39,9 @@ __all__ = ['MODES', 'SyncStats', 'TimeSynchronizer']
 
 #: Accepted values of the ``mode`` argument.
 MODES = ('exact', 'approximate')
+#: A stamp this much older than the last emitted one of its input is a time jump (a rosbag
+#: loop, a restarted player), not a late message: the queues are reset and it is accepted.
+TIME_JUMP_BACK_NS = 1_000_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,12 +58,15 @@ class SyncStats:
             arrival.
         rejected: ``add`` calls refused with an exception (unknown input name,
             negative or non-integer stamp).
+        time_jumps: stamps more than :data:`TIME_JUMP_BACK_NS` older than the last emitted
+            one of their input (a bag loop): each reset the queues (:meth:`reset`).
     """
 
     matched: int = 0
     dropped_unmatched: int = 0
     out_of_order: int = 0
     rejected: int = 0
+    time_jumps: int = 0
 
 
 class TimeSynchronizer:
@@ -132,6 +138,7 @@ class TimeSynchronizer:
         self._dropped_unmatched = 0
         self._out_of_order = 0
         self._rejected = 0
+        self._time_jumps = 0
 
     # ------------------------------------------------------------------ info
     @property
@@ -159,7 +166,8 @@ class TimeSynchronizer:
         """A consistent snapshot of the counters."""
         with self._lock:
             return SyncStats(matched=self._matched, dropped_unmatched=self._dropped_unmatched,
-                             out_of_order=self._out_of_order, rejected=self._rejected)
+                             out_of_order=self._out_of_order, rejected=self._rejected,
+                             time_jumps=self._time_jumps)
 
     def pending_stamps(self) -> dict[str, tuple[int, ...]]:
         """Stamps of the messages still waiting in each queue (for diagnostics)."""
@@ -175,11 +183,14 @@ class TimeSynchronizer:
         ``dropped_unmatched``; the other counters are kept.
         """
         with self._lock:
-            for name in self._inputs:
-                self._dropped_unmatched += len(self._stamps[name])
-                self._stamps[name].clear()
-                self._msgs[name].clear()
-                self._last_emitted[name] = None
+            self._reset_locked()
+
+    def _reset_locked(self) -> None:
+        for name in self._inputs:
+            self._dropped_unmatched += len(self._stamps[name])
+            self._stamps[name].clear()
+            self._msgs[name].clear()
+            self._last_emitted[name] = None
 
     def add(self, name: str, stamp_ns: int, msg: Any) -> None:
         """Queue ``msg`` of input ``name`` stamped ``stamp_ns`` (nanoseconds).
@@ -208,7 +219,10 @@ class TimeSynchronizer:
                 self._rejected += 1
                 raise ValueError(f'stamp_ns must be >= 0, got {stamp}')
             last = self._last_emitted[name]
-            if last is not None and stamp <= last:
+            if last is not None and last - stamp > TIME_JUMP_BACK_NS:
+                self._time_jumps += 1  # time went back (bag loop): start over
+                self._reset_locked()
+            elif last is not None and stamp <= last:
                 self._out_of_order += 1
                 return
             stamps = self._stamps[name]

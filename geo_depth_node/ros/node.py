@@ -343,8 +343,9 @@ class GeoDepthNode(Node):
         if result.output_frame == 'enu':
             cloud_header = copy.deepcopy(header)
             cloud_header.frame_id = params['output.enu_frame_id']
-        if cloud_header.frame_id != self._legend_frame:
-            self._publish_legend(cloud_header.frame_id)
+        # republished whenever any of its fields changes (frame, limits, the datum once the
+        # first fix has set it): a no-op otherwise
+        self._publish_legend(cloud_header.frame_id)
         organized = params['output.organized']
         cloud = pack_points(result, organized=organized)
         points_msg = conv.pointcloud2(cloud_header, cloud, dense=not organized)
@@ -411,6 +412,7 @@ class GeoDepthNode(Node):
                 'dropped_frames_queue': self._queue.dropped,
                 'dropped_messages_unmatched': sync.dropped_unmatched,
                 'messages_out_of_order': sync.out_of_order,
+                'time_jumps_back': sync.time_jumps,
                 'processing_errors': self._processing_errors,
                 'input_problems': sum(self._input_problems.values()),
             }

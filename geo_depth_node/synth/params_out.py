@@ -56,8 +56,9 @@ def node_params(world: 'World', dem_path: Path) -> dict[str, Any]:
 
 
 def write_params_file(params: dict[str, Any], path: Path, header: str) -> Path:
-    """Write dotted ``params`` as a ROS 2 params file for node ``geo_depth_node``, nested as
-    ROS flattens it back; ``header`` is written first (comment lines)."""
+    """Write dotted ``params`` as a ROS 2 params file for node ``geo_depth_node`` in any
+    namespace (key ``/**/geo_depth_node``), nested as ROS flattens it back; ``header`` is
+    written first (comment lines)."""
     import yaml
 
     nested: dict[str, Any] = {}
@@ -67,7 +68,7 @@ def write_params_file(params: dict[str, Any], path: Path, header: str) -> Path:
         for p in parts[:-1]:
             d = d.setdefault(p, {})
         d[parts[-1]] = value
-    path.write_text(header + yaml.safe_dump({'geo_depth_node': {'ros__parameters': nested}},
+    path.write_text(header + yaml.safe_dump({'/**/geo_depth_node': {'ros__parameters': nested}},
                                             sort_keys=True, default_flow_style=None))
     return path
 
