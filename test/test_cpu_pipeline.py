@@ -216,6 +216,14 @@ def test_matcher_without_lr_check_and_odd_sizes():
 def test_matcher_config_errors():
     with pytest.raises(ValueError, match='lr_check_resolution'):
         MatcherConfig(lr_check_resolution='quarter')
+    # an image no wider than the disparity range: a clear error (OpenCV itself fails with an
+    # assertion or tries to allocate 18 EB); one pixel wider works
+    m = OpenCVStereoMatcher(MatcherConfig(num_disparities=128))
+    img = (np.random.default_rng(0).random((48, 128)) * 255).astype(np.uint8)
+    with pytest.raises(ValueError, match='image width 128 px must exceed'):
+        m.match(img, img)
+    img = (np.random.default_rng(0).random((48, 129)) * 255).astype(np.uint8)
+    assert m.match(img, img).disparity.shape == (48, 129)
     with pytest.raises(ValueError, match='texture window'):
         from geo_depth_node.core.stereo import texture_map
         texture_map(np.zeros((8, 8), np.uint8), 4)

@@ -276,6 +276,10 @@ class OpenCVStereoMatcher:
         check_stereo_pair(left, right)
         c = self.config
         h, w = shape = left.shape
+        if w <= c.num_disparities + max(c.min_disparity, 0):
+            # OpenCV's SGBM fails on such images (an assertion or a huge allocation)
+            raise ValueError(f'image width {w} px must exceed stereo.num_disparities '
+                             f'{c.num_disparities} (+ min_disparity {c.min_disparity})')
         self._grids(h, w)
         ws = self._ws
         f32 = np.float32

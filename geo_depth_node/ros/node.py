@@ -124,6 +124,10 @@ class GeoDepthNode(Node):
         self._input_problems: collections.Counter = collections.Counter()
         self._last_problem = ''
         self._processing_errors = 0
+        self._errors_in_period = 0  # frames whose processing raised, this diagnostics period
+        self._last_error = ''
+        self._no_pose_in_period = 0  # frames without a pose (DEM sources), this period
+        self._last_no_pose = ''
         self._pose_status: collections.Counter = collections.Counter()
 
         # --- inputs ------------------------------------------------------------------------
@@ -279,6 +283,8 @@ class GeoDepthNode(Node):
     def _on_worker_error(self, exc: BaseException) -> None:
         with self._stats_lock:
             self._processing_errors += 1
+            self._errors_in_period += 1
+            self._last_error = repr(exc)
         self.get_logger().error(f'frame processing failed: {exc!r}', throttle_duration_sec=float(
             self._params['input_error_throttle_s']))
 
@@ -373,6 +379,9 @@ class GeoDepthNode(Node):
             if result.pose_status != 'off':
                 self._pose_status['ok' if result.pose_status == 'ok'
                                   else 'unavailable'] += 1
+                if result.pose_status != 'ok':
+                    self._no_pose_in_period += 1
+                    self._last_no_pose = result.pose_status
                 self._pose_status['degraded'] += int(result.pose_degraded)
             self._frames_done += 1
             self._frames_in_period += 1
@@ -436,10 +445,20 @@ class GeoDepthNode(Node):
             self._frames_in_period = 0
             last_problem = self._last_problem
             self._last_problem = ''
-        if last_problem:
+            errors, last_error = self._errors_in_period, self._last_error
+            no_pose, last_no_pose = self._no_pose_in_period, self._last_no_pose
+            self._errors_in_period = self._no_pose_in_period = 0
+        if errors:
+            level, text = DiagnosticStatus.ERROR, (f'processing failed for {errors} frame(s) '
+                                                   f'in the last period: {last_error}')
+        elif last_problem:
             level, text = DiagnosticStatus.WARN, f'input problem: {last_problem}'
         elif frames_in_period == 0:
             level, text = DiagnosticStatus.WARN, 'no synchronized stereo frames in the last period'
+        elif no_pose:
+            level, text = DiagnosticStatus.WARN, (
+                f'no pose for {no_pose} frame(s) in the last period ({last_no_pose}): stereo '
+                'only there, NONE points flagged PRIOR_UNAVAILABLE')
         elif clearance := clearance_warning(georef_stats):
             level, text = DiagnosticStatus.WARN, clearance
         else:
