@@ -18,10 +18,10 @@ def _run(tmp: Path, **kw) -> list[dict]:
     """Generate a world, run the pipeline with the world's params over every frame."""
     cfg = SynthConfig(width=W, height=H, **kw)
     pipe, truth, results = process_world(tmp, cfg, {'stereo.num_disparities': 64})
-    _, _, norm = truth_cameras(truth)
+    left, _, norm = truth_cameras(truth)
     return [{'res': res, 'r_true': truth['depth'][i] * norm, 'surface': truth['surface'][i],
              'T_true': truth['T_enu_left'][i], 'pipe': pipe, 'depth': truth['depth'][i],
-             'p_true': truth_points_enu(truth, i), 'cfg': cfg}
+             'p_true': truth_points_enu(truth, i), 'cfg': cfg, 'left': left}
             for i, res in enumerate(results)]
 
 
@@ -154,7 +154,7 @@ def test_output_in_the_enu_frame(tmp_path):
     pipe.params['output.frame'] = 'enu'
     try:
         res = copy.deepcopy(cam)
-        pipe._to_enu(res)
+        pipe._to_enu(res, runs[0]['left'])
     finally:
         pipe.params['output.frame'] = 'camera'
     assert res.output_frame == 'enu'
