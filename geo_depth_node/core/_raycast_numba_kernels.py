@@ -6,9 +6,9 @@ closures are not cached). See :mod:`.raycast_numba` for the method.
 import numba
 import numpy as np
 
-if numba.config.THREADING_LAYER == 'default':
-    # TBB first (numba's default order) only warns here about an old libtbb
-    numba.config.THREADING_LAYER_PRIORITY = ['omp', 'workqueue', 'tbb']
+from ._numba import configure_threading
+
+configure_threading(numba)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -6,9 +6,9 @@ See :func:`.triangulate_numba.triangulate_pack` for what it computes.
 import numba
 import numpy as np
 
-if numba.config.THREADING_LAYER == 'default':
-    # TBB first (numba's default order) only warns here about an old libtbb
-    numba.config.THREADING_LAYER_PRIORITY = ['omp', 'workqueue', 'tbb']
+from ._numba import configure_threading
+
+configure_threading(numba)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)

@@ -253,10 +253,7 @@ class GeoPrior:
         x, y, z = (float(v) for v in pose.p_enu_cam)
         with torch.no_grad(), cpu_threads(field.device, 1):
             ground = float(field.sample(np.array([x]), np.array([y]))[0])
-        ny, nx = field.shape
-        jx = int(round((x - field.x0_m) / field.cell_m))
-        jy = int(round((y - field.y0_m) / field.cell_m))
-        sv = float(field.sigma_v[jy, jx]) if 0 <= jx < nx and 0 <= jy < ny else float('nan')
+            sv = float(field.node_sigmas(np.array([x]), np.array([y]))[0][0])
         shift = math.sqrt(sv ** 2 + max(float(pose.position_cov[2, 2]), 0.0))
         return {'camera_above_dem_m': z - ground, 'dem_vertical_shift_m': shift}
 

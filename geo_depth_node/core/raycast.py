@@ -286,16 +286,26 @@ class HeightField:
         are the sigmas the ray-cast's prior sigma uses (per source, grown with survey age)."""
         import torch
 
-        ny, nx = self.shape
         gx = (torch.as_tensor(x, dtype=torch.float64, device=self.device) - self.x0_m) / self.cell_m
         gy = (torch.as_tensor(y, dtype=torch.float64, device=self.device) - self.y0_m) / self.cell_m
-        inside = (gx >= -0.5) & (gx <= nx - 0.5) & (gy >= -0.5) & (gy <= ny - 0.5)
-        jx = torch.round(torch.nan_to_num(gx, nan=0.0)).clamp(0, nx - 1).long()
-        jy = torch.round(torch.nan_to_num(gy, nan=0.0)).clamp(0, ny - 1).long()
-        node = jy * nx + jx
+        node, inside = self.nearest_node(gx, gy)
         nan = torch.full_like(gx, float('nan'), dtype=self.height.dtype)
         return (torch.where(inside, self.sigma_v.reshape(-1)[node], nan),
                 torch.where(inside, self.sigma_h.reshape(-1)[node], nan))
+
+    def nearest_node(self, gx: 'torch.Tensor', gy: 'torch.Tensor'
+                     ) -> tuple['torch.Tensor', 'torch.Tensor']:
+        """(flat index into the (Ny, Nx) node arrays of the node nearest to grid-index
+        coordinates (gx, gy), clamped to the grid (long); whether (gx, gy) lies within half a
+        cell of the grid (bool)). NaN coordinates give node 0, outside."""
+        import torch
+
+        ny, nx = self.shape
+        gx, gy = gx.double(), gy.double()
+        inside = (gx >= -0.5) & (gx <= nx - 0.5) & (gy >= -0.5) & (gy <= ny - 0.5)
+        jx = torch.round(torch.nan_to_num(gx, nan=0.0)).clamp(0, nx - 1).long()
+        jy = torch.round(torch.nan_to_num(gy, nan=0.0)).clamp(0, ny - 1).long()
+        return jy * nx + jx, inside
 
 
 @dataclasses.dataclass(frozen=True)
@@ -644,9 +654,7 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
         found = _status_range(field, o64, d64, hflat, ct, march, march_auto, max_range_m,
                               step, n_bisect, block, sky_outside_grid, t_min)
     status, range_m = found
-    hidx = torch.nonzero(status == int(RayStatus.HIT), as_tuple=False).reshape(-1)
-    return _hit_geometry(field, o64, d64, hflat, ct, status, range_m, hidx, pose_cov,
-                         ranges_only)
+    return _hit_geometry(field, o64, d64, hflat, ct, status, range_m, pose_cov, ranges_only)
 
 
 def _kernel_failed(march: str, march_auto: bool, exc: Exception) -> None:
@@ -875,13 +883,14 @@ def _status_range(field: HeightField, o64: 'torch.Tensor', d64: 'torch.Tensor',
 
 def _hit_geometry(field: HeightField, o64: 'torch.Tensor', d64: 'torch.Tensor',
                   hflat: 'torch.Tensor', ct: 'torch.dtype', status: 'torch.Tensor',
-                  range_m: 'torch.Tensor', hidx: 'torch.Tensor',
-                  pose_cov: 'PoseCovariance | None', ranges_only: bool) -> RaycastResult:
+                  range_m: 'torch.Tensor', pose_cov: 'PoseCovariance | None',
+                  ranges_only: bool) -> RaycastResult:
     """The :class:`RaycastResult` of :func:`raycast`: hit points, normals, grazing angles,
-    sources and the prior sigma of the HIT rays ``hidx`` (NaN / 0 elsewhere, and everywhere
-    with ``ranges_only``)."""
+    sources and the prior sigma of the HIT rays (NaN / 0 elsewhere, and everywhere with
+    ``ranges_only``)."""
     import torch
 
+    hidx = torch.nonzero(status == int(RayStatus.HIT), as_tuple=False).reshape(-1)
     dev = field.device
     n = d64.shape[0]
     ny, nx = field.shape
@@ -909,9 +918,7 @@ def _hit_geometry(field: HeightField, o64: 'torch.Tensor', d64: 'torch.Tensor',
         normal[hidx] = nrm.to(ct)
         sin_g = (-(nrm * d).sum(dim=1)).clamp(min=0.0)
         grazing[hidx] = torch.asin(sin_g.clamp(max=1.0)).to(ct)
-        jx = torch.round(gx.double()).long().clamp(0, nx - 1)
-        jy = torch.round(gy.double()).long().clamp(0, ny - 1)
-        node = jy * nx + jx
+        node, _ = field.nearest_node(gx, gy)
         source[hidx] = field.source.reshape(-1)[node]
         sv = field.sigma_v.reshape(-1)[node].double()
         sh = field.sigma_h.reshape(-1)[node].double()

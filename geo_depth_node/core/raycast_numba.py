@@ -40,22 +40,18 @@ loop. Nothing here imports numba at module import time; the first :func:`cast` c
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import time
 from typing import Any
 
 import numpy as np
 
+from ._numba import numba_available  # noqa: F401 - re-exported
+
 _LOG = logging.getLogger(__name__)
 _IMPL: Any = None
 #: parallel work items (each takes every _GROUPS-th ray, one scratch buffer each)
 _GROUPS = 64
-
-
-def numba_available() -> bool:
-    """Whether numba can be imported (does not import it)."""
-    return importlib.util.find_spec('numba') is not None
 
 
 def _impl() -> Any:
@@ -98,9 +94,9 @@ def cast(field: Any, origin: Any, directions: Any, hflat: Any, *, max_range_m: f
     from .raycast import RayStatus
 
     first = _IMPL is None
-    cast_impl = _impl()
-    if [int(s) for s in RayStatus] != [1, 2, 3, 4]:
+    if first and [int(s) for s in RayStatus] != [1, 2, 3, 4]:
         raise RuntimeError('the numba cast writes RayStatus HIT..BELOW_TERRAIN as 1..4')
+    cast_impl = _impl()
     if hflat.device.type != 'cpu':
         raise ValueError(f'the numba ray-march runs on the CPU, the field is on {hflat.device}')
     if hflat.dtype not in (torch.float32, torch.float64):

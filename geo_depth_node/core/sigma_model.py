@@ -387,7 +387,7 @@ def _context(d: np.ndarray, range_window: int, hole_window: int, workspace: Any
     # masks); outside the image the same values (ignored). A window without accepted pixels
     # gives mx < mn -> range 0.
     lo = buf('ctx_fill', np.float32)
-    lo = d.copy() if lo is None else lo
+    lo = np.empty_like(d) if lo is None else lo
     np.copyto(lo, d)
     cv2.patchNaNs(lo, -1e9)
     mx = cv2.dilate(lo, k, dst=buf('ctx_range', np.float32), borderType=cv2.BORDER_CONSTANT,

@@ -18,13 +18,13 @@ then cached on disk by numba) and logs it.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import time
 from typing import Any
 
 import numpy as np
 
+from ._numba import numba_available  # noqa: F401 - re-exported
 from .contract import POINT_DTYPE, Flag
 
 _LOG = logging.getLogger(__name__)
@@ -40,11 +40,6 @@ if (POINT_DTYPE.itemsize, [POINT_DTYPE.fields[n][1] for n in POINT_DTYPE.names])
 class TriangulateInputError(ValueError):
     """An input :func:`triangulate_pack` cannot take (shape, dtype, layout): a caller's bug,
     unlike a failure of numba itself (which the pipeline answers with the numpy path)."""
-
-
-def numba_available() -> bool:
-    """Whether numba can be imported (does not import it)."""
-    return importlib.util.find_spec('numba') is not None
 
 
 def triangulate_pack(disparity: np.ndarray, sd_src: np.ndarray, sd_is_model: bool,
