@@ -217,13 +217,16 @@ def test_bad_and_out_of_order_samples_are_counted_and_dropped():
     src.add_odometry(_sample(T0, r, p))
     src.add_odometry(_sample(T0, r, p))  # same stamp again
     src.add_odometry(_sample(T0 - DT_NS, r, p))  # older
-    bad_q = dataclasses.replace(_sample(T0 + DT_NS, r, p), orientation_xyzw=(0.0, 0.0, 0.0, 2.0))
-    nan_p = _sample(T0 + DT_NS, r, np.array([np.nan, 0.0, 0.0]))
-    short_cov = dataclasses.replace(_sample(T0 + DT_NS, r, p), covariance=np.zeros(35))
+    # the next sample: the two late ones are held until it shows they were not a time jump
+    src.add_odometry(_sample(T0 + DT_NS, r, p))
+    t2 = T0 + 2 * DT_NS
+    bad_q = dataclasses.replace(_sample(t2, r, p), orientation_xyzw=(0.0, 0.0, 0.0, 2.0))
+    nan_p = _sample(t2, r, np.array([np.nan, 0.0, 0.0]))
+    short_cov = dataclasses.replace(_sample(t2, r, p), covariance=np.zeros(35))
     for s in (bad_q, nan_p, short_cov):
         src.add_odometry(s)
     assert src.counts['odometry_out_of_order'] == 2 and src.counts['odometry_bad'] == 3
-    assert src.pose_at(T0 + DT_NS // 2)[1].endswith('after the newest data (not arrived yet?)')
+    assert src.pose_at(T0 + 3 * DT_NS // 2)[1].endswith('after the newest data (not arrived yet?)')
 
 
 def test_header_frame_other_than_the_enu_frame_id_is_counted():

@@ -229,13 +229,11 @@ def test_reset_drops_queued_and_accepts_older_stamps() -> None:
 
 
 def test_a_time_jump_back_starts_over() -> None:
-    """A stamp more than TIME_JUMP_BACK_NS older than the last emitted one of its input is a
-    bag loop, not a late message: the queues reset and the new pass is matched (before, every
-    later message was dropped as out of order, for ever). A late message within the jump
-    threshold is still out of order."""
-    from geo_depth_node.core.sync import TIME_JUMP_BACK_NS
-
+    """Messages that go on in the past are a bag loop, not late messages: the queues reset
+    and the new pass is matched (before, every later message was dropped as out of order, for
+    ever). A single late message is still out of order."""
     s = 1_000_000_000
+    TIME_JUMP_BACK_NS = s
     sync, rec = make_sync(mode='exact')
     feed(sync, [('left', 10 * s), ('right', 10 * s), ('left', 20 * s), ('right', 20 * s)])
     feed(sync, [('left', 20 * s - TIME_JUMP_BACK_NS // 2)])  # late, not a jump
@@ -547,3 +545,46 @@ def test_worker_stop_joins_and_drains() -> None:
     assert handled == [0, 1, 2]
     assert q.closed
     worker.stop()  # idempotent
+
+
+def test_a_short_looped_bag_is_processed_every_pass() -> None:
+    """A bag whose images span less than a second, played with --loop: every pass is
+    matched (before, only the first pass was: the jump back of 0.2 s was taken for late
+    messages and everything after it was dropped as out of order)."""
+    names = ('left_image', 'left_info', 'right_image', 'right_info')
+    sync, rec = make_sync(names, mode='exact')
+    pass_stamps = [1_000_000_000 + k * 100_000_000 for k in range(3)]  # 0.2 s of images
+    for _ in range(5):
+        for st in pass_stamps:
+            feed(sync, [(n, st) for n in names])
+    assert len(rec.sets) == 15
+    assert [s['left_image'][1] for s in rec.sets] == pass_stamps * 5
+    assert sync.stats.time_jumps == 4 and sync.stats.out_of_order == 0
+    assert sync.stats.dropped_unmatched == 0
+
+
+def test_one_stray_stamp_does_not_reset_the_synchroniser() -> None:
+    """A single message stamped in 1970 (or 0) between good frames is out of order: the
+    frames before and after it are all matched, no time jump."""
+    s = 1_000_000_000
+    sync, rec = make_sync(mode='exact')
+    feed(sync, [('left', 100 * s), ('right', 100 * s)])
+    feed(sync, [('left', 1), ('right', 101 * s), ('left', 101 * s)])
+    feed(sync, [('left', 102 * s), ('right', 102 * s)])
+    assert [x['left'][1] for x in rec.sets] == [100 * s, 101 * s, 102 * s]
+    assert sync.stats.time_jumps == 0 and sync.stats.out_of_order == 1
+
+
+def test_a_future_stamped_frame_does_not_stall_the_stream() -> None:
+    """One whole frame stamped a year ahead, then the stream at the right time: after two
+    frames the synchroniser goes on (a jump), and those frames are matched, not lost."""
+    s = 1_000_000_000
+    sync, rec = make_sync(mode='exact')
+    feed(sync, [('left', 100 * s), ('right', 100 * s)])
+    future = 100 * s + 365 * 86400 * s
+    feed(sync, [('left', future), ('right', future)])
+    for k in range(1, 5):
+        feed(sync, [('left', (100 + k) * s), ('right', (100 + k) * s)])
+    assert [x['left'][1] for x in rec.sets] == [100 * s, future] + [(100 + k) * s
+                                                                  for k in range(1, 5)]
+    assert sync.stats.time_jumps == 1

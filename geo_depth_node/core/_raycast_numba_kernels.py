@@ -137,6 +137,28 @@ def march_ray(buf, c, lim, hflat, nx, bmax, bslope, block, seg, step, target, n_
 
 
 @numba.njit(cache=True, nogil=True)
+def cross_start_nodata(buf, c, lim, hflat, nx, bdata, block, step, n_seg, gx0, gy0, gdx, gdy,
+                       gx0c, gy0c, ozc, gdxc, gdyc, dzc, t0, t1):
+    # The march starts over nodata: the first sample t_k = min(t0 + step * k, t1), k >= 1, with
+    # terrain data, as raycast._cross_start_nodata (a block without data in its 3 x 3
+    # neighbourhood skips n_seg samples, all nodata): (found, t_k, f there).
+    nby, nbx = bdata.shape
+    k = 1
+    while True:
+        tk = min(t0 + step * k, t1)
+        by, bx = block_of(gx0, gy0, gdx, gdy, tk, block, nby, nbx)
+        if bdata[by, bx] == 0 and tk < t1:
+            k += n_seg
+            continue
+        f = f_at(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc, gdyc, dzc, tk)
+        if f == f:
+            return True, tk, f
+        if tk >= t1:
+            return False, tk, f
+        k += 1
+
+
+@numba.njit(cache=True, nogil=True)
 def grid_exit(g0, gd, hi):
     # range at which a ray leaves [0, hi] in one grid-index axis (inf if it never does)
     if gd > 0:
@@ -147,10 +169,11 @@ def grid_exit(g0, gd, hi):
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
-def cast_impl(origin, d, tmin, grid, hflat, lim, nx, ny, bmax, bslope, block, seg, step,
+def cast_impl(origin, d, tmin, grid, hflat, lim, nx, ny, bmax, bslope, bdata, block, seg, step,
               n_bisect, n_groups, sky_outside, status, rng):
     # raycast_numba.cast: the whole status / range part of raycast() per ray, in raycast()'s
     # float64 order of operations. origin (1 or N, 3), d (N, 3) unit ENU; tmin (N,) or (0,);
+    # bdata: HeightField.block_data (0 = no data around the block);
     # grid = (x0, y0, cell, z_max (NaN = no data), max_range); status: RayStatus codes
     # (1 HIT, 2 SKY, 3 UNAVAILABLE, 4 BELOW_TERRAIN; raycast_numba checks them).
     n = d.shape[0]
@@ -198,8 +221,25 @@ def cast_impl(origin, d, tmin, grid, hflat, lim, nx, ny, bmax, bslope, block, se
                 gx0c, gy0c, ozc = ct(gx0), ct(gy0), ct(oz)
                 gdxc, gdyc, dzc = ct(gdx), ct(gdy), ct(dz)
                 f0 = f_at(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc, gdyc, dzc, t0)
-                if f0 != f0:
-                    ev = 2
+                emerged = False
+                lost = False
+                if f0 != f0:  # nodata where the march starts: cross it (raycast docstring)
+                    found, t_e, f_e = cross_start_nodata(
+                        buf, c, lim, hflat, nx, bdata, block, step, n_seg, gx0, gy0, gdx, gdy,
+                        gx0c, gy0c, ozc, gdxc, gdyc, dzc, t0, t1)
+                    if found:
+                        emerged = True
+                        t0 = t_e
+                        f0 = f_e
+                    else:
+                        lost = True
+                if lost:
+                    # over nodata to its end: unknown, unless it climbs out of the z_max slab
+                    # inside the grid and range (no event: the end rules, SKY)
+                    if not t_hi < min(t_grid, max_range):
+                        ev = 2
+                elif f0 <= 0 and emerged:
+                    ev = 2  # out of the hole below the terrain: the crossing is in the hole
                 elif f0 <= 0:  # at or below the terrain where the march would start
                     if t0 <= 0:
                         status[r] = 4  # the origin: BELOW_TERRAIN

@@ -27,6 +27,18 @@ import numpy as np
 _LOG = logging.getLogger(__name__)
 
 SUPPORTED_DISTORTION_MODELS = ('plumb_bob', 'rational_polynomial', 'equidistant', '')
+#: numbers of distortion coefficients each model accepts (0 = no distortion): OpenCV's
+#: k1 k2 p1 p2 [k3 [k4 k5 k6 [s1 s2 s3 s4 [tx ty]]]] for plumb_bob / rational_polynomial / '',
+#: k1 k2 k3 k4 for equidistant (OpenCV fisheye)
+DISTORTION_LENGTHS = {'plumb_bob': (0, 4, 5, 8, 12, 14),
+                      'rational_polynomial': (0, 4, 5, 8, 12, 14),
+                      '': (0, 4, 5, 8, 12, 14), 'equidistant': (0, 4)}
+#: plausibility bounds of a calibration (a value outside is a broken CameraInfo, not a camera):
+MAX_IMAGE_SIDE_PX = 32768  # width or height
+MAX_FOCAL_PX = 1e6  # fx, fy of K and P (a 100 mm lens on 0.1 um pixels)
+MAX_PRINCIPAL_OFFSET = 10.0  # |cx| <= this * width, |cy| <= this * height
+MAX_BASELINE_M = 100.0  # stereo baseline |Tx / fx|
+ROTATION_TOL = 1e-3  # max |R R^T - I| element and |det R - 1|
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,11 +69,27 @@ class CameraModel:
                     frame_id: str = '') -> 'CameraModel':
         """Build and validate a model from flat or shaped arrays (as in CameraInfo).
 
+        Checks (each a ValueError naming the bad value): size in 1..MAX_IMAGE_SIDE_PX; K 3x3,
+        R 3x3, P 3x4, all finite; a supported distortion model with a supported number of
+        coefficients (:data:`DISTORTION_LENGTHS`); R a rotation (orthonormal, det +1, within
+        :data:`ROTATION_TOL`; all-zero R = identity, as CameraInfo of monocular cameras);
+        P's focal lengths in (0, MAX_FOCAL_PX], its principal point within
+        MAX_PRINCIPAL_OFFSET image sizes, its last row (0, 0, 1, 0) and Ty = P[1, 3] = 0 (a
+        horizontal rig); a stereo baseline |Tx / fx| <= MAX_BASELINE_M. K is checked where it
+        is used (:class:`Rectifier`).
+
         Raises:
-            ValueError: on a bad size, shape, non-finite value or unsupported model.
+            ValueError: on a bad size, shape, non-finite or implausible value or an
+                unsupported model.
         """
-        if int(width) <= 0 or int(height) <= 0:
-            raise ValueError(f'camera size must be positive, got {width}x{height}')
+        try:
+            width_i, height_i = int(width), int(height)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(f'camera size must be integers, got {width!r}x{height!r}') from exc
+        if not (0 < width_i <= MAX_IMAGE_SIDE_PX and 0 < height_i <= MAX_IMAGE_SIDE_PX):
+            raise ValueError(f'camera size must be 1..{MAX_IMAGE_SIDE_PX} px per side, got '
+                             f'{width}x{height}')
+        width, height = width_i, height_i
         K = np.asarray(K, dtype=np.float64).reshape(-1)
         R = np.asarray(R, dtype=np.float64).reshape(-1)
         P = np.asarray(P, dtype=np.float64).reshape(-1)
@@ -81,11 +109,31 @@ class CameraModel:
         if distortion_model not in SUPPORTED_DISTORTION_MODELS:
             raise ValueError(f'unsupported distortion model {distortion_model!r}; '
                              f'supported: {SUPPORTED_DISTORTION_MODELS}')
-        if P[0, 0] <= 0 or P[1, 1] <= 0:
-            raise ValueError(f'P must have positive focal lengths, got fx={P[0, 0]}, fy={P[1, 1]}')
-        if abs(np.linalg.det(R) - 1.0) > 1e-3:
-            raise ValueError(f'R is not a rotation (det={np.linalg.det(R):.6f})')
-        return CameraModel(int(width), int(height), K, D, R, P, distortion_model, frame_id)
+        if D.size not in DISTORTION_LENGTHS[distortion_model]:
+            raise ValueError(f'distortion model {distortion_model!r} takes '
+                             f'{" or ".join(map(str, DISTORTION_LENGTHS[distortion_model]))} '
+                             f'coefficients, D has {D.size}: {D.tolist()}')
+        if not (0 < P[0, 0] <= MAX_FOCAL_PX and 0 < P[1, 1] <= MAX_FOCAL_PX):
+            raise ValueError(f'P must have focal lengths in (0, {MAX_FOCAL_PX:g}] px, got '
+                             f'fx={P[0, 0]}, fy={P[1, 1]}')
+        if abs(P[0, 2]) > MAX_PRINCIPAL_OFFSET * width or \
+                abs(P[1, 2]) > MAX_PRINCIPAL_OFFSET * height:
+            raise ValueError(f'P principal point ({P[0, 2]}, {P[1, 2]}) px is implausible for a '
+                             f'{width}x{height} image')
+        if not np.allclose(P[2], [0.0, 0.0, 1.0, 0.0], rtol=0.0, atol=1e-9):
+            raise ValueError(f'P must have the last row (0, 0, 1, 0), got {P[2].tolist()}')
+        if abs(P[1, 3]) > 1e-9 * max(1.0, abs(P[0, 3])):
+            raise ValueError(f'P[1, 3] (Ty) = {P[1, 3]}: only horizontal stereo rigs are '
+                             'supported (Ty = 0)')
+        if abs(P[0, 3] / P[0, 0]) > MAX_BASELINE_M:
+            raise ValueError(f'P[0, 3] = {P[0, 3]} is a baseline of {abs(P[0, 3] / P[0, 0]):.6g} '
+                             f'm (more than {MAX_BASELINE_M:g} m): a broken calibration')
+        det = float(np.linalg.det(R))
+        if abs(det - 1.0) > ROTATION_TOL or \
+                np.abs(R @ R.T - np.eye(3)).max() > ROTATION_TOL:
+            raise ValueError(f'R is not a rotation (det {det:.6f}, max |R R^T - I| '
+                             f'{np.abs(R @ R.T - np.eye(3)).max():.3g}): {R.tolist()}')
+        return CameraModel(width, height, K, D, R, P, distortion_model, frame_id)
 
     @property
     def fx(self) -> float:
@@ -195,18 +243,45 @@ class Rectifier:
         self._maps: tuple[np.ndarray, np.ndarray] | None = None
         self._valid: np.ndarray | None = None
 
+    @staticmethod
+    def check_intrinsics(model: CameraModel) -> None:
+        """K of a raw camera must be usable to undistort: finite focal lengths in
+        (0, MAX_FOCAL_PX], a principal point within MAX_PRINCIPAL_OFFSET image sizes and the
+        last row (0, 0, 1).
+
+        Raises:
+            ValueError: naming the bad value.
+        """
+        k = model.K
+        if not (0 < k[0, 0] <= MAX_FOCAL_PX and 0 < k[1, 1] <= MAX_FOCAL_PX):
+            raise ValueError(f'K must have focal lengths in (0, {MAX_FOCAL_PX:g}] px to rectify, '
+                             f'got fx={k[0, 0]}, fy={k[1, 1]}')
+        if abs(k[0, 2]) > MAX_PRINCIPAL_OFFSET * model.width or \
+                abs(k[1, 2]) > MAX_PRINCIPAL_OFFSET * model.height:
+            raise ValueError(f'K principal point ({k[0, 2]}, {k[1, 2]}) px is implausible for a '
+                             f'{model.width}x{model.height} image')
+        if not np.allclose(k[2], [0.0, 0.0, 1.0], rtol=0.0, atol=1e-9):
+            raise ValueError(f'K must have the last row (0, 0, 1), got {k[2].tolist()}')
+
     def _build(self, model: CameraModel) -> None:
         import cv2
 
+        self.check_intrinsics(model)
         size = (model.width, model.height)
         new_p = model.P[:, :3]
-        if model.distortion_model == 'equidistant':
-            d = model.D[:4] if model.D.size >= 4 else np.pad(model.D, (0, 4 - model.D.size))
-            m1, m2 = cv2.fisheye.initUndistortRectifyMap(model.K, d, model.R, new_p, size,
-                                                         cv2.CV_32FC1)
-        else:
-            m1, m2 = cv2.initUndistortRectifyMap(model.K, model.D, model.R, new_p, size,
-                                                 cv2.CV_32FC1)
+        try:
+            if model.distortion_model == 'equidistant':
+                d = model.D[:4] if model.D.size >= 4 else np.pad(model.D, (0, 4 - model.D.size))
+                m1, m2 = cv2.fisheye.initUndistortRectifyMap(model.K, d, model.R, new_p, size,
+                                                             cv2.CV_32FC1)
+            else:
+                m1, m2 = cv2.initUndistortRectifyMap(model.K, model.D, model.R, new_p, size,
+                                                     cv2.CV_32FC1)
+        except cv2.error as exc:  # a calibration OpenCV cannot use is bad input
+            raise ValueError(f'cannot build rectification maps from this CameraInfo '
+                             f'({model.distortion_model}, D {model.D.tolist()}): {exc}') from exc
+        if not (np.isfinite(m1).any() and np.isfinite(m2).any()):
+            raise ValueError('the CameraInfo K/D/R/P map no pixel into the raw image')
         # Pixels whose source lies outside the raw image have no data.
         valid = (m1 >= -0.5) & (m1 <= model.width - 0.5) & (m2 >= -0.5) & (m2 <= model.height - 0.5)
         self._maps, self._valid, self._key = (m1, m2), valid, model.key()
@@ -261,8 +336,24 @@ def distort_points(points_cam: np.ndarray, model: CameraModel) -> np.ndarray:
 def camera_model_from_msg(msg: Any) -> CameraModel:
     """A sensor_msgs/CameraInfo-like object (rclpy or rosbags; duck-typed) -> CameraModel.
 
+    Binning (binning_x/y > 1) and a region of interest (roi other than all-zero or the full
+    image) are not supported: the calibration would describe another image than the one
+    matched, so such a CameraInfo is refused, saying so.
+
     Raises:
         ValueError: an unusable calibration.
     """
+    bx, by = int(getattr(msg, 'binning_x', 0) or 0), int(getattr(msg, 'binning_y', 0) or 0)
+    if bx > 1 or by > 1:
+        raise ValueError(f'CameraInfo binning {bx}x{by} is not supported (publish full-resolution '
+                         'images with binning 0 or 1)')
+    roi = getattr(msg, 'roi', None)
+    if roi is not None:
+        full = (int(roi.x_offset), int(roi.y_offset)) == (0, 0) and \
+            (int(roi.width), int(roi.height)) in ((0, 0), (int(msg.width), int(msg.height)))
+        if not full:
+            raise ValueError(f'CameraInfo roi (x {roi.x_offset}, y {roi.y_offset}, '
+                             f'{roi.width}x{roi.height}) is not supported (publish the full '
+                             'image: roi all zero)')
     return CameraModel.from_arrays(msg.width, msg.height, msg.k, msg.d, msg.r, msg.p,
                                    msg.distortion_model, msg.header.frame_id)

@@ -43,7 +43,21 @@ the terrain (Earth curvature included). The smooth maps (geodetic -> source CRS,
 undulation) are evaluated exactly on a lattice about every ``lattice_m`` metres at two z levels
 and interpolated (horizontal error ~ lattice_m^2 tan(lat) / (8 R): 0.06 mm at 50 m, 49 deg N).
 A source with a nodata pixel (nodata value, NaN, masked) among the 4 pixels around a point
-gives no value there; the next source by priority fills it; NaN where none has data.
+gives no value there; the next source by priority fills it; NaN where none has data. A stored
+height (after the band's scale and offset, in the source's own vertical datum) outside
+:data:`PLAUSIBLE_HEIGHT_M` (-500..9000 m) is nodata too, whatever the nodata tag says: fill
+values such as 1e30, -1e30 or -32768 written without a tag are not terrain (the lowest land is
+the Dead Sea shore at -430 m, the highest Everest at 8849 m; geoid undulations stay within
++-110 m).
+
+Failures
+--------
+Opening a source (:class:`DemSource`, at start-up) raises ValueError naming the source and the
+file for anything that is not a readable raster (an empty or garbage file, a directory) and
+FileNotFoundError when the path matches no file (:func:`open_dem_sources` turns it into a
+ValueError). Reading pixels later (every grid build) raises :class:`DemReadError` (an OSError)
+naming the source and the file when a file has vanished or become unreadable since; the caller
+(:class:`~geo_depth_node.core.geoprior.GeoPrior`) keeps its last grid and retries.
 """
 from __future__ import annotations
 
@@ -67,6 +81,9 @@ if TYPE_CHECKING:  # pragma: no cover
 _LOG = logging.getLogger(__name__)
 
 DEM_KINDS = ('dem', 'dsm')
+#: (lowest, highest) stored height in metres that can be terrain on the Earth; values outside
+#: (after scale and offset) are nodata: untagged fill values like 1e30, -1e30, -32768
+PLAUSIBLE_HEIGHT_M = (-500.0, 9000.0)
 _NAME_RE = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
 _REQUIRED = ('id', 'path', 'kind', 'vertical_datum', 'sigma_v_m', 'sigma_h_m')
 _OPTIONAL = {'survey_date': '', 'licence': '', 'priority': 0, 'sigma_v_growth_m_per_year': 0.0,
@@ -271,6 +288,21 @@ def parse_dem_sources(params: Mapping[str, Any] | Sequence[Mapping[str, Any]],
 
 # --- reading rasters ------------------------------------------------------------------
 
+class DemReadError(OSError):
+    """A DEM file that opened at start-up cannot be read now (vanished, truncated, replaced by
+    something that is not a raster, permissions).
+
+    Attributes:
+        source: the source's name.
+        path: the file.
+    """
+
+    def __init__(self, source: str, path: str, why: str) -> None:
+        super().__init__(f'DEM source {source!r}: cannot read {path}: {why}')
+        self.source = source
+        self.path = path
+
+
 @dataclasses.dataclass
 class _Tile:
     path: str
@@ -281,14 +313,16 @@ class _Tile:
     nodata: float | None
     scale: float
     offset: float
+    implausible_logged: bool = False  # heights outside PLAUSIBLE_HEIGHT_M were logged once
 
 
 class _RasterGroup:
     """Tiles of one source that share a CRS and a pixel grid, read as one mosaic."""
 
-    def __init__(self, crs_wkt: str, transform: Any, band: int) -> None:
+    def __init__(self, crs_wkt: str, transform: Any, band: int, name: str = '') -> None:
         import pyproj
 
+        self.name = name  # the source's name, for error messages
         self.crs = pyproj.CRS.from_wkt(crs_wkt)
         if self.crs.is_compound:
             self.crs = self.crs.sub_crs_list[0]
@@ -315,8 +349,14 @@ class _RasterGroup:
         return np.asarray(u, dtype=np.float64), np.asarray(v, dtype=np.float64)
 
     def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-        """Mosaic of reference-grid rows [r0, r1) and columns [c0, c1), float64, NaN = no data."""
+        """Mosaic of reference-grid rows [r0, r1) and columns [c0, c1), float64, NaN = no data
+        (nodata tag, mask, NaN, or outside :data:`PLAUSIBLE_HEIGHT_M` after scale and offset).
+
+        Raises:
+            DemReadError: a tile cannot be opened or read (naming the source and the file).
+        """
         import rasterio
+        from rasterio.errors import RasterioError
         from rasterio.windows import Window
 
         out = np.full((r1 - r0, c1 - c0), np.nan)
@@ -326,13 +366,30 @@ class _RasterGroup:
             if rr0 >= rr1 or cc0 >= cc1:
                 continue
             win = Window(cc0 - t.col_off, rr0 - t.row_off, cc1 - cc0, rr1 - rr0)
-            with rasterio.open(t.path) as ds:
-                a = ds.read(self.band, window=win).astype(np.float64)
-                mask = ds.read_masks(self.band, window=win)
+            try:
+                with rasterio.open(t.path) as ds:
+                    a = ds.read(self.band, window=win).astype(np.float64)
+                    mask = ds.read_masks(self.band, window=win)
+            except (RasterioError, OSError) as exc:
+                raise DemReadError(self.name, t.path, str(exc)) from exc
+            if a.shape != (rr1 - rr0, cc1 - cc0):  # the file was replaced by another raster
+                raise DemReadError(self.name, t.path, f'read a {a.shape} window where '
+                                   f'{(rr1 - rr0, cc1 - cc0)} was expected (file changed?)')
             bad = (mask == 0) | ~np.isfinite(a)
             if t.nodata is not None and np.isfinite(t.nodata):
                 bad |= a == t.nodata
             a = a * t.scale + t.offset
+            lo, hi = PLAUSIBLE_HEIGHT_M
+            with np.errstate(invalid='ignore'):
+                implausible = ~bad & ((a < lo) | (a > hi))
+            if implausible.any():
+                if not t.implausible_logged:
+                    t.implausible_logged = True
+                    _LOG.warning('DEM source %s: %s has %d height(s) outside the plausible '
+                                 '%g..%g m (e.g. %g) in the window read: treated as nodata',
+                                 self.name, t.path, int(implausible.sum()), lo, hi,
+                                 float(a[implausible][0]))
+                bad |= implausible
             a[bad] = np.nan
             dst = out[rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0]
             fill = np.isnan(dst)
@@ -381,12 +438,15 @@ class DemSource:
 
     Raises:
         FileNotFoundError: no file matches ``spec.path``.
-        ValueError: a file has no CRS, lacks the band, or tiles are not on one grid per CRS;
-            or the vertical datum cannot be converted (VerticalDatumError, a ValueError).
+        ValueError: a file is not a readable raster (empty, garbage, a directory), has no CRS,
+            lacks the band, or tiles are not on one grid per CRS; or the vertical datum cannot
+            be converted (VerticalDatumError, a ValueError). The message names the source and
+            the file.
     """
 
     def __init__(self, spec: DemSourceSpec) -> None:
         import rasterio
+        from rasterio.errors import RasterioError
 
         self.spec = spec
         paths = sorted(glob.glob(os.path.expanduser(spec.path)))
@@ -398,7 +458,14 @@ class DemSource:
             raise geodesy.VerticalDatumError(f'DEM source {spec.name!r}: {e}') from e
         self.groups: list[_RasterGroup] = []
         for p in paths:
-            with rasterio.open(p) as ds:
+            try:
+                ds = rasterio.open(p)
+            except (RasterioError, OSError) as exc:
+                what = 'is a directory, not a raster file (tiles: a glob like dir/*.tif)' \
+                    if os.path.isdir(p) else 'is not a readable raster'
+                raise ValueError(f'DEM source {spec.name!r}: {p} {what} (path {spec.path!r}): '
+                                 f'{exc}') from exc
+            with ds:
                 if ds.crs is None:
                     raise ValueError(f'DEM source {spec.name!r}: {p} has no CRS; cannot place it')
                 if spec.band > ds.count:
@@ -422,7 +489,7 @@ class DemSource:
                         group = g
                         break
             if group is None:
-                group = _RasterGroup(wkt, transform, spec.band)
+                group = _RasterGroup(wkt, transform, spec.band, spec.name)
                 off = (0, 0)
                 self.groups.append(group)
             group.tiles.append(_Tile(p, off[0], off[1], **tile_args))
@@ -464,8 +531,11 @@ def open_dem_sources(params: Mapping[str, Any]) -> list['DemSource']:
     source (metadata only), in the order of :func:`parse_dem_sources`; [] when none is set.
 
     Raises:
-        ValueError: a bad source parameter, an unusable vertical datum, or a path that matches
-            no file (a missing DEM stops the node and replay at start-up, never later).
+        ValueError: a bad source parameter, an unusable vertical datum, a path that matches
+            no file, or a file that is not a readable raster (empty, garbage, a directory),
+            naming the source and the path (a missing or broken DEM stops the node and replay
+            at start-up with exit code 2; one that breaks later only costs the priors, see
+            :class:`~geo_depth_node.core.geoprior.GeoPrior`).
     """
     from .params import dem_source_names
 
@@ -592,7 +662,12 @@ class LocalHeightGrid:
         return not (x0 + m <= p[0] <= x1 - m and y0 + m <= p[1] <= y1 - m)
 
     def retile_if_needed(self, position_enu: Any) -> bool:
-        """Rebuild the grid around ``position_enu`` if needed; returns True if it was rebuilt."""
+        """Rebuild the grid around ``position_enu`` if needed; returns True if it was rebuilt.
+
+        Raises:
+            DemReadError: a source file cannot be read now; ``field`` keeps the previous grid
+                (or None).
+        """
         if not self.needs_retile(position_enu):
             return False
         p = np.asarray(position_enu, dtype=np.float64).reshape(-1)
@@ -604,6 +679,9 @@ class LocalHeightGrid:
 
         Pure with respect to this object, so a caller may run it in a worker thread and then
         assign ``self.field``.
+
+        Raises:
+            DemReadError: a source file cannot be read (see :meth:`_RasterGroup.read`).
         """
         import time
 

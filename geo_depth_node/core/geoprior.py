@@ -11,7 +11,7 @@ import datetime
 import logging
 import math
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -22,6 +22,17 @@ from .pose import PoseEstimate
 from .torch_util import cpu_threads
 
 _LOG = logging.getLogger(__name__)
+
+#: Seconds between two attempts to build the height grid after a build failed (a DEM file
+#: vanished or became unreadable): meanwhile frames use the previous grid, or have no priors.
+DEM_GRID_RETRY_S = 5.0
+#: A camera more than this many metres above the DEM surface under it gets a /diagnostics
+#: warning (:func:`clearance_warning`): a ground robot's camera is a few metres up, so this is
+#: a wrong datum, a DEM or altitude offset, or a DEM void filled with a low value. Rays then
+#: meet the terrain far too steeply or far too late: priors are wrong, not merely missing.
+CAMERA_FAR_ABOVE_DEM_M = 100.0
+#: FrameResult.prior_problem text when the DEM has no data under the camera
+NO_DEM_UNDER_CAMERA = 'DEM has no data under the camera'
 
 
 def range_gradient(rng: np.ndarray) -> np.ndarray:
@@ -47,11 +58,21 @@ def attitude_sigma_rad(pose_cov) -> float:
     return math.sqrt(max(float(np.linalg.eigvalsh(pose_cov.attitude).max()), 0.0))
 
 
-def clearance_warning(stats: Mapping[str, float]) -> str | None:
+def clearance_warning(stats: Mapping[str, float],
+                      max_above_m: float = CAMERA_FAR_ABOVE_DEM_M) -> str | None:
     """The /diagnostics warning for a FrameResult.georef_stats (:meth:`GeoPrior.camera_clearance`),
-    or None when the camera is clear of the DEM (or nothing is known)."""
+    or None when the camera's height above the DEM is plausible (or nothing is known).
+
+    Warns when the camera is less than ``dem_vertical_shift_m`` above the DEM under it
+    (nearly every prior is refused), or more than ``max_above_m`` metres above it (default
+    :data:`CAMERA_FAR_ABOVE_DEM_M`; the priors are then wrong: a datum or altitude error).
+    """
     h = float(stats.get('camera_above_dem_m', float('nan')))
     shift = float(stats.get('dem_vertical_shift_m', float('nan')))
+    if math.isfinite(h) and h > max_above_m:
+        return (f'camera {h:.1f} m above the DEM under it, more than {max_above_m:g} m: the '
+                'priors are placed wrongly (wrong vertical datum, altitude or DEM offset, or a '
+                'DEM void filled low?)')
     if not (math.isfinite(h) and math.isfinite(shift)) or h >= shift:
         return None
     return (f'camera {h:.2f} m above the DEM under it, less than the DEM/height sigma '
@@ -74,14 +95,28 @@ class GeoPrior:
             (see :meth:`cast`); False = first order only (a third of the ray-cast time).
         march: the ray-march code of :func:`~.raycast.raycast` ('auto', 'torch', 'numba',
             'triton').
+        retry_s: seconds between attempts to build the height grid after a failed build
+            (default :data:`DEM_GRID_RETRY_S`).
+
+    A DEM file that vanishes or becomes unreadable after start-up costs the priors, never the
+    frame: :meth:`update_grid` catches the failure of a grid (re)build, keeps the grid it had
+    (None before the first build; a frame without a grid keeps its stereo points, NONE ones
+    get PRIOR_UNAVAILABLE), says why in :attr:`grid_problem`, and tries again at most every
+    ``retry_s`` seconds (``clock``, time.monotonic), so the priors come back with the file.
     """
+
+    #: why the last grid (re)build failed ('' = the grid is current); see update_grid
+    grid_problem: str = ''
+    retry_s: float = DEM_GRID_RETRY_S
+    clock: Callable[[], float] = staticmethod(time.monotonic)
+    _failed_at: float | None = None  # clock() of the last failed build
 
     def __init__(self, specs: list, frame: EnuFrame, *, cell_m: float = 2.0,
                  half_extent_m: float = 1500.0, retile_margin_m: float = 500.0,
                  max_range_m: float = 1000.0, device: Any = 'auto',
                  fusion: FusionConfig | None = None,
                  epoch: datetime.date | None = None, sigma_points: bool = True,
-                 march: str = 'auto') -> None:
+                 march: str = 'auto', retry_s: float = DEM_GRID_RETRY_S) -> None:
         from .dem import LocalHeightGrid
         from .raycast import MARCHES, resolve_device
 
@@ -103,7 +138,55 @@ class GeoPrior:
                                   if s.is_surface_model]
         self.sigma_points = bool(sigma_points)
         self.march = march
+        if not (isinstance(retry_s, (int, float)) and math.isfinite(retry_s) and retry_s >= 0):
+            raise ValueError(f'retry_s must be a finite number >= 0, got {retry_s!r}')
+        self.retry_s = float(retry_s)
         self._ray_cache: tuple | None = None
+
+    def update_grid(self, p_enu: Any) -> str:
+        """(Re)build the height grid around the camera at ENU ``p_enu`` (3,) when it needs it,
+        containing failures (see the class docstring).
+
+        Returns:
+            :attr:`grid_problem`: '' when the grid is current, else why it is not, naming the
+            source, the file and the error, and what the frame uses instead.
+        """
+        if self._failed_at is not None and self.clock() - self._failed_at < self.retry_s:
+            return self.grid_problem  # throttled: the last attempt failed too recently
+        had = getattr(self.grid, 'field', None) is not None
+        try:
+            self.grid.retile_if_needed(p_enu)
+        except Exception as exc:  # noqa: BLE001 - any failure costs the priors, not the frame
+            from .dem import DemReadError
+
+            if isinstance(exc, DemReadError):
+                why = str(exc)
+                _LOG.error('height grid build failed: %s', why)
+            else:  # not a read failure: keep the traceback in the log
+                why = f'height grid build failed unexpectedly: {type(exc).__name__}: {exc}'
+                _LOG.exception('height grid build failed (unexpected %s)', type(exc).__name__)
+            self._failed_at = self.clock()
+            self.grid_problem = (
+                f'{why}; ' + ('using the previous height grid' if had else
+                              'no height grid: stereo only') +
+                f', retrying every {self.retry_s:g} s')
+            return self.grid_problem
+        if self.grid_problem:
+            _LOG.info('height grid built again; priors are back (%s)', self.grid_problem)
+        self._failed_at = None
+        self.grid_problem = ''
+        return ''
+
+    def frame_problem(self, stats: Mapping[str, float]) -> str:
+        """The FrameResult.prior_problem of a frame cast with this prior: why it has no or
+        fewer priors than it should ('' when nothing is wrong): the grid problem
+        (:meth:`update_grid`) and/or :data:`NO_DEM_UNDER_CAMERA` when ``stats``
+        (:meth:`camera_clearance`) say the DEM has no data under the camera, joined by '; '."""
+        parts = [self.grid_problem] if self.grid_problem else []
+        if stats.get('dem_data_under_camera', 1.0) == 0.0:
+            parts.append(f'{NO_DEM_UNDER_CAMERA} (nodata or outside the grid): rays are '
+                         'followed over the hole, those landing in it have no prior')
+        return '; '.join(parts)
 
     def rays(self, model: CameraModel, unrectify: bool) -> tuple[np.ndarray, np.ndarray,
                                                                    np.ndarray]:
@@ -143,26 +226,40 @@ class GeoPrior:
           Where the camera is less than ``delta`` above the DEM under it, the lowered camera
           would start inside the terrain (every ray BELOW_TERRAIN): that sigma point does not
           exist (the camera is above the ground it stands on) and the first-order vertical
-          term stands in for it; before, this dropped every prior of such a frame;
+          term stands in for it; before, this dropped every prior of such a frame. Over a
+          DEM hole under the camera that test is impossible: the lowered ray comes out of
+          the hole below the terrain (UNAVAILABLE, see :mod:`.raycast`) exactly where it
+          would start inside it, so there UNAVAILABLE counts as inside too (the raised
+          sigma point follows the main ray's horizontal path, which had data up to its hit);
         * attitude: a rotation of ``sigma_att`` moves a ray by ``f sigma_att`` pixels, so the
           range change to the neighbouring pixels (``range_gradient * f * sigma_att``; a sky
           neighbour is an infinite jump) replaces the first-order attitude term where it is
           larger: silhouettes and crests.
 
-        Measured with ``geo-depth prior-coverage`` (see the notes of issue 6): first order
-        alone is over-confident on rolling terrain (>3 sigma for 1.6 % of the points); with
-        both corrections the PRIOR points are slightly conservative.
+        Measured with ``geo-depth prior-coverage``: first order alone is over-confident on
+        rolling terrain (>3 sigma for 1.6 % of the points); with both corrections the PRIOR
+        points are slightly conservative.
+
+        Without a height grid (its first build failed, :meth:`update_grid`) every ray is
+        UNAVAILABLE.
         """
         from .raycast import RayStatus, raycast
 
         t0 = time.perf_counter()
-        self.grid.retile_if_needed(pose.p_enu_cam)
+        self.update_grid(pose.p_enu_cam)
         t1 = time.perf_counter()
+        field = self.grid.field
+        h, w = model.height, model.width
+        if field is None:
+            nan = np.full((h, w), np.nan, dtype=np.float32)
+            return {'range_m': nan.copy(), 'sigma_m': nan.copy(),
+                    'sigma_first_order_vertical_m': nan,
+                    'status': np.full((h, w), int(RayStatus.UNAVAILABLE), dtype=np.int8),
+                    'source': np.zeros((h, w), dtype=np.int32),
+                    'timings_ms': {'dem_retile': (t1 - t0) * 1e3}}
         d_cam, _, _ = self.rays(model, True)
         d_enu = d_cam.reshape(-1, 3) @ pose.R_enu_cam.T
         pose_cov = pose.pose_covariance()
-        field = self.grid.field
-        h, w = model.height, model.width
         # the torch loop issues many small ops: one thread (see cpu_threads); around the numba
         # march torch works on whole-frame arrays, where the default threads help
         import torch
@@ -194,6 +291,7 @@ class GeoPrior:
                     delta = s_vert.reshape(-1)[hit] * sin_g / n_z
                 r0 = rng.reshape(-1)[hit].astype(np.float64)
                 dev2 = np.zeros_like(r0)
+                hole = self._camera_over_nodata(pose)
                 for sign in (1.0, -1.0):
                     origin = np.repeat(pose.p_enu_cam[None, :], r0.size, axis=0)
                     origin[:, 2] -= sign * np.nan_to_num(delta)
@@ -211,6 +309,8 @@ class GeoPrior:
                     # DEM there): this sigma point does not exist; its first-order term stands
                     # in (see the docstring)
                     inside = st_s == RayStatus.BELOW_TERRAIN
+                    if hole and sign > 0:  # cannot be tested over a hole (see the docstring)
+                        inside |= st_s == RayStatus.UNAVAILABLE
                     dev2 += 0.5 * np.where(ok, (r_s - r0) ** 2,
                                            np.where(inside, var_vert_first.reshape(-1)[hit],
                                                     np.inf))
@@ -237,25 +337,42 @@ class GeoPrior:
                                'dem_raycast': (t2 - t1) * 1e3,
                                'dem_sigma_points': (t3 - t2) * 1e3}}
 
+    def _camera_over_nodata(self, pose: PoseEstimate) -> bool:
+        """True when the height grid has no data (or no grid) under the camera centre."""
+        import torch
+
+        field = self.grid.field
+        if field is None:
+            return True
+        x, y = (float(v) for v in pose.p_enu_cam[:2])
+        with torch.no_grad(), cpu_threads(field.device, 1):
+            return not math.isfinite(float(field.sample(np.array([x]), np.array([y]))[0]))
+
     def camera_clearance(self, pose: PoseEstimate) -> dict[str, float]:
         """How high the camera is above the DEM under it, against the sigma points' shift.
 
         Returns ``{'camera_above_dem_m': z_cam - DEM(x_cam, y_cam)`` (ENU, metres; NaN over
         nodata or outside the grid)``, 'dem_vertical_shift_m': sqrt(sigma_v^2 + P_zz)`` (the
-        DEM vertical sigma at the nearest node and the camera height variance, metres)}.
+        DEM vertical sigma at the nearest node and the camera height variance, metres; NaN
+        outside the grid), ``'dem_data_under_camera'``: 1.0 where the DEM has data under the
+        camera, 0.0 over nodata or outside the grid}; {} without a height grid.
         A camera less than the shift above the DEM sees it at grazing angles only, so nearly
         every prior is refused: on a vehicle this points to a DEM offset or a terrain change
-        where it stands (the node warns on /diagnostics).
+        where it stands; one far above it (:data:`CAMERA_FAR_ABOVE_DEM_M`) to a datum error
+        (the node warns on /diagnostics, :func:`clearance_warning`).
         """
         import torch
 
         field = self.grid.field
+        if field is None:
+            return {}
         x, y, z = (float(v) for v in pose.p_enu_cam)
         with torch.no_grad(), cpu_threads(field.device, 1):
             ground = float(field.sample(np.array([x]), np.array([y]))[0])
             sv = float(field.node_sigmas(np.array([x]), np.array([y]))[0][0])
         shift = math.sqrt(sv ** 2 + max(float(pose.position_cov[2, 2]), 0.0))
-        return {'camera_above_dem_m': z - ground, 'dem_vertical_shift_m': shift}
+        return {'camera_above_dem_m': z - ground, 'dem_vertical_shift_m': shift,
+                'dem_data_under_camera': float(math.isfinite(ground))}
 
     def height_consistency(self, result, pose: PoseEstimate, model: CameraModel
                            ) -> np.ndarray | None:
@@ -306,20 +423,23 @@ class GeoPrior:
 
     def apply(self, result, pose: PoseEstimate | None, model: CameraModel,
               params: Mapping[str, Any], stereo: Any = None) -> dict[str, int]:
-        """Ray-cast and fuse into ``result`` (a FrameResult, in place). Without a pose every
-        point keeps its stereo class and NONE points get PRIOR_UNAVAILABLE.
+        """Ray-cast and fuse into ``result`` (a FrameResult, in place). Without a pose, or
+        without a height grid (its build failed: :meth:`update_grid`), every point keeps its
+        stereo class and NONE points get PRIOR_UNAVAILABLE.
 
         ``stereo``: the frame's core.camera.StereoModel (``fb`` = f * B in px m, ``delta_cx``
         px); with it, a disparity beyond the stereo limit can still rule a prior out (see
         ``weak_stereo`` of :func:`~.fusion.fuse`)."""
         from .contract import Flag, Provenance
 
-        if pose is None:
+        pri = self.cast(pose, model) if pose is not None else None
+        if pri is None or self.grid.field is None:
+            if pri is not None:
+                result.timings_ms.update(pri['timings_ms'])
             none = result.provenance == Provenance.NONE
             result.flags[none] |= np.uint16(Flag.PRIOR_UNAVAILABLE)
             return {'fused': 0, 'prior': 0, 'conflict': 0,
                     'measured': int((result.provenance == Provenance.MEASURED).sum())}
-        pri = self.cast(pose, model)
         _, ray_unit, norm = self.rays(model, bool(params.get('output.unrectify_points', True)))
         t = time.perf_counter()
         consistent = self.height_consistency(result, pose, model)

@@ -70,15 +70,18 @@ def _rays(prior: Any, model: CameraModel, unrectify: bool, device: Any) -> tuple
 
 def cast_torch(prior: Any, pose: PoseEstimate, model: CameraModel) -> dict[str, Any]:
     """``GeoPrior.cast`` with the results left on the DEM grid's device: (H, W) tensors
-    'range_m' float32, 'sigma_m' float32, 'status' int8, 'source' int32, and 'timings_ms'."""
+    'range_m' float32, 'sigma_m' float32, 'status' int8, 'source' int32, and 'timings_ms'.
+    Without a height grid (its build failed, ``GeoPrior.update_grid``) only 'timings_ms'."""
     import torch
 
     from .raycast import RayStatus, raycast
 
     t0 = time.perf_counter()
-    prior.grid.retile_if_needed(pose.p_enu_cam)
+    prior.update_grid(pose.p_enu_cam)
     t1 = time.perf_counter()
     field = prior.grid.field
+    if field is None:
+        return {'timings_ms': {'dem_retile': (t1 - t0) * 1e3}}
     dev = field.device
     d_cam, _, _ = _rays(prior, model, True, dev)
     h, w = model.height, model.width
@@ -104,6 +107,7 @@ def cast_torch(prior: Any, pose: PoseEstimate, model: CameraModel) -> dict[str, 
             delta = s_vert.reshape(-1)[hidx] * sin_g / n_z
             r0 = rng.reshape(-1)[hidx].double()
             dev2 = torch.zeros_like(r0)
+            hole = prior._camera_over_nodata(pose)  # as GeoPrior.cast
             p = torch.as_tensor(pose.p_enu_cam, dtype=torch.float64, device=dev)
             for sign in (1.0, -1.0):
                 origin = p.expand(r0.numel(), 3).clone()
@@ -115,6 +119,8 @@ def cast_torch(prior: Any, pose: PoseEstimate, model: CameraModel) -> dict[str, 
                              min_range_m=None if sign > 0 else r0)  # as GeoPrior.cast
                 ok = (rs.status == int(RayStatus.HIT)) & torch.isfinite(delta)
                 inside = rs.status == int(RayStatus.BELOW_TERRAIN)  # as GeoPrior.cast
+                if hole and sign > 0:
+                    inside = inside | (rs.status == int(RayStatus.UNAVAILABLE))
                 dev2 += 0.5 * torch.where(ok, (rs.range_m.double() - r0) ** 2,
                                           torch.where(inside, var_vert.reshape(-1)[hidx],
                                                       torch.full_like(r0, math.inf)))
@@ -261,18 +267,20 @@ def apply_torch(prior: Any, frame: dict[str, Any], pose: PoseEstimate | None,
                 model: CameraModel, params: Mapping[str, Any], stereo: Any = None,
                 timings: dict[str, float] | None = None) -> dict[str, int]:
     """``GeoPrior.apply`` on a frame dict of tensors (in place); returns the class counts.
-    Without a pose every point keeps its stereo class and NONE points get
-    PRIOR_UNAVAILABLE."""
+    Without a pose, or without a height grid (its build failed), every point keeps its stereo
+    class and NONE points get PRIOR_UNAVAILABLE."""
     import torch
 
-    if pose is None:
+    pri = cast_torch(prior, pose, model) if pose is not None else None
+    if pri is None or 'status' not in pri:
+        if pri is not None and timings is not None:
+            timings.update(pri['timings_ms'])
         none = frame['provenance'] == int(Provenance.NONE)
         frame['flags'] = torch.where(none, frame['flags'] | int(Flag.PRIOR_UNAVAILABLE),
                                      frame['flags'])
         return {'fused': 0, 'prior': 0, 'conflict': 0,
                 'measured': int((frame['provenance'] == int(Provenance.MEASURED)).sum())}
     dev = frame['points'].device
-    pri = cast_torch(prior, pose, model)
     pri = {k: (v.to(dev) if k != 'timings_ms' else v) for k, v in pri.items()}
     _, ray_unit, norm = _rays(prior, model, bool(params.get('output.unrectify_points', True)), dev)
     t = time.perf_counter()

@@ -10,11 +10,27 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Any, Iterable, Mapping
 
 _LOG = logging.getLogger(__name__)
 
 ParamValue = bool | int | float | str | tuple[float, ...]
+
+#: Largest stereo.p2 OpenCV SGBM can take (block_size 1, pre_filter_cap <= 15): its costs are
+#: int16 and start at P2, = stereo.SGBM_COST_MAX - stereo.sgbm_max_block_cost(1, 1); the limit
+#: for the configured block is checked in validate_params.
+_SGBM_P2_MAX = 32674
+#: sgm_torch searches at most this many disparities (core/sgm.py SGMConfig).
+_SGM_TORCH_MAX_DISPARITIES = 256
+#: Host memory per height-grid node while a grid is built (core/dem.py LocalHeightGrid:
+#: float64 work arrays of sample_nodes, the float32/int32 HeightField and the previous grid,
+#: which is kept until the new one is ready), bytes: this plus _GRID_BYTES_PER_SOURCE for each
+#: DEM source. Measured as the peak RSS of building 1501^2..5001^2-node grids and ray-casting
+#: into them: 258 + 40 per source; the kept grid (height, source, sigma_v, sigma_h) is 16 and
+#: the ray-cast's block maxima (8x8-cell blocks) ~0.2.
+_GRID_BYTES_PER_NODE = 274
+_GRID_BYTES_PER_SOURCE = 40
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +83,9 @@ class ParamSpec:
             n = len(self.default)
             if isinstance(value, (str, bytes)) or not hasattr(value, '__len__') \
                     or len(value) != n or any(isinstance(v, bool) or not isinstance(v, (int, float))
-                                              or v != v for v in value):
-                raise ValueError(f'parameter {self.name}: expected {n} numbers, got {value!r}')
+                                              or not math.isfinite(v) for v in value):
+                raise ValueError(f'parameter {self.name}: expected {n} finite numbers, got '
+                                 f'{value!r}')
             return tuple(float(v) for v in value)
         if t is bool:
             if not isinstance(value, bool):
@@ -81,6 +98,8 @@ class ParamSpec:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f'parameter {self.name}: expected number, got {value!r}')
             value = float(value)
+            if not math.isfinite(value):
+                raise ValueError(f'parameter {self.name}: expected a finite number, got {value}')
         elif t is str:
             if not isinstance(value, str):
                 raise ValueError(f'parameter {self.name}: expected string, got {value!r}')
@@ -144,18 +163,24 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('stereo.num_disparities', 128,
               'Width of the disparity search range; the largest searched disparity is '
               'min_disparity + num_disparities - 1. Sets the closest measurable range '
-              'Z_min = f*B/(max disparity).', 'px', 16, 512, step=16),
+              'Z_min = f*B/(max disparity). sgm_torch searches at most 256. opencv_sgbm needs '
+              'images wider than max(min_disparity + num_disparities, 0) - min(min_disparity, '
+              '0) px (frames that are not are refused as bad input).', 'px', 16, 512, step=16),
     ParamSpec('stereo.block_size', 5,
               'Matching block size (odd).', 'px', 1, 11, step=2),
     ParamSpec('stereo.p1', 0,
-              'SGM penalty for disparity changes of 1 px between neighbours; 0 = 8*block_size^2.',
-              '', 0, 100000),
+              'opencv_sgbm penalty for disparity changes of 1 px between neighbours; 0 = '
+              '8*block_size^2.', '', 0, _SGBM_P2_MAX - 1),
     ParamSpec('stereo.p2', 0,
-              'SGM penalty for larger disparity jumps (must exceed p1); 0 = 32*block_size^2.',
-              '', 0, 400000),
+              'opencv_sgbm penalty for larger disparity jumps (must exceed p1); 0 = '
+              '32*block_size^2. OpenCV keeps its costs in 16 bits: p2 + block_size^2 * (2*f + '
+              '63) must be <= 32767, f = max(pre_filter_cap, 15) rounded up to odd (p2 <= 28042 '
+              'for block 5, 9898 for block 11 at pre_filter_cap 63; beyond, costs wrap around '
+              'and nothing matches).',
+              '', 0, _SGBM_P2_MAX),
     ParamSpec('stereo.uniqueness_ratio', 10,
-              'A match must beat the second best cost by this margin, else NO_MATCH.',
-              '%', 0, 100),
+              'A match must beat the second best cost by this margin, else NO_MATCH (100 would '
+              'reject every match; OpenCV sgbm_3way dies of it).', '%', 0, 99),
     ParamSpec('stereo.speckle_window_size', 100,
               'Connected disparity blobs smaller than this are removed (NO_MATCH); 0 = off.',
               'px', 0, 10000),
@@ -165,7 +190,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               'Clip of the x-derivative prefilter of OpenCV SGBM.', '', 1, 63),
     ParamSpec('stereo.mode', 'sgbm_3way',
               'OpenCV SGBM variant: sgbm (5 paths), sgbm_3way (3 paths, fastest), hh (8 paths, '
-              'full image), hh4 (4 paths).', choices=('sgbm', 'sgbm_3way', 'hh', 'hh4')),
+              'full image), hh4 (4 paths). hh and hh4 keep whole cost volumes: about 4 bytes '
+              'per pixel and disparity (1280x720 at 128 disparities: 0.4 GB).',
+              choices=('sgbm', 'sgbm_3way', 'hh', 'hh4')),
     ParamSpec('stereo.min_texture', 1.0,
               'Texture test (as stereo_image_proc texture_threshold): pixels whose mean '
               '|dI/dx| over a texture_window x texture_window window is below this get NO_MATCH '
@@ -253,6 +280,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('dem.grid_half_extent_m', 1500.0,
               'The height grid spans +- this around the robot (east and north).', 'm', 50.0,
               20000.0, read_only=True),
+    ParamSpec('dem.max_grid_memory_mb', 4000,
+              'Memory budget of the height grid: start-up refuses a dem.grid_cell_m, '
+              'dem.grid_half_extent_m and number of DEM sources whose grid needs more host '
+              'memory while it is built: (2*round(half_extent/cell) + 1)^2 nodes x (274 + 40 '
+              'per source) bytes (measured; the grid kept on dem.device is 16 bytes per node). '
+              'The default grid (1501^2 nodes, one source) needs ~710 MB.', 'MB', 16, 1000000,
+              read_only=True),
     ParamSpec('dem.grid_retile_margin_m', 500.0,
               'Rebuild the grid around the robot when it comes closer than this to an edge; '
               'must leave dem.max_range_m inside: max_range <= half_extent - margin.', 'm', 0.0,
@@ -389,10 +423,54 @@ def validate_params(values: Mapping[str, Any], *, allow_unknown: Iterable[str] =
                          f'(the Odometry header frame is a local ENU frame whose origin is '
                          f'georef.datum_latitude_deg/longitude_deg/height_m), got '
                          f'{out["georef.datum_mode"]!r}')
-    p1, p2 = out['stereo.p1'], out['stereo.p2']
-    if p1 and p2 and p2 <= p1:
-        raise ValueError(f'parameter stereo.p2 ({p2}) must exceed stereo.p1 ({p1})')
+    _check_stereo(out)
+    _check_grid(out, len(names))
     return out
+
+
+def _check_stereo(out: Mapping[str, Any]) -> None:
+    """Raise ValueError for ``stereo.*`` combinations the matchers cannot run."""
+    from .stereo import sgbm_penalties  # the OpenCV SGBM limits live with the matcher
+
+    sgbm_penalties(out['stereo.block_size'], out['stereo.p1'], out['stereo.p2'],
+                   out['stereo.pre_filter_cap'])
+    nd = out['stereo.num_disparities']
+    if out['stereo.matcher'] == 'sgm_torch' and nd > _SGM_TORCH_MAX_DISPARITIES:
+        raise ValueError(f'parameter stereo.num_disparities ({nd}) must be <= '
+                         f'{_SGM_TORCH_MAX_DISPARITIES} with stereo.matcher sgm_torch')
+
+
+def grid_memory_mb(cell_m: float, half_extent_m: float, n_sources: int = 1) -> float:
+    """Host memory (MB, 1e6 bytes) the DEM height grid needs while it is built.
+
+    Args:
+        cell_m: dem.grid_cell_m, metres (> 0).
+        half_extent_m: dem.grid_half_extent_m, metres.
+        n_sources: number of DEM sources (each adds work arrays per node).
+
+    Returns:
+        (2 * round(half_extent_m / cell_m) + 1)^2 nodes (as core/dem.py LocalHeightGrid) times
+        the measured bytes per node (_GRID_BYTES_PER_NODE + _GRID_BYTES_PER_SOURCE per source).
+    """
+    n = 2 * int(round(half_extent_m / cell_m)) + 1
+    return n * n * (_GRID_BYTES_PER_NODE + _GRID_BYTES_PER_SOURCE * max(1, n_sources)) / 1e6
+
+
+def _check_grid(out: Mapping[str, Any], n_sources: int) -> None:
+    """Raise ValueError for a height grid that cannot be built (too small or over budget)."""
+    cell, half = out['dem.grid_cell_m'], out['dem.grid_half_extent_m']
+    if half < cell:
+        raise ValueError(f'parameter dem.grid_half_extent_m ({half}) must be >= '
+                         f'dem.grid_cell_m ({cell})')
+    mb = grid_memory_mb(cell, half, n_sources)
+    budget = out['dem.max_grid_memory_mb']
+    if mb > budget:
+        n = 2 * int(round(half / cell)) + 1
+        raise ValueError(f'parameters dem.grid_cell_m {cell} and dem.grid_half_extent_m {half} '
+                         f'make a {n} x {n} height grid that needs about {mb:,.0f} MB while it is '
+                         f'built ({max(1, n_sources)} DEM source(s)), more than '
+                         f'dem.max_grid_memory_mb {budget} MB: use larger cells, a smaller '
+                         f'extent, or raise the budget')
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:

@@ -68,9 +68,20 @@ class FrameResult:
         prior_counts: fused / prior / conflict / measured pixel counts of the fusion.
         T_enu_cam: (4, 4) pose of the left optical frame in the local ENU frame, or None.
         georef_stats: with a pose and DEM sources: 'camera_above_dem_m', the ENU height of the
-            camera centre above the DEM surface under it (NaN over nodata), and
+            camera centre above the DEM surface under it (NaN over nodata),
             'dem_vertical_shift_m', the sigma points' vertical shift sqrt(sigma_v^2 + P_zz)
-            there (:meth:`GeoPrior.camera_clearance`), metres.
+            there, metres, and 'dem_data_under_camera', 1.0 / 0.0 whether the DEM has data
+            under the camera (:meth:`GeoPrior.camera_clearance`; {} while there is no height
+            grid). All values are floats (the node and replay publish them as ``georef.*``).
+        prior_problem: why this frame has no or fewer DEM priors than it should although it
+            has a pose: '' when the DEM stage ran normally; else one line, parts joined by
+            '; ': a failed height-grid (re)build naming the source, the file and the error
+            and what the frame used instead ("DEM source 'srtm': cannot read /x.tif: ...;
+            no height grid: stereo only, retrying every 5 s": the frame keeps its stereo
+            points, NONE points get PRIOR_UNAVAILABLE; or "...; using the previous height
+            grid, ..."), and/or 'DEM has no data under the camera ...' when the DEM has a
+            hole (nodata) under the camera or the camera is outside the grid. Frames without a
+            pose leave it '' (``pose_status`` says why). Meant for /diagnostics (a WARN).
     """
 
     depth: np.ndarray
@@ -92,6 +103,7 @@ class FrameResult:
     packed: np.ndarray | None = None
     output_frame: str = 'camera'  # frame of ``points``: 'camera' or 'enu'
     georef_stats: dict[str, float] = dataclasses.field(default_factory=dict)
+    prior_problem: str = ''
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -311,6 +323,40 @@ class DepthPipeline:
         """Buffer a core.pose.OdometrySample (nav_msgs/Odometry; pose.source odometry)."""
         if self.georef is not None:
             self.georef.add(sample, 'odometry')
+
+    #: pose message kinds: kind -> (converter in core.pose, message name)
+    POSE_MESSAGES = {'imu': ('imu_sample_from_msg', 'Imu'),
+                     'gnss': ('gnss_fix_from_msg', 'NavSatFix'),
+                     'odometry': ('odometry_sample_from_msg', 'Odometry')}
+
+    def add_pose_message(self, kind: str, msg: Any) -> tuple[str, str] | None:
+        """Convert one sensor_msgs/Imu ('imu'), sensor_msgs/NavSatFix ('gnss') or
+        nav_msgs/Odometry ('odometry') message (rclpy or rosbags; duck-typed) and buffer it for
+        the pose: the one rule the node and replay share for pose inputs.
+
+        Returns:
+            None when buffered (the pose source may still count it as out of order, rejected
+            or ignored: ``georef.pose.counts``), else ``(problem kind, text)`` of an input
+            problem: ``bad_<kind>`` for a message the converter refuses, ``zero_stamp`` for a
+            stamp <= 0.
+
+        Raises:
+            ValueError: an unknown ``kind``.
+        """
+        from . import pose
+
+        if kind not in self.POSE_MESSAGES:
+            raise ValueError(f'unknown pose message kind {kind!r}; expected one of '
+                             f'{sorted(self.POSE_MESSAGES)}')
+        convert, name = self.POSE_MESSAGES[kind]
+        try:
+            sample = getattr(pose, convert)(msg)
+        except (ValueError, TypeError, OverflowError) as exc:
+            return f'bad_{kind}', f'{name} ignored: {exc}'
+        if sample.stamp_ns <= 0:
+            return 'zero_stamp', f'{name}: message with a zero stamp ignored'
+        getattr(self, f'add_{kind}')(sample)
+        return None
 
     def _process_on_device(self, left: np.ndarray, right: np.ndarray, left_valid, right_valid,
                            stereo: StereoModel, timings: dict[str, float],
@@ -694,7 +740,9 @@ class _Georef:
     def apply(self, result: FrameResult, stamp_ns: int, model: CameraModel,
               params: Mapping[str, Any], wait_s: float, stereo: StereoModel | None = None
               ) -> None:
-        """Pose at the stamp, then GeoPrior.apply on the host arrays of ``result``."""
+        """Pose at the stamp, then GeoPrior.apply on the host arrays of ``result``. A DEM
+        file that fails after start-up costs only the priors (``GeoPrior.update_grid``; the
+        reason in ``result.prior_problem``)."""
         pose, why, prior, ms = self.lookup(stamp_ns, params, wait_s)
         result.timings_ms['pose'] = ms
         result.pose_status = why
@@ -707,6 +755,7 @@ class _Georef:
         result.T_enu_cam = self._pose_matrix(pose)
         result.prior_counts = prior.apply(result, pose, model, params, stereo=stereo)
         result.georef_stats = prior.camera_clearance(pose)
+        result.prior_problem = prior.frame_problem(result.georef_stats)
 
     def apply_device(self, frame: dict[str, Any], stamp_ns: int, model: CameraModel,
                      params: Mapping[str, Any], wait_s: float, stereo: StereoModel | None,
@@ -714,7 +763,7 @@ class _Georef:
         """:meth:`apply` on the device frame path's tensors (core.georef_torch), in place;
         the points move to ENU when ``output.frame`` is enu. Returns the FrameResult fields
         to set: pose_status, pose_degraded, T_enu_cam, prior_counts, georef_stats,
-        output_frame."""
+        prior_problem, output_frame."""
         from .georef_torch import apply_torch, to_enu_torch
 
         pose, why, prior, ms = self.lookup(stamp_ns, params, wait_s)
@@ -728,6 +777,7 @@ class _Georef:
         meta['prior_counts'] = apply_torch(prior, frame, pose, model, params, stereo=stereo,
                                            timings=timings)
         meta['georef_stats'] = prior.camera_clearance(pose)
+        meta['prior_problem'] = prior.frame_problem(meta['georef_stats'])
         if params['output.frame'] == 'enu':
             to_enu_torch(frame, points_to_enu(T, model, params))
             meta['output_frame'] = 'enu'

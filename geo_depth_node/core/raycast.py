@@ -20,6 +20,19 @@ Algorithm (:func:`raycast`), all rays at once, no Python loop per ray:
    Features thinner than ``step_m`` along the ray can be missed (a ray that enters and leaves
    a sharp ridge between two samples).
 
+Nodata where the march starts (a hole in the DEM under the camera, typically): the ray is
+followed over the hole on the same lattice ``t0 + k step`` to its first sample with data. If
+the ray is above the terrain there, the march starts from that sample as usual: the terrain in
+a hole the ray STARTS over is taken to be below the ray (the camera stands above the ground
+under it; a ray that comes out of the hole above the terrain around it is taken not to have
+touched ground in between). If it is at or below the terrain there, it crossed the terrain
+somewhere in the hole: UNAVAILABLE. A ray that stays over nodata until it leaves the grid or
+reaches ``max_range_m`` is UNAVAILABLE; one that climbs above ``z_max`` over the hole first is
+above all known terrain (the end rules below: SKY). BELOW_TERRAIN cannot be tested over a
+hole. A hole FARTHER along a ray that has had data under it still ends the ray as UNAVAILABLE
+(what is in it could block the ray). Without this rule a hole of a few metres under the robot
+took every prior of the frame.
+
 On CUDA (float32 fields, triton installed) steps 2 and 3 run in ONE Triton kernel
 (:mod:`.raycast_triton`: a per-ray state machine, coarse skip or fine steps per iteration,
 several at once where the terrain's slope bound proves them clear) instead of the torch
@@ -38,9 +51,11 @@ Status per ray (:class:`RayStatus`), defined precisely:
   (only with ``sky_outside_grid=True``, the default: terrain outside the grid is assumed to
   be no higher than ``z_max`` inside it; set it False to get UNAVAILABLE there).
 * ``UNAVAILABLE``: the answer is unknown: the ray meets a nodata cell (NaN in any of the 4
-  nodes of the bilinear patch) while at or below ``z_max`` before any crossing, or it leaves
-  the grid before ``max_range_m`` while it could still hit terrain outside it, or the origin
-  is outside the grid.
+  nodes of the bilinear patch) while at or below ``z_max`` before any crossing (after the
+  nodata its march may have started over, see above), or comes out of that starting nodata
+  below the terrain, or stays over it in the ``z_max`` slab to its end, or it leaves the grid
+  before ``max_range_m`` while it could still hit terrain outside it, or the origin is outside
+  the grid.
 * ``BELOW_TERRAIN``: the origin itself is at or below the terrain surface (camera "inside"
   the DEM: a surface model above the road, a DEM or pose error). No range.
 
@@ -218,6 +233,27 @@ class HeightField:
             return pad, b + 1  # block b covers nodes b*bi .. b*bi + b
 
         return self._block_reduce('block_max', block, build)
+
+    def block_data(self, block: int) -> 'torch.Tensor':
+        """Where the terrain has data, per ``block`` x ``block``-cell block, dilated by one
+        block (the blocks of :meth:`block_max`).
+
+        Returns:
+            (nby, nbx) tensor of the height dtype: 1 where some node of blocks bi-1..bi+1,
+            bj-1..bj+1 has data, 0 where all of them are nodata (or outside the grid): a ray
+            segment of ``block`` cells starting in such a block meets only nodata. Cached per
+            block size.
+        """
+        import torch
+
+        def build(b: int, nby: int, nbx: int) -> tuple['torch.Tensor', int]:
+            ny, nx = self.shape
+            pad = torch.zeros((nby * b + 1, nbx * b + 1), dtype=self.height.dtype,
+                              device=self.height.device)
+            pad[:ny, :nx] = torch.isfinite(self.height).to(self.height.dtype)
+            return pad, b + 1  # block b covers nodes b*bi .. b*bi + b
+
+        return self._block_reduce('block_data', block, build)
 
     def block_slope(self, block: int) -> 'torch.Tensor':
         """Bound on the terrain's horizontal gradient over every ``block`` x ``block``-cell
@@ -744,23 +780,44 @@ def _status_range(field: HeightField, o64: 'torch.Tensor', d64: 'torch.Tensor',
     if candidates.numel():
         tc0 = t0[candidates]
         f0 = f_at(candidates, tc0)
-        is_nan = torch.isnan(f0)
-        below = ~is_nan & (f0 <= 0)
+        # nodata where the march starts (a hole under the camera): follow the ray over it to
+        # the first sample with data and start there (see the module docstring)
+        emerged = torch.zeros(candidates.shape, dtype=torch.bool, device=dev)
+        lost = torch.zeros_like(emerged)
+        pos = torch.nonzero(torch.isnan(f0), as_tuple=False).reshape(-1)
+        if pos.numel():
+            t_e, f_e, found = _cross_start_nodata(field, f_at, candidates[pos], t0, t1, gx0,
+                                                  gy0, gdx, gdy, step, block)
+            emerged[pos[found]] = True
+            lost[pos[~found]] = True
+            tc0, f0 = tc0.clone(), f0.clone()
+            tc0[pos[found]] = t_e[found]
+            f0[pos[found]] = f_e[found]
+            t0 = t0.clone()
+            t0[candidates[pos[found]]] = t_e[found]
+        # over nodata all the way: unknown, unless the ray climbs out of the z_max slab inside
+        # the grid and range (then above all terrain: the end rules below, SKY)
+        climbs_out = t_hi[candidates] < torch.clamp(t_grid[candidates], max=float(max_range_m))
+        is_nan = torch.isnan(f0) & ~(lost & climbs_out)
+        below = ~torch.isnan(f0) & (f0 <= 0)
         at_origin = tc0 <= 0
         # origin at/below terrain
         idx = candidates[below & at_origin]
         status[idx] = int(RayStatus.BELOW_TERRAIN)
         resolved[idx] = True
         # entering the z_max slab exactly on a terrain node at z_max: a touch at t0
-        idx = candidates[below & ~at_origin]
+        touch = below & ~at_origin & ~emerged
+        idx = candidates[touch]
         hit[idx] = True
-        t_a[idx] = tc0[below & ~at_origin]
+        t_a[idx] = tc0[touch]
         t_b[idx] = t_a[idx]
         resolved[idx] = True
-        idx = candidates[is_nan]
+        # nodata at the start (and no way out of it), or out of the hole below the terrain:
+        # the crossing is in the hole
+        idx = candidates[is_nan | (below & emerged)]
         status[idx] = int(RayStatus.UNAVAILABLE)
         resolved[idx] = True
-        act = candidates[~is_nan & ~below]
+        act = candidates[~torch.isnan(f0) & ~below]
         t_cur = t0[act].clone()
         dmax = field.block_max(block).to(ct)
         nby, nbx = dmax.shape
@@ -879,6 +936,79 @@ def _status_range(field: HeightField, o64: 'torch.Tensor', d64: 'torch.Tensor',
         status[hidx[~bad]] = int(RayStatus.HIT)
         range_m[hidx[~bad]] = th[~bad].to(ct)
     return status, range_m
+
+
+def _cross_start_nodata(field: HeightField, f_at: Callable, idx: 'torch.Tensor',
+                        t0: 'torch.Tensor', t1: 'torch.Tensor', gx0: 'torch.Tensor',
+                        gy0: 'torch.Tensor', gdx: 'torch.Tensor', gdy: 'torch.Tensor',
+                        step: float, block: int
+                        ) -> tuple['torch.Tensor', 'torch.Tensor', 'torch.Tensor']:
+    """Follow rays ``idx`` whose march starts over nodata (f(t0) is NaN) to their first sample
+    with terrain data.
+
+    The samples are ``t_k = min(t0 + step * k, t1)``, k = 1, 2, ... (the lattice of the march;
+    the numba march computes the same values). A ray whose ``block`` x ``block``-cell block
+    under ``t_k`` has no data in its 3 x 3 neighbourhood (``HeightField.block_data``) skips
+    ``n_seg`` samples at once: they lie within ``block`` cells of ``t_k`` and are nodata (the
+    first sample with data is the same as sampling every step).
+
+    Args:
+        field: the height field; f_at: ``z_ray - terrain`` of :func:`_status_range`.
+        idx: (M,) long ray indices; t0, t1: (N,) float64 march interval, metres.
+        gx0, gy0, gdx, gdy: (N,) float64 grid-index origin and direction per metre.
+        step: sample spacing, metres; block: block side, cells.
+
+    Returns:
+        (t (M,) float64 range of the first sample with data, NaN where none; f (M,) the
+        terrain difference there; found (M,) bool).
+    """
+    import torch
+
+    dev = idx.device
+    m = idx.numel()
+    seg = block * field.cell_m
+    n_seg = max(1, int(math.floor(seg / step + 1e-9)))  # as the numba march and Triton kernel
+    bdata = field.block_data(block)
+    nby, nbx = bdata.shape
+    bflat = bdata.reshape(-1)
+    js = torch.arange(n_seg, dtype=torch.float64, device=dev)[None, :]
+    t_out = torch.full((m,), float('nan'), dtype=torch.float64, device=dev)
+    f_out = None
+    found = torch.zeros(m, dtype=torch.bool, device=dev)
+    k = torch.ones(m, dtype=torch.float64, device=dev)
+    rem = torch.arange(m, device=dev)  # positions in idx still searching
+    while rem.numel():
+        r = idx[rem]
+        t_end = t1[r]
+        tk = torch.minimum(t0[r] + step * k[rem], t_end)
+        bx = torch.floor((gx0[r] + tk * gdx[r]) / block)
+        by = torch.floor((gy0[r] + tk * gdy[r]) / block)
+        bx = torch.nan_to_num(bx, nan=0.0).clamp(0, nbx - 1).long()
+        by = torch.nan_to_num(by, nan=0.0).clamp(0, nby - 1).long()
+        empty = (bflat[by * nbx + bx] == 0) & (tk < t_end)
+        go_on = empty.clone()
+        look = torch.nonzero(~empty, as_tuple=False).reshape(-1)
+        if look.numel():
+            rl = r[look]
+            ts = torch.minimum(t0[rl][:, None] + step * (k[rem[look]][:, None] + js),
+                               t_end[look][:, None])
+            f = f_at(rl, ts)
+            if f_out is None:
+                f_out = torch.full((m,), float('nan'), dtype=f.dtype, device=dev)
+            valid = ~torch.isnan(f)
+            has = valid.any(dim=1)
+            first = torch.argmax(valid.to(torch.int8), dim=1)
+            rows = torch.arange(look.numel(), device=dev)
+            got = rem[look[has]]
+            t_out[got] = ts[rows, first][has]
+            f_out[got] = f[rows, first][has]
+            found[got] = True
+            go_on[look] = ~has & (ts[:, -1] < t_end[look])
+        k[rem] += n_seg
+        rem = rem[go_on]
+    if f_out is None:
+        f_out = torch.full((m,), float('nan'), dtype=field.height.dtype, device=dev)
+    return t_out, f_out, found
 
 
 def _hit_geometry(field: HeightField, o64: 'torch.Tensor', d64: 'torch.Tensor',

@@ -21,7 +21,11 @@ cores (``numba.prange``):
   proven above the terrain, so both find the same brackets (a feature thinner than ``step``
   is missed by both alike);
 * a bracket is refined by the same bisection (to the same final width) and final secant step
-  as the torch loop.
+  as the torch loop;
+* a ray whose march starts over nodata (a hole under the camera) is followed over it to its
+  first sample with data on the same lattice as the torch loop (``cross_start_nodata``; blocks
+  without data around them skip whole segments) and starts there, as
+  :func:`~.raycast.raycast` defines it.
 
 The terrain is evaluated as ``raycast.f_at`` does: the range cast to the field's dtype, grid
 coordinates ``g0 + t * gd`` in that dtype, bilinear heights, so float32 fields give the same
@@ -108,6 +112,7 @@ def cast(field: Any, origin: Any, directions: Any, hflat: Any, *, max_range_m: f
     # the block maxima rounded to the computation dtype, as the torch loop uses them
     bm = np.ascontiguousarray(field.block_max(block).to(hflat.dtype).to(torch.float64).numpy())
     bs = np.ascontiguousarray(field.block_slope(block).to(torch.float64).numpy())
+    bd = np.ascontiguousarray(field.block_data(block).to(torch.float64).numpy())
     if origin.ndim == 2 and origin.shape[0] > 1 and origin.stride(0) == 0:
         origin = origin[:1]  # one origin expanded over the rays (raycast's _as_rays)
     o = np.ascontiguousarray(origin.reshape(-1, 3).numpy(), dtype=np.float64)
@@ -121,7 +126,7 @@ def cast(field: Any, origin: Any, directions: Any, hflat: Any, *, max_range_m: f
     rng = np.empty(n)
     t = time.perf_counter()
     if n:
-        cast_impl(o, d, tmin, grid, h, lim, int(nx), int(ny), bm, bs, float(block), float(seg),
+        cast_impl(o, d, tmin, grid, h, lim, int(nx), int(ny), bm, bs, bd, float(block), float(seg),
                   float(step), int(n_bisect), min(_GROUPS, n), bool(sky_outside_grid), status,
                   rng)
     if first:

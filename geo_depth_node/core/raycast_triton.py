@@ -23,6 +23,12 @@ inside the segments that can reach the terrain (the kernel skips only samples pr
 it), so they find the same crossings (a feature thinner than ``step`` can be missed by both)
 and the refined ranges agree to the refinement tolerance.
 
+The torch set-up of :func:`~.raycast.raycast` hands the kernel each ray's march interval
+``[t0, t1]`` after its start rules: a ray whose march starts over nodata (a hole under the
+camera) has already been followed over it (``raycast._cross_start_nodata``) and comes with
+``t0`` at its first sample with data, above the terrain; so the kernel marches exactly the rays
+and intervals the torch loop marches.
+
 Output codes per ray: 0 = no event up to ``t1`` (the caller decides SKY or UNAVAILABLE), 1 =
 HIT with its range, 2 = UNAVAILABLE (nodata met, or NaN during refinement).
 """

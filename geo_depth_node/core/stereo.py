@@ -46,6 +46,13 @@ _LOG = logging.getLogger(__name__)
 _MODES = {'sgbm': 'STEREO_SGBM_MODE_SGBM', 'sgbm_3way': 'STEREO_SGBM_MODE_SGBM_3WAY',
           'hh': 'STEREO_SGBM_MODE_HH', 'hh4': 'STEREO_SGBM_MODE_HH4'}
 LR_RESOLUTIONS = ('half', 'full')
+#: Largest uniqueness ratio, percent. 100 rejects every pixel whose best cost is not zero, and
+#: OpenCV's sgbm_3way divides by (100 - ratio): SIGFPE, the process dies.
+MAX_UNIQUENESS_RATIO = 99
+#: OpenCV SGBM keeps its costs in int16 and starts every matching cost at P2, so P2 plus the
+#: largest block cost must stay <= this. Beyond it the costs wrap around: P2 = 32768 with a
+#: 5 px block matched nothing, P2 = 66336 = 65536 + 800 gave exactly the result of P2 = 800.
+SGBM_COST_MAX = 32767
 
 _NO_MATCH = np.uint16(Flag.NO_MATCH)
 _LR = np.uint16(Flag.LR_INCONSISTENT)
@@ -93,6 +100,10 @@ class MatcherConfig:
                              f'{self.num_disparities}')
         if self.block_size < 1 or self.block_size % 2 == 0:
             raise ValueError(f'block_size must be odd and >= 1, got {self.block_size}')
+        if not 0 <= self.uniqueness_ratio <= MAX_UNIQUENESS_RATIO:
+            raise ValueError(f'uniqueness_ratio must be in 0..{MAX_UNIQUENESS_RATIO} %, got '
+                             f'{self.uniqueness_ratio}')
+        sgbm_penalties(self.block_size, self.p1, self.p2, self.pre_filter_cap)
         if self.mode not in _MODES:
             raise ValueError(f'unknown stereo mode {self.mode!r}; one of {list(_MODES)}')
         if self.lr_check_resolution not in LR_RESOLUTIONS:
@@ -149,6 +160,58 @@ def check_stereo_pair(left: np.ndarray, right: np.ndarray) -> None:
         raise ValueError(f'left {left.shape} and right {right.shape} differ in shape')
 
 
+def sgbm_max_block_cost(block_size: int, pre_filter_cap: int) -> int:
+    """Largest matching cost OpenCV SGBM can sum over one ``block_size`` x ``block_size`` block
+    of a grey image, in its cost units.
+
+    Per pixel it adds the Birchfield-Tomasi difference of the clipped x-derivative (0 ..
+    2 * ftzero, ftzero = max(pre_filter_cap, 15) made odd) and that of the intensity / 4
+    (0 .. 63).
+    """
+    ftzero = max(int(pre_filter_cap), 15) | 1
+    return int(block_size) ** 2 * (2 * ftzero + 63)
+
+
+def sgbm_penalties(block_size: int, p1: int, p2: int, pre_filter_cap: int) -> tuple[int, int]:
+    """The (P1, P2) OpenCV SGBM runs with for the ``stereo.*`` values (0 = the default
+    8 * block_size^2 / 32 * block_size^2), in SGBM cost units.
+
+    Raises:
+        ValueError: P2 <= P1, or P2 plus the largest block cost
+            (:func:`sgbm_max_block_cost`) above :data:`SGBM_COST_MAX` (the int16 costs would
+            wrap around); the message names the values.
+    """
+    p1_eff = int(p1) or 8 * int(block_size) ** 2
+    p2_eff = int(p2) or 32 * int(block_size) ** 2
+    what1 = f'stereo.p1 {p1_eff}' + ('' if p1 else ' (0 = 8*block_size^2)')
+    what2 = f'stereo.p2 {p2_eff}' + ('' if p2 else ' (0 = 32*block_size^2)')
+    if p2_eff <= p1_eff:
+        raise ValueError(f'parameter {what2} must exceed {what1}')
+    cost = sgbm_max_block_cost(block_size, pre_filter_cap)
+    if p2_eff + cost > SGBM_COST_MAX:
+        raise ValueError(f'parameter {what2} is too large for block_size {block_size} and '
+                         f'pre_filter_cap {pre_filter_cap}: OpenCV SGBM keeps costs in 16 bits, '
+                         f'P2 + the largest block cost ({cost}) must be <= {SGBM_COST_MAX}, i.e. '
+                         f'p2 <= {SGBM_COST_MAX - cost}')
+    return p1_eff, p2_eff
+
+
+def sgbm_min_width(min_disparity: int, num_disparities: int) -> int:
+    """Narrowest image (px) OpenCV SGBM can match over disparities min_disparity ..
+    min_disparity + num_disparities - 1.
+
+    It matches the columns max(min_d + num_d, 0) .. width + min(min_d, 0); when there are
+    none it fails an assertion, asks for ~18 EB, or crashes (SIGSEGV), depending on the width.
+    """
+    return max(min_disparity + num_disparities, 0) - min(min_disparity, 0) + 1
+
+
+def _window_start(lo: int, hi: int, nd: int) -> int:
+    """Start of the ``nd``-disparity window that covers ``lo .. hi`` and needs the narrowest
+    image (:func:`sgbm_min_width` is smallest when the window contains 0 or lies close to it)."""
+    return min(max(0, hi + 1 - nd), lo)
+
+
 def _sgbm(cv2: Any, min_disparity: int, num_disparities: int, block_size: int, p1: int, p2: int,
           c: MatcherConfig, speckle_window_size: int, speckle_range: int) -> Any:
     if p2 <= p1:
@@ -170,8 +233,7 @@ class OpenCVStereoMatcher:
 
         self.config = config
         c = config
-        p1 = c.p1 or 8 * c.block_size ** 2
-        p2 = c.p2 or 32 * c.block_size ** 2
+        p1, p2 = sgbm_penalties(c.block_size, c.p1, c.p2, c.pre_filter_cap)
         self._sgbm = _sgbm(cv2, c.min_disparity, c.num_disparities, c.block_size, p1, p2, c,
                            c.speckle_window_size, c.speckle_range)
         self._right = None  # right->left SGBM of the LR check (its range is set per frame)
@@ -195,6 +257,13 @@ class OpenCVStereoMatcher:
         s_ = self._right_scale
         self._right_limits = (int(np.floor(c.min_disparity / s_)),
                               int(np.ceil((c.max_disparity - 2) / s_)))
+        # narrowest image both passes can match (the right pass's widest window, placed as
+        # _set_right_range places it when its first choice does not fit), full-resolution px
+        lo_lim, hi_lim = self._right_limits
+        nd_max = 16 * int(np.ceil((hi_lim - lo_lim + 1) / 16))
+        right_min = sgbm_min_width(_window_start(lo_lim, hi_lim, nd_max), nd_max)
+        self.min_width = max(sgbm_min_width(c.min_disparity, c.num_disparities),
+                             s_ * (right_min - 1) + 1 if self._right is not None else 0)
         self._right_min = 0
         self._right_lut = _SCALE_OR_NAN * np.float32(self._right_scale)
         self._ws = Workspace()
@@ -213,10 +282,12 @@ class OpenCVStereoMatcher:
                 self._rows * np.float32(1.0 / self._right_scale)
             self._grid_key = (h, w)
 
-    def _set_right_range(self, d_lo: float, d_hi: float) -> None:
+    def _set_right_range(self, d_lo: float, d_hi: float, width: int) -> None:
         """Search range of the right pass: the accepted left disparities [d_lo, d_hi] (px) plus
         a margin (the LR tolerance + 1 px, at least 2 px, at the pass's resolution), within the
-        configured range, rounded up to a multiple of 16 disparities.
+        configured range, rounded up to a multiple of 16 disparities. The rounding extends the
+        range upwards, or, where that would not fit the pass's image ``width`` (px, at its
+        resolution; narrow images), to the side that fits (see ``min_width``).
 
         A right pixel's true match outside that range has no accepted left pixel with that
         disparity, so a left pixel that maps onto it is a mismatch or occluded either way: the
@@ -230,6 +301,8 @@ class OpenCVStereoMatcher:
         lo = min(max(int(np.floor(d_lo / s)) - margin, lo_lim), hi_lim)
         hi = max(min(int(np.ceil(d_hi / s)) + margin, hi_lim), lo)
         nd = 16 * int(np.ceil((hi - lo + 1) / 16))
+        if width < sgbm_min_width(lo, nd):
+            lo = _window_start(lo, hi, nd)
         self._right.setMinDisparity(lo)
         self._right.setNumDisparities(nd)
         self._right_min = lo
@@ -276,10 +349,15 @@ class OpenCVStereoMatcher:
         check_stereo_pair(left, right)
         c = self.config
         h, w = shape = left.shape
-        if w <= c.num_disparities + max(c.min_disparity, 0):
-            # OpenCV's SGBM fails on such images (an assertion or a huge allocation)
-            raise ValueError(f'image width {w} px must exceed stereo.num_disparities '
-                             f'{c.num_disparities} (+ min_disparity {c.min_disparity})')
+        if w < self.min_width:
+            # OpenCV's SGBM fails on such images (an assertion, a huge allocation or SIGSEGV)
+            half = self.min_width > sgbm_min_width(c.min_disparity, c.num_disparities)
+            raise ValueError(
+                f'image width {w} px must exceed {self.min_width - 1} px for '
+                f'stereo.num_disparities {c.num_disparities} and stereo.min_disparity '
+                f'{c.min_disparity}' + (' with the half-resolution left-right check '
+                                        '(stereo.lr_check_resolution full needs less)'
+                                        if half else ''))
         self._grids(h, w)
         ws = self._ws
         f32 = np.float32
@@ -337,7 +415,7 @@ class OpenCVStereoMatcher:
             d_lo, d_hi = np.fmin.reduce(cand, axis=None), np.fmax.reduce(cand, axis=None)
             checked = bool(np.isfinite(d_lo))
         if checked:
-            self._set_right_range(float(d_lo), float(d_hi))
+            self._set_right_range(float(d_lo), float(d_hi), -(-w // self._right_scale))
             d_right = self._right_disparity(left, right)
             map_x = x_match if self._right_scale == 1 else \
                 np.multiply(x_match, f32(1.0 / self._right_scale), out=factor)

@@ -19,12 +19,24 @@ every input then takes its *newest* pending message with stamp ``<= hi``
 (which lies inside the window), so the emitted set never spans more than
 ``slop_ns`` (``max - min <= slop_ns``) and is the tightest set available.
 
+Time jumps: a message not newer than the last emitted stamp of its input is held
+(:class:`~geo_depth_node.core.stamps.StampGuard`), not dropped at once. When the held
+messages of all inputs form two complete sets (whole stereo frames came again from the past:
+``rosbag play --loop``, a restarted player; a loop of any length, also shorter than a second),
+or one input went on in the past for ``queue_size`` messages in a row, time went back: every
+queue starts over and the held messages are queued again, so no frame of the new pass is
+lost. A held message that the next message of its input does not continue was late (or a
+stray stamp): it stays counted as ``out_of_order``. Late messages can never form a complete
+set, because the other inputs' messages of their stamp were already emitted or dropped
+(only heavy reordering between topics, which DDS does not do within one topic, comes close:
+hence two sets).
+
 Sets are emitted eagerly: as soon as a valid set exists it is emitted, and
 then every pending message whose stamp is ``<=`` the emitted stamp of its
 input is removed (messages that were never emitted count as
 ``dropped_unmatched``). Because no valid set remains after an ``add``, any new
 valid set must contain the message just added; hence one ``add`` emits at most
-one set and the callback is called at most once per ``add``.
+one set, except the ``add`` that confirms a time jump (see above).
 """
 from __future__ import annotations
 
@@ -35,13 +47,12 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .stamps import StampGuard, Verdict
+
 __all__ = ['MODES', 'SyncStats', 'TimeSynchronizer']
 
 #: Accepted values of the ``mode`` argument.
 MODES = ('exact', 'approximate')
-#: A stamp this much older than the last emitted one of its input is a time jump (a rosbag
-#: loop, a restarted player), not a late message: the queues are reset and it is accepted.
-TIME_JUMP_BACK_NS = 1_000_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,12 +65,12 @@ class SyncStats:
             overflow, older than (or as old as) an emitted set of their input,
             or discarded by :meth:`TimeSynchronizer.reset`.
         out_of_order: messages whose stamp was ``<=`` the last emitted stamp
-            of their input; they can never be emitted and are dropped on
-            arrival.
+            of their input and that no later message confirmed as a time jump;
+            they can never be emitted and are dropped.
         rejected: ``add`` calls refused with an exception (unknown input name,
             negative or non-integer stamp).
-        time_jumps: stamps more than :data:`TIME_JUMP_BACK_NS` older than the last emitted
-            one of their input (a bag loop): each reset the queues (:meth:`reset`).
+        time_jumps: confirmed jumps back in time of an input (a bag loop): each reset the
+            queues (:meth:`reset`) and queued the messages of the new pass.
     """
 
     matched: int = 0
@@ -133,7 +144,9 @@ class TimeSynchronizer:
         # Per input: sorted stamps and the messages in the same order.
         self._stamps: dict[str, list[int]] = {n: [] for n in names}
         self._msgs: dict[str, list[Any]] = {n: [] for n in names}
-        self._last_emitted: dict[str, int | None] = {n: None for n in names}
+        # per input: the last emitted stamp (``newest``) and held past stamps
+        self._guards: dict[str, StampGuard[Any]] = {
+            n: StampGuard(confirm=max(3, 2 * self._queue_size)) for n in names}
         self._matched = 0
         self._dropped_unmatched = 0
         self._out_of_order = 0
@@ -190,19 +203,21 @@ class TimeSynchronizer:
             self._dropped_unmatched += len(self._stamps[name])
             self._stamps[name].clear()
             self._msgs[name].clear()
-            self._last_emitted[name] = None
+            self._guards[name].reset()
 
     def add(self, name: str, stamp_ns: int, msg: Any) -> None:
         """Queue ``msg`` of input ``name`` stamped ``stamp_ns`` (nanoseconds).
 
         If this completes a set, the callback is called synchronously (outside
-        the lock) before ``add`` returns, and its exceptions propagate.
+        the lock) before ``add`` returns, and its exceptions propagate. After a time jump
+        the held messages of every input are queued again, which may complete several sets:
+        each is passed to the callback, oldest first.
 
         Raises:
             ValueError: unknown input name or negative stamp (counted as rejected).
             TypeError: stamp is not an integer (counted as rejected).
         """
-        emitted: dict[str, Any] | None = None
+        emitted: list[dict[str, Any]] = []
         with self._lock:
             if name not in self._stamps:
                 self._rejected += 1
@@ -218,43 +233,93 @@ class TimeSynchronizer:
             if stamp < 0:
                 self._rejected += 1
                 raise ValueError(f'stamp_ns must be >= 0, got {stamp}')
-            last = self._last_emitted[name]
-            if last is not None and last - stamp > TIME_JUMP_BACK_NS:
-                self._time_jumps += 1  # time went back (bag loop): start over
-                self._reset_locked()
-            elif last is not None and stamp <= last:
+            # a held message counts as out of order until a jump confirms it
+            decision = self._guards[name].check(stamp, msg, advance=False)
+            counted_now = decision.verdict is Verdict.HELD
+            if counted_now:
                 self._out_of_order += 1
-                return
-            stamps = self._stamps[name]
-            msgs = self._msgs[name]
-            pos = bisect.bisect_right(stamps, stamp)
-            stamps.insert(pos, stamp)
-            msgs.insert(pos, msg)
-            if len(stamps) > self._queue_size:
-                # Drop the oldest; this may be the message just added.
-                del stamps[0]
-                del msgs[0]
-                self._dropped_unmatched += 1
-            emitted = self._try_emit()
-        if emitted is not None:
-            self._callback(emitted)
+                held = {n: [s for s, _m in self._guards[n].held] for n in self._inputs}
+                if not self._two_sets(held):
+                    return
+                decision.items = self._guards[name].confirm_jump()  # a whole frame came again
+                decision.verdict = Verdict.JUMP
+            if decision.verdict is Verdict.JUMP:  # time went back (bag loop): start over
+                self._time_jumps += 1
+                held = {n: self._guards[n].held for n in self._inputs if n != name}
+                self._reset_locked()
+                items = [(n, s, m) for n, pairs in held.items() for s, m in pairs]
+                items += [(name, s, m) for s, m in decision.items]
+                # the held ones were counted as out of order when they came
+                self._out_of_order -= sum(len(v) for v in held.values()) + len(decision.items) - 1
+                if counted_now:
+                    self._out_of_order -= 1
+                # the other inputs' held messages belong to the new pass too
+                # queued again as if they arrived now, oldest first: each may complete a set
+                for n, s, m in sorted(items, key=lambda x: x[1]):
+                    self._queue_locked(n, s, m)
+                    if (found := self._try_emit()) is not None:
+                        emitted.append(found)
+            else:
+                self._queue_locked(name, stamp, msg)
+                if (found := self._try_emit()) is not None:
+                    emitted.append(found)
+        for msgs in emitted:
+            self._callback(msgs)
 
     # -------------------------------------------------------------- internal
-    def _find_best(self) -> dict[str, int] | None:
+    def _queue_locked(self, name: str, stamp: int, msg: Any) -> None:
+        """Insert one message into its input's sorted queue (drop the oldest on overflow)."""
+        stamps = self._stamps[name]
+        msgs = self._msgs[name]
+        pos = bisect.bisect_right(stamps, stamp)
+        stamps.insert(pos, stamp)
+        msgs.insert(pos, msg)
+        if len(stamps) > self._queue_size:
+            # Drop the oldest; this may be the message just added.
+            del stamps[0]
+            del msgs[0]
+            self._dropped_unmatched += 1
+
+    def _two_sets(self, queues: dict[str, list[int]]) -> bool:
+        """Whether ``queues`` (sorted stamps per input) hold two complete sets, one after the
+        other (two whole frames came again from the past: not a few late messages)."""
+        found = 0
+        lo_min = -1
+        for lo in sorted({s for n in self._inputs for s in queues[n]}):
+            if lo <= lo_min:
+                continue
+            chosen = []
+            for name in self._inputs:
+                i = bisect.bisect_left(queues[name], lo)
+                if i == len(queues[name]) or queues[name][i] - lo > self.slop_ns:
+                    break
+                chosen.append(queues[name][i])
+            else:
+                found += 1
+                if found == 2:
+                    return True
+                lo_min = max(chosen)  # the next set starts after this one
+        return False
+
+    def _find_best(self, queues: dict[str, list[int]] | None = None) -> dict[str, int] | None:
         """Return {input: index into its queue} of the tightest valid set, or None.
+
+        Args:
+            queues: sorted stamps per input (default: the pending queues).
 
         Must be called with the lock held.
         """
-        if any(not self._stamps[n] for n in self._inputs):
+        queues = self._stamps if queues is None else queues
+        if any(not queues[n] for n in self._inputs):
             return None
         slop = self.slop_ns
         best_key: tuple[int, int] | None = None
         best_hi = 0
-        candidates = sorted({s for n in self._inputs for s in self._stamps[n]})
+        candidates = sorted({s for n in self._inputs for s in queues[n]})
         for lo in candidates:
             hi = lo
             for name in self._inputs:
-                stamps = self._stamps[name]
+                stamps = queues[name]
                 i = bisect.bisect_left(stamps, lo)
                 if i == len(stamps) or stamps[i] - lo > slop:
                     break
@@ -267,7 +332,7 @@ class TimeSynchronizer:
         if best_key is None:
             return None
         # Newest message of every input inside the winning window [lo, hi].
-        return {n: bisect.bisect_right(self._stamps[n], best_hi) - 1 for n in self._inputs}
+        return {n: bisect.bisect_right(queues[n], best_hi) - 1 for n in self._inputs}
 
     def _try_emit(self) -> dict[str, Any] | None:
         """Emit (remove and return) the best set if one exists. Lock held."""
@@ -280,7 +345,7 @@ class TimeSynchronizer:
             stamps = self._stamps[name]
             msgs = self._msgs[name]
             out[name] = msgs[idx]
-            self._last_emitted[name] = stamps[idx]
+            self._guards[name].newest = stamps[idx]
             # Everything up to and including idx goes; only idx was emitted.
             self._dropped_unmatched += idx
             del stamps[:idx + 1]

@@ -50,28 +50,6 @@ def image_msg(header: Header, array: np.ndarray, encoding: str) -> Image:
     return msg
 
 
-def imu_sample_from_msg(msg):
-    """core.pose.ImuSample of a sensor_msgs/Imu (see core.pose.imu_sample_from_msg)."""
-    from ..core.pose import imu_sample_from_msg as conv
-
-    return conv(msg)
-
-
-def gnss_fix_from_msg(msg):
-    """core.pose.GnssFix of a sensor_msgs/NavSatFix (see core.pose.gnss_fix_from_msg)."""
-    from ..core.pose import gnss_fix_from_msg as conv
-
-    return conv(msg)
-
-
-def odometry_sample_from_msg(msg):
-    """core.pose.OdometrySample of a nav_msgs/Odometry (see core.pose.odometry_sample_from_msg;
-    ValueError on a non-finite position or a non-unit quaternion)."""
-    from ..core.pose import odometry_sample_from_msg as conv
-
-    return conv(msg)
-
-
 _DATUM_NAMES = {'ellipsoid': 'WGS84 ellipsoid', 'egm96': 'EGM96', 'egm2008': 'EGM2008',
                 'egm84': 'EGM84'}
 

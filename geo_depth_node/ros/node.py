@@ -7,16 +7,14 @@ reported on /diagnostics.
 """
 from __future__ import annotations
 
-import collections
 import copy
 import functools
 import threading
 import time
 from typing import Any
 
-import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
@@ -32,9 +30,8 @@ from sensor_msgs.msg import CameraInfo, Image, Imu, NavSatFix, PointCloud2
 from geo_depth_node.msg import ProvenanceLegend
 
 from ..core.cloud import pack_points
-from ..core.contract import Provenance
-from ..core.geoprior import clearance_warning
-from ..core.images import to_gray8
+from ..core.frame_io import decode_stereo, frame_warnings
+from ..core.frame_stats import FrameStats
 from ..core.params import (DEM_SOURCE_PREFIX, PARAMETERS, PARAMS_BY_NAME, ROS_ONLY_PARAMS,
                            ParamSpec, validate_params)
 from ..core.pipeline import DepthPipeline
@@ -113,22 +110,8 @@ class GeoDepthNode(Node):
         self._legend_frame: str | None = None
         self._legend_key: tuple | None = None
 
-        # --- statistics for /diagnostics -------------------------------------------------
-        self._stats_lock = threading.Lock()
-        self._latency: dict[str, collections.deque] = collections.defaultdict(
-            lambda: collections.deque(maxlen=STAGES_WINDOW))
-        self._fractions = {p.name: 0.0 for p in Provenance}
-        self._georef_stats: dict[str, float] = {}
-        self._frames_done = 0
-        self._frames_in_period = 0
-        self._input_problems: collections.Counter = collections.Counter()
-        self._last_problem = ''
-        self._processing_errors = 0
-        self._errors_in_period = 0  # frames whose processing raised, this diagnostics period
-        self._last_error = ''
-        self._no_pose_in_period = 0  # frames without a pose (DEM sources), this period
-        self._last_no_pose = ''
-        self._pose_status: collections.Counter = collections.Counter()
+        # --- statistics for /diagnostics (the same counters as geo-depth replay) ------------
+        self._stats = FrameStats(STAGES_WINDOW)
 
         # --- inputs ------------------------------------------------------------------------
         self._queue: DropOldestQueue[dict[str, Any]] = DropOldestQueue(
@@ -271,64 +254,44 @@ class GeoDepthNode(Node):
         if stamp <= 0:
             self._input_problem('zero_stamp', f'{name}: message with a zero stamp ignored')
             return
+        if name == 'left_image':
+            self._stats.image_stamp(stamp)
         self._sync.add(name, stamp, msg)
 
     def _input_problem(self, kind: str, text: str) -> None:
-        with self._stats_lock:
-            self._input_problems[kind] += 1
-            self._last_problem = text
+        self._stats.input_problem(kind, text)
         self.get_logger().error(text, throttle_duration_sec=float(
             self._params['input_error_throttle_s']))
 
     def _on_worker_error(self, exc: BaseException) -> None:
-        with self._stats_lock:
-            self._processing_errors += 1
-            self._errors_in_period += 1
-            self._last_error = repr(exc)
+        self._stats.processing_error(exc)
         self.get_logger().error(f'frame processing failed: {exc!r}', throttle_duration_sec=float(
             self._params['input_error_throttle_s']))
 
-    # pose inputs: kind -> (converter in ros.conversions, message name for diagnostics)
-    _POSE_INPUTS = {'imu': ('imu_sample_from_msg', 'Imu'),
-                    'gnss': ('gnss_fix_from_msg', 'NavSatFix'),
-                    'odometry': ('odometry_sample_from_msg', 'Odometry')}
-
     def _on_pose_input(self, msg: Any, kind: str) -> None:
         """Executor thread: convert an Imu / NavSatFix / Odometry message and buffer it for the
-        pose (cheap); a malformed or zero-stamped one becomes a diagnostic, not a sample."""
-        convert, name = self._POSE_INPUTS[kind]
-        try:
-            sample = getattr(conv, convert)(msg)
-        except ValueError as exc:
-            self._input_problem(f'bad_{kind}', f'{name} ignored: {exc}')
-            return
-        if sample.stamp_ns <= 0:
-            self._input_problem('zero_stamp', f'{name}: message with a zero stamp ignored')
-            return
+        pose (cheap; DepthPipeline.add_pose_message, the rule replay uses too); a malformed or
+        zero-stamped one becomes a diagnostic, not a sample."""
         with self._lock:
             pipeline = self._pipeline
-        getattr(pipeline, f'add_{kind}')(sample)
+        problem = pipeline.add_pose_message(kind, msg)
+        if problem is not None:
+            self._input_problem(*problem)
 
     # ---------------------------------------------------------------- worker
     def _process(self, frame: dict[str, Any]) -> None:
         """Worker thread: decode, run the pipeline, publish."""
         t0 = time.perf_counter()
-        li, ri = frame['left_image'], frame['right_image']
+        li = frame['left_image']
         with self._lock:
             pipeline, params = self._pipeline, dict(self._params)
         try:
-            left_model = conv.camera_model_from_msg(frame['left_info'])
-            right_model = conv.camera_model_from_msg(frame['right_info'])
-            left_raw = conv.image_from_msg(li)
-            right_raw = conv.image_from_msg(ri)
-            if li.encoding != ri.encoding:
-                raise ValueError(f'left is {li.encoding} but right is {ri.encoding}')
-            ref = float(left_raw.max()) if li.encoding in ('mono16', '16UC1') else None
-            left = to_gray8(left_raw, li.encoding, params['input.mono16_max'], ref)
-            right = to_gray8(right_raw, ri.encoding, params['input.mono16_max'], ref)
+            left, right, left_model, right_model = decode_stereo(frame, params['input.mono16_max'])
         except ValueError as exc:
             self._input_problem('bad_input', f'stereo frame rejected: {exc}')
             return
+        for kind, text in frame_warnings(frame):
+            self._input_problem(kind, text)
         t_decode = (time.perf_counter() - t0) * 1e3
         try:
             result = pipeline.process(left, right, left_model, right_model,
@@ -371,20 +334,7 @@ class GeoDepthNode(Node):
         stages['pack'] = t_pack
         stages['publish'] = t_pub
         stages['frame_total'] = (time.perf_counter() - t0) * 1e3
-        with self._stats_lock:
-            for k, v in stages.items():
-                self._latency[k].append(v)
-            self._fractions = result.class_fractions()
-            self._georef_stats = dict(result.georef_stats)
-            if result.pose_status != 'off':
-                self._pose_status['ok' if result.pose_status == 'ok'
-                                  else 'unavailable'] += 1
-                if result.pose_status != 'ok':
-                    self._no_pose_in_period += 1
-                    self._last_no_pose = result.pose_status
-                self._pose_status['degraded'] += int(result.pose_degraded)
-            self._frames_done += 1
-            self._frames_in_period += 1
+        self._stats.frame_done(result, stages)
 
     # ---------------------------------------------------------------- legend, diagnostics
     def _publish_legend(self, frame_id: str) -> None:
@@ -407,66 +357,18 @@ class GeoDepthNode(Node):
         self._legend_frame, self._legend_key = frame_id, key
 
     def _publish_diagnostics(self) -> None:
-        sync = self._sync.stats
         with self._lock:
             georef = self._pipeline.georef
-        pose_counts: dict[str, int] = {}
+        pose_counts: dict[str, int] | None = None
         if georef is not None:  # bad / out-of-order / ignored pose inputs of the pose source
             with georef.lock:
                 pose_counts = dict(georef.pose.counts)
-        with self._stats_lock:
-            values: dict[str, object] = {
-                'frames_processed': self._frames_done,
-                'frames_in_period': self._frames_in_period,
-                'dropped_frames_queue': self._queue.dropped,
-                'dropped_messages_unmatched': sync.dropped_unmatched,
-                'messages_out_of_order': sync.out_of_order,
-                'time_jumps_back': sync.time_jumps,
-                'processing_errors': self._processing_errors,
-                'input_problems': sum(self._input_problems.values()),
-            }
-            for kind, n in sorted(self._pose_status.items()):
-                values[f'pose.{kind}'] = n
-            for kind, n in sorted(pose_counts.items()):
-                values[f'pose_input.{kind}'] = n
-            for kind, n in sorted(self._input_problems.items()):
-                values[f'input_problem.{kind}'] = n
-            for name, frac in self._fractions.items():
-                values[f'fraction.{name}'] = float(frac)
-            georef_stats = dict(self._georef_stats)
-            for name, v in sorted(georef_stats.items()):
-                values[f'georef.{name}'] = float(v)
-            for stage, q in sorted(self._latency.items()):
-                if q:
-                    arr = np.fromiter(q, dtype=np.float64)
-                    values[f'latency_ms.{stage}.p50'] = float(np.median(arr))
-                    values[f'latency_ms.{stage}.max'] = float(arr.max())
-            frames_in_period = self._frames_in_period
-            self._frames_in_period = 0
-            last_problem = self._last_problem
-            self._last_problem = ''
-            errors, last_error = self._errors_in_period, self._last_error
-            no_pose, last_no_pose = self._no_pose_in_period, self._last_no_pose
-            self._errors_in_period = self._no_pose_in_period = 0
-        if errors:
-            level, text = DiagnosticStatus.ERROR, (f'processing failed for {errors} frame(s) '
-                                                   f'in the last period: {last_error}')
-        elif last_problem:
-            level, text = DiagnosticStatus.WARN, f'input problem: {last_problem}'
-        elif frames_in_period == 0:
-            level, text = DiagnosticStatus.WARN, 'no synchronized stereo frames in the last period'
-        elif no_pose:
-            level, text = DiagnosticStatus.WARN, (
-                f'no pose for {no_pose} frame(s) in the last period ({last_no_pose}): stereo '
-                'only there, NONE points flagged PRIOR_UNAVAILABLE')
-        elif clearance := clearance_warning(georef_stats):
-            level, text = DiagnosticStatus.WARN, clearance
-        else:
-            level, text = DiagnosticStatus.OK, f'{frames_in_period} frame(s) processed'
+        values = self._stats.values(self._sync.stats, pose_counts, self._queue.dropped)
+        level, text = self._stats.status()
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
         arr.status = [conv.diagnostic_status(f'{self.get_fully_qualified_name()}: depth pipeline',
-                                             level, text, values, hardware_id='stereo')]
+                                             bytes([level]), text, values, hardware_id='stereo')]
         self._pub_diag.publish(arr)
 
     def destroy_node(self) -> None:

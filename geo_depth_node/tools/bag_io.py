@@ -19,9 +19,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from ..core.camera import CameraModel, camera_model_from_msg
 from ..core.contract import POINT_FIELDS, POINT_STEP, SIGMA_DEFINITION, legend_tables
-from ..core.images import image_from_msg, to_gray8
 
 _LOG = logging.getLogger(__name__)
 _LITTLE = sys.byteorder == 'little'
@@ -188,30 +186,6 @@ def diagnostic_array(ts, stamp: int, name: str, level: int, message: str,
 # ------------------------------------------------------------------------- decoding
 
 
-def decode_stereo(frame: Mapping[str, Any], mono16_max: int
-                  ) -> tuple[np.ndarray, np.ndarray, CameraModel, CameraModel]:
-    """One synchronised frame -> (left, right (H, W) uint8 grey, left model, right model).
-
-    The same steps as the node's worker (ros/node.py ``_process``): camera models from the
-    CameraInfos, images decoded honouring step/endianness, 16-bit images scaled with
-    ``input.mono16_max`` (0: both by the LEFT image's maximum).
-
-    Raises:
-        ValueError: bad calibration, undecodable image or different encodings left/right.
-    """
-    li, ri = frame['left_image'], frame['right_image']
-    left_model = camera_model_from_msg(frame['left_info'])
-    right_model = camera_model_from_msg(frame['right_info'])
-    left_raw = image_from_msg(li)
-    right_raw = image_from_msg(ri)
-    if li.encoding != ri.encoding:
-        raise ValueError(f'left is {li.encoding} but right is {ri.encoding}')
-    ref = float(left_raw.max()) if li.encoding in ('mono16', '16UC1') else None
-    left = to_gray8(left_raw, li.encoding, mono16_max, ref)
-    right = to_gray8(right_raw, ri.encoding, mono16_max, ref)
-    return left, right, left_model, right_model
-
-
 # ------------------------------------------------------------------------- reading
 def input_topics(rectify: bool, prefix: str = '',
                  overrides: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -243,35 +217,67 @@ class StereoBag:
     Args:
         path: the bag directory (or a single .mcap / .db3 file).
         topics: input name (INPUTS) -> topic, see :func:`input_topics`.
+        workdir: an existing directory for the recovered copy of a damaged MCAP (in a
+            temporary subdirectory, removed on exit); None: the system's temporary directory.
+
+    The bag is checked first (:func:`~geo_depth_node.tools.bag_open.open_checked`): an MCAP
+    cut off while written (no footer) is read from a recovered copy of its messages up to the
+    damage; ``recovery`` is then its report (messages per topic, last good log time, bytes
+    read of total), else {}. ``read_path`` is what is actually read.
 
     Raises:
         FileNotFoundError: the path does not exist.
         ValueError: the bag lacks one of the four stereo topics (the message lists the
             Image / CameraInfo topics it does have).
+        BagError (a ValueError): the bag is damaged or incomplete (missing storage file,
+            damaged SQLite file, unreadable MCAP), here, on entering or while iterating.
     """
 
-    def __init__(self, path: str | os.PathLike, topics: Mapping[str, str]) -> None:
+    def __init__(self, path: str | os.PathLike, topics: Mapping[str, str],
+                 workdir: str | os.PathLike | None = None) -> None:
+        import tempfile
+
         from rosbags.highlevel import AnyReader
 
+        from .bag_open import READ_ERRORS, BagError, open_checked
         from .scene_bag import kilted_typestore
 
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f'bag {self.path} does not exist')
         self.topics = dict(topics)
-        self._reader = AnyReader([self.path], default_typestore=kilted_typestore())
+        self._scratch = tempfile.TemporaryDirectory(prefix='geo_depth_bag_', dir=workdir)
+        try:
+            self.read_path, self.recovery = open_checked(self.path, self._scratch.name)
+            self._reader = AnyReader([self.read_path], default_typestore=kilted_typestore())
+        except BaseException as exc:
+            self._scratch.cleanup()
+            if isinstance(exc, READ_ERRORS) and not isinstance(exc, BagError):
+                raise BagError(f'bag {self.path} cannot be opened: {type(exc).__name__}: '
+                               f'{exc}') from exc
+            raise
 
     def __enter__(self) -> 'StereoBag':
-        self._reader.open()
+        from .bag_open import READ_ERRORS, BagError
+
+        try:
+            self._reader.open()
+        except READ_ERRORS as exc:
+            self._scratch.cleanup()
+            raise BagError(f'bag {self.path} cannot be opened'
+                           + (f' (recovered copy {self.read_path})' if self.recovery else '')
+                           + f': {type(exc).__name__}: {exc}') from exc
         try:
             self._check()
         except BaseException:
             self._reader.close()
+            self._scratch.cleanup()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._reader.close()
+        self._scratch.cleanup()
 
     def _check(self) -> None:
         by_topic = {c.topic: c for c in self._reader.connections}
@@ -306,10 +312,35 @@ class StereoBag:
         'sensor_msgs/msg/Imu'), in bag order."""
         wanted = set(msgtypes)
         conns = [c for c in self._reader.connections if c.msgtype in wanted]
-        for conn, _t, raw in self._reader.messages(connections=conns):
-            yield conn.topic, conn.msgtype, self._reader.deserialize(raw, conn.msgtype)
+        for conn, _t, msg in self._read(conns):
+            yield conn.topic, conn.msgtype, msg
 
     def messages(self) -> Iterator[tuple[str, Any]]:
         """(input name, deserialized message) of the four stereo inputs, in bag order."""
-        for conn, _t, raw in self._reader.messages(connections=self._conns):
-            yield self._name_of[conn.topic], self._reader.deserialize(raw, conn.msgtype)
+        for conn, _t, msg in self._read(self._conns):
+            yield self._name_of[conn.topic], msg
+
+    def topics_of_types(self, msgtypes: Iterable[str]) -> dict[str, str]:
+        """topic -> msgtype of every connection of the given types (e.g. 'sensor_msgs/msg/Imu')."""
+        wanted = set(msgtypes)
+        return {c.topic: c.msgtype for c in self._reader.connections if c.msgtype in wanted}
+
+    def messages_with(self, topics: Iterable[str]
+                      ) -> Iterator[tuple[str | None, str, str, Any, int]]:
+        """The four stereo inputs and every connection on ``topics`` (e.g. the pose inputs),
+        merged in bag order (receive order, as a node subscribed to them gets them):
+        (stereo input name or None, topic, msgtype, deserialized message, bag time ns)."""
+        wanted = set(topics)
+        stereo = {id(c) for c in self._conns}
+        conns = self._conns + [c for c in self._reader.connections
+                               if c.topic in wanted and id(c) not in stereo]
+        for conn, t, msg in self._read(conns):
+            yield self._name_of.get(conn.topic) if id(conn) in stereo else None, conn.topic, \
+                conn.msgtype, msg, int(t)
+
+    def _read(self, conns: list) -> Iterator[tuple[Any, int, Any]]:
+        """(connection, bag time ns, deserialized message) of ``conns`` in bag order; a reader
+        error (damaged storage) raises BagError saying how far the reading got."""
+        from .bag_open import read_guarded
+
+        return read_guarded(self._reader, conns, self.path)

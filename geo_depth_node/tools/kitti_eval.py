@@ -121,7 +121,7 @@ def evaluate(bag: str | Path, params_path: str | Path, *, dem: str = 'srtm',
     from ..core.params import load_params_yaml
     from ..core.pipeline import DepthPipeline
     from ..core.raycast import RayStatus
-    from .bag_io import decode_stereo
+    from ..core.frame_io import decode_stereo
 
     bag = Path(bag)
     base = {k: v for k, v in load_params_yaml(str(params_path)).items()}

@@ -38,6 +38,7 @@ from typing import Any, Mapping, TextIO
 import numpy as np
 
 from ..core.contract import POINT_DTYPE, Flag, Provenance
+from ..core.frame_stats import FrameStats
 
 _LOG = logging.getLogger(__name__)
 
@@ -222,6 +223,13 @@ def count_violations(result: Any, max_relative_sigma: float, max_sigma_m: float 
                                     + np.count_nonzero(~none & ~finite))}
 
 
+def bio_stamp(frame: Mapping[str, Any]) -> int:
+    """The left image's stamp of a synchronised frame, ns."""
+    from .bag_io import stamp_ns
+
+    return stamp_ns(frame['left_image'])
+
+
 # ------------------------------------------------------------------------ the replay
 class _Replay:
     """State of one replay: pipeline, output bag, statistics, what the pictures need."""
@@ -244,20 +252,20 @@ class _Replay:
         georef = self.pipeline.georef  # the DEM sources it opened (for the legend)
         self.sources = georef.sources if georef is not None else []
         self.picture_indices: set[int] = set()
-        self.sync_stats: tuple[int, int] = (0, 0)  # (dropped_unmatched, out_of_order)
         self.size: tuple[int, int] | None = None  # (W, H)
 
         self.class_counts = np.zeros(len(Provenance), dtype=np.int64)
         self.flag_counts = {f.name: 0 for f in Flag}
         self.latency: dict[str, list[float]] = collections.defaultdict(list)
-        self.window: dict[str, collections.deque] = collections.defaultdict(
-            lambda: collections.deque(maxlen=STAGES_WINDOW))
+        self.stats = FrameStats(STAGES_WINDOW)  # the node's counters and diagnostics status
+        self.sync_stats: Any = None  # core.sync.SyncStats at the frame being processed
+        self.truth_skipped: list[int] = []  # frames whose size is not the truth's
+        self.bag_error = ''  # damage found while reading the bag (the replay ends there)
         self.errors: dict[str, list[np.ndarray]] = {p.name: [] for p in Provenance}
         self.sigmas: dict[str, list[np.ndarray]] = {p.name: [] for p in Provenance}
         self.samples: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {p.name: [] for p in
                                                                        Provenance}
         self.violations = {'measured_beyond_limit': 0, 'nan_without_flag': 0}
-        self.problems: collections.Counter = collections.Counter()
         self.chunks: list[np.ndarray] = []
         self.est_poses: dict[int, np.ndarray] = {}  # frame index -> estimated T_enu_left
         self.chunk_frames: list[int] = []
@@ -307,26 +315,44 @@ class _Replay:
     # -- per frame ----------------------------------------------------------------------
     def problem(self, kind: str, text: str) -> None:
         """Count an input problem (the node's input_problem.<kind>) and log it."""
-        self.problems[kind] += 1
+        self.stats.input_problem(kind, text)
         _LOG.warning('%s', text)
 
     def process(self, index: int, frame: Mapping[str, Any]) -> bool:
         """Decode, run the pipeline, write the outputs and collect statistics of one frame.
 
+        As the node's worker: bad input (a ValueError) is an input problem, any other
+        exception a processing error (counted, logged with its traceback); either way the
+        frame is skipped and the replay goes on.
+
         Returns:
-            False if the frame was rejected (bad input / calibration / no frame id).
+            False if the frame was skipped (bad input / calibration / no frame id / error).
         """
+        try:
+            return self._process(index, frame)
+        except Exception as exc:  # noqa: BLE001 - one frame's failure must not end the replay
+            self.stats.processing_error(exc)
+            self._write_diagnostics(bio_stamp(frame), {})
+            _LOG.error('frame %d: processing failed, frame skipped: %r', index, exc,
+                       exc_info=True)
+            return False
+
+    def _process(self, index: int, frame: Mapping[str, Any]) -> bool:
         from ..core.camera import StereoModel
         from ..core.cloud import pack_points
+        from ..core.frame_io import decode_stereo, frame_warnings
         from . import bag_io as bio
 
         p = self.params
         t0 = time.perf_counter()
         try:
-            left, right, left_model, right_model = bio.decode_stereo(frame, p['input.mono16_max'])
+            left, right, left_model, right_model = decode_stereo(frame, p['input.mono16_max'])
         except ValueError as exc:
             self.problem('bad_input', f'frame {index}: stereo frame rejected: {exc}')
+            self._write_diagnostics(bio.stamp_ns(frame['left_image']), {})
             return False
+        for kind, text in frame_warnings(frame):
+            self.problem(kind, f'frame {index}: {text}')
         t_decode = (time.perf_counter() - t0) * 1e3
         try:
             result = self.pipeline.process(left, right, left_model, right_model,
@@ -334,6 +360,7 @@ class _Replay:
                                            stamp_ns=bio.stamp_ns(frame['left_image']))
         except ValueError as exc:
             self.problem('bad_calibration', f'frame {index}: stereo frame rejected: {exc}')
+            self._write_diagnostics(bio.stamp_ns(frame['left_image']), {})
             return False
 
         t1 = time.perf_counter()
@@ -377,7 +404,7 @@ class _Replay:
                       frame_total=(time.perf_counter() - t0) * 1e3)
         for k, v in stages.items():
             self.latency[k].append(v)
-            self.window[k].append(v)
+        self.stats.frame_done(result, stages)
         self.stamps.append(stamp)
         self.frame_ids.add(frame_id)
         self.size = (left_model.width, left_model.height)
@@ -385,33 +412,36 @@ class _Replay:
             st = StereoModel.from_cameras(left_model, right_model)
             self.rig = (st.left.fx, st.baseline_m)
         self._collect(index, stamp, result, cloud, left, left_model)
-        self._write_diagnostics(stamp, result, stages)
+        self._write_diagnostics(stamp, stages)
         return True
 
-    def _write_diagnostics(self, stamp: int, result: Any, stages: Mapping[str, float]) -> None:
-        from ..core.geoprior import clearance_warning
+    def pose_ready(self, stamp_ns: int) -> bool:
+        """Whether the pose source has its inputs after ``stamp_ns`` (or no pose source): a
+        frame need not wait any longer (core.pipeline._Georef.lookup's test)."""
+        georef = self.pipeline.georef
+        if georef is None:
+            return True
+        with georef.lock:
+            pose, why = georef.pose.pose_at(stamp_ns)
+        return pose is not None or 'after the newest' not in why
+
+    def pose_counts(self) -> dict[str, int] | None:
+        """The pose source's counters (``pose_input.<key>`` on /diagnostics), or None."""
+        georef = self.pipeline.georef
+        if georef is None:
+            return None
+        with georef.lock:
+            return dict(georef.pose.counts)
+
+    def _write_diagnostics(self, stamp: int, stages: Mapping[str, float]) -> None:
+        """One DiagnosticArray per frame (also for a skipped one): the node's keys and status
+        (core.frame_stats), the period being one frame; plus this frame's stage times."""
         from . import bag_io as bio
 
-        values: dict[str, object] = {
-            'frames_processed': len(self.stamps), 'frames_in_period': 1,
-            'dropped_frames_queue': 0, 'dropped_messages_unmatched': self.sync_stats[0],
-            'messages_out_of_order': self.sync_stats[1], 'processing_errors': 0,
-            'input_problems': sum(self.problems.values())}
-        for kind, n in sorted(self.problems.items()):
-            values[f'input_problem.{kind}'] = n
-        for name, frac in result.class_fractions().items():
-            values[f'fraction.{name}'] = float(frac)
-        for name, v in sorted(result.georef_stats.items()):  # as the node
-            values[f'georef.{name}'] = float(v)
-        for stage, q in sorted(self.window.items()):
-            arr = np.fromiter(q, dtype=np.float64)
-            values[f'latency_ms.{stage}.p50'] = float(np.median(arr))
-            values[f'latency_ms.{stage}.max'] = float(arr.max())
-            values[f'latency_ms.{stage}.frame'] = float(stages.get(stage, float('nan')))
-        level, text = bio.DIAG_OK, f'frame {len(self.stamps)} replayed offline'
-        warning = clearance_warning(result.georef_stats)
-        if warning:
-            level, text = bio.DIAG_WARN, warning
+        values = self.stats.values(self.sync_stats, self.pose_counts())
+        for stage, v in stages.items():
+            values[f'latency_ms.{stage}.frame'] = float(v)
+        level, text = self.stats.status()
         self._write('diagnostics', stamp, bio.diagnostic_array(
             self.ts, stamp, self.status_name, level, text, values, hardware_id='stereo'))
 
@@ -433,11 +463,14 @@ class _Replay:
         sigma = result.sigma
 
         t_idx = self.truth_index.get(stamp)
+        if t_idx is not None and self.truth['depth'][t_idx].shape != prov.shape:
+            _LOG.warning('frame %d: truth depth of stamp %d is %s but the frame is %s (W, H): '
+                         'no truth comparison for this frame', index, stamp,
+                         self.truth['depth'][t_idx].shape[::-1], prov.shape[::-1])
+            self.truth_skipped.append(index)
+            t_idx = None
         if t_idx is not None:
             depth_true = self.truth['depth'][t_idx]
-            if depth_true.shape != prov.shape:
-                raise ValueError(f'truth depth of stamp {stamp} is {depth_true.shape[::-1]} but the '
-                                 f'frame is {prov.shape[::-1]} (W, H): wrong truth file?')
             r_true = depth_true * ray_norms(left_model)
             for cls in (Provenance.MEASURED, Provenance.FUSED, Provenance.PRIOR):
                 sel = prov == np.uint8(cls)
@@ -620,51 +653,29 @@ def _pose_source_words(params: Mapping[str, Any]) -> str:
     return 'odometry' if params.get('pose.source') == 'odometry' else 'GNSS/IMU'
 
 
-def _feed_pose_inputs(pipeline, sb, odom_topic: str) -> int:
-    """Offline, every pose input of the bag is known in advance: buffer them all (the pose is
-    interpolated at each image stamp, as in the node, which waits for them).
+def _pose_topics(pipeline: Any, sb: Any, odom_topic: str) -> dict[str, str]:
+    """The bag topics whose messages feed the pose source, topic -> kind ('imu', 'gnss',
+    'odometry'); empty without DEM sources.
 
-    pose.source gnss_imu: every sensor_msgs/Imu and NavSatFix message; odometry: the
-    nav_msgs/Odometry messages on ``odom_topic`` only (a bag may hold others, e.g. truth).
+    pose.source gnss_imu: every sensor_msgs/Imu and NavSatFix topic; odometry: the
+    nav_msgs/Odometry on ``odom_topic`` only (a bag may hold others, e.g. truth).
 
     Raises:
         ValueError: pose.source odometry and the bag has no Odometry on ``odom_topic`` (the
             message lists the Odometry topics it has).
     """
-    import dataclasses
-
-    from ..core.pose import gnss_fix_from_msg, imu_sample_from_msg, odometry_sample_from_msg
-
-    georef = pipeline.georef
-    if georef is None:
-        return 0
-    georef.pose.config = dataclasses.replace(georef.pose.config, buffer_s=1e9)
-    odometry = pipeline.params['pose.source'] == 'odometry'
-    types = (ODOMETRY_TYPE,) if odometry else ('sensor_msgs/msg/Imu',
-                                                'sensor_msgs/msg/NavSatFix')
-    seen: set[str] = set()
-    n = 0
-    for topic, msgtype, msg in sb.messages_of_types(types):
-        seen.add(topic)
-        if odometry and topic != odom_topic:
-            continue
-        try:
-            if odometry:
-                pipeline.add_odometry(odometry_sample_from_msg(msg))
-            elif msgtype.endswith('Imu'):
-                pipeline.add_imu(imu_sample_from_msg(msg))
-            else:
-                pipeline.add_gnss(gnss_fix_from_msg(msg))
-        except (ValueError, AttributeError) as exc:  # malformed message: say so, go on
-            _LOG.warning('%s message on %s ignored: %s', msgtype, topic, exc)
-            continue
-        n += 1
-    if odometry and odom_topic not in seen:
-        raise ValueError(f'pose.source is odometry but bag {sb.path} has no {ODOMETRY_TYPE} '
-                         f'message on {odom_topic}; its Odometry topics are: '
-                         f'{", ".join(sorted(seen)) if seen else "none"} (use --topic-prefix '
-                         'or --topic odom:=TOPIC)')
-    return n
+    if pipeline.georef is None:
+        return {}
+    if pipeline.params['pose.source'] == 'odometry':
+        have = sb.topics_of_types((ODOMETRY_TYPE,))
+        if odom_topic not in have:
+            raise ValueError(f'pose.source is odometry but bag {sb.path} has no {ODOMETRY_TYPE} '
+                             f'message on {odom_topic}; its Odometry topics are: '
+                             f'{", ".join(sorted(have)) if have else "none"} (use '
+                             '--topic-prefix or --topic odom:=TOPIC)')
+        return {odom_topic: 'odometry'}
+    kinds = {'sensor_msgs/msg/Imu': 'imu', 'sensor_msgs/msg/NavSatFix': 'gnss'}
+    return {t: kinds[m] for t, m in sb.topics_of_types(tuple(kinds)).items()}
 
 
 def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, Any] | None,
@@ -712,6 +723,7 @@ def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, 
     from ..core.cloud import write_ply
     from ..core.sync import TimeSynchronizer
     from .bag_io import INPUTS, StereoBag, input_topics, stamp_ns
+    from .bag_open import BagError
 
     t_wall = time.perf_counter()
     if pictures < 0:
@@ -746,46 +758,79 @@ def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, 
         bar = Progress(len(selected)) if progress else None
         _LOG.info('replaying %s (%d stereo frame(s) in the bag, %d selected) with %s on %s',
                   bag, n_bag, len(selected), rep.pipeline.matcher_name, rep.pipeline.device)
-        paired = processed = 0
-        n_pose_msgs = _feed_pose_inputs(rep.pipeline, sb, odom_topic)
-        if n_pose_msgs:
-            _LOG.info('fed %d %s messages to the pose source', n_pose_msgs,
-                      _pose_source_words(p))
+        pose_topics = _pose_topics(rep.pipeline, sb, odom_topic)
+        wait_ns = int(round(float(p['pose.wait_s']) * 1e9))
+        # frames paired, waiting for their pose inputs: (index, frame, bag time when paired)
+        pending: collections.deque[tuple[int, dict[str, Any], int]] = collections.deque()
+        counts = {'paired': 0, 'processed': 0}
+
+        def run_ready(now_ns: int, final: bool = False) -> None:
+            """Process the waiting frames, oldest first, once the pose inputs after their
+            stamp are in (or pose.wait_s of bag time has passed, or the bag ended): the
+            node's rule, on the bag's clock."""
+            while pending:
+                index, frame, t_pair = pending[0]
+                if not final and now_ns < t_pair + wait_ns and \
+                        not rep.pose_ready(bio_stamp(frame)):
+                    return
+                pending.popleft()
+                rep.sync_stats = sync.stats
+                if rep.process(index, frame):
+                    counts['processed'] += 1
+                if bar:
+                    bar.update(counts['processed'])
+
         t_proc = time.perf_counter()
         rep.open_writer(tmp)
+        finished = False
         try:
-            for name, msg in sb.messages():
-                st = stamp_ns(msg)
-                if st <= 0:
-                    rep.problem('zero_stamp', f'{name}: message with a zero stamp ignored')
-                    continue
-                sync.add(name, st, msg)
-                finished = False
-                while emitted:
-                    frame = emitted.pop(0)
-                    index, paired = paired, paired + 1
-                    if index < start:
+            now_ns = 0
+            try:
+                for name, topic, _msgtype, msg, now_ns in sb.messages_with(pose_topics):
+                    if name is None:  # a pose input: the node's rule (DepthPipeline)
+                        kind = pose_topics.get(topic)
+                        if kind is None:
+                            continue
+                        problem = rep.pipeline.add_pose_message(kind, msg)
+                        if problem is not None:
+                            rep.problem(*problem)
+                        run_ready(now_ns)
                         continue
-                    if stop is not None and index >= stop:
-                        finished = True
+                    st = stamp_ns(msg)
+                    if st <= 0:
+                        rep.problem('zero_stamp', f'{name}: message with a zero stamp ignored')
+                        continue
+                    if name == 'left_image':
+                        rep.stats.image_stamp(st)
+                    sync.add(name, st, msg)
+                    while emitted:
+                        frame = emitted.pop(0)
+                        index = counts['paired']
+                        counts['paired'] += 1
+                        if index < start:
+                            continue
+                        if stop is not None and index >= stop:
+                            finished = True
+                            break
+                        pending.append((index, frame, now_ns))
+                    run_ready(now_ns)
+                    if finished:
                         break
-                    s = sync.stats
-                    rep.sync_stats = (s.dropped_unmatched, s.out_of_order)
-                    if rep.process(index, frame):
-                        processed += 1
-                    if bar:
-                        bar.update(processed)
-                if finished:
-                    break
+            except BagError as exc:  # damage found while reading: keep what was read
+                rep.bag_error = str(exc)
+                _LOG.error('%s; the frames read before it are replayed', exc)
+            run_ready(now_ns, final=True)
         finally:
             rep.close_writer()
             if bar:
                 bar.close()
+            produced = tmp / f'{tmp.name}.mcap'
+            if produced.exists():  # also when the replay failed: never left hidden
+                produced.replace(final)
+            shutil.rmtree(tmp, ignore_errors=True)
         t_proc = time.perf_counter() - t_proc
-    produced = tmp / f'{tmp.name}.mcap'
-    if produced.exists():
-        produced.replace(final)
-    shutil.rmtree(tmp, ignore_errors=True)
+        recovery = dict(getattr(sb, 'recovery', {}) or {})
+    processed = counts['processed']
 
     all_pts = _concat_points(rep.chunks)
     georef_cloud = bool(rep.chunks) and all(i in rep.est_poses for i in rep.chunk_frames)
@@ -815,9 +860,16 @@ def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, 
         'frame_ids': sorted(rep.frame_ids),
         'input_topics': ({**in_topics, 'odom': odom_topic} if p['pose.source'] == 'odometry'
                          and rep.pipeline.georef is not None else in_topics),
-        'input_problems': dict(rep.problems),
+        'input_problems': dict(rep.stats.input_problems),
+        'processing_errors': rep.stats.processing_errors,
+        # the node's /diagnostics counters at the end (core.frame_stats), same keys
+        'counters': {k: v for k, v in rep.stats.values(sync_s, rep.pose_counts()).items()
+                     if not k.startswith(('latency_ms.', 'fraction.', 'georef.'))
+                     and k != 'frames_in_period'},
         'sync': {'mode': p['sync.mode'], 'dropped_unmatched': sync_s.dropped_unmatched,
-                 'out_of_order': sync_s.out_of_order},
+                 'out_of_order': sync_s.out_of_order, 'time_jumps_back': sync_s.time_jumps},
+        'bag_recovery': recovery or None,
+        'bag_error': rep.bag_error or None,
         'output': {'bag': str(final), 'messages': dict(rep.written)},
         'cloud': {'path': str(out / 'cloud.ply'), 'points': n_ply,
                   'points_per_frame': [int(c.shape[0]) for c in rep.chunks],
@@ -829,6 +881,7 @@ def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, 
                             'pose): frames are not aligned with each other')},
         'pictures': pics,
         'truth': ({'path': str(truth), 'frames_matched': rep.truth_frames,
+                   'frames_skipped_size_mismatch': list(rep.truth_skipped),
                    'ground_truth_odometry_in_bag': '/ground_truth/odometry' in bag_topics}
                   if truth_data is not None else None),
         'processing_s': t_proc,
@@ -871,6 +924,14 @@ def format_report(r: Mapping[str, Any]) -> str:
                  f'nan_without_flag {v["nan_without_flag"]}')
     if r.get('input_problems'):
         lines.append(f'input problems: {r["input_problems"]}')
+    if r.get('processing_errors'):
+        lines.append(f'processing errors (frames skipped): {r["processing_errors"]}')
+    if r.get('bag_recovery'):
+        rec = r['bag_recovery']
+        lines.append(f'bag damaged: read up to the damage, {rec.get("messages_recovered")} '
+                     'message(s) recovered')
+    if r.get('bag_error'):
+        lines.append(f'bag read error (replay stopped there): {r["bag_error"]}')
     return '\n'.join(lines)
 
 
