@@ -201,8 +201,9 @@ def test_dem_file_failing_after_start_up_costs_priors_not_frames(tmp_path, caplo
     assert res.pose_status == 'ok' and prior.grid.builds == 1
     assert "DEM source 'flat'" in res.prior_problem and dem in res.prior_problem
     assert 'using the previous height grid' in res.prior_problem
-    assert _classes(res)['MEASURED'] > 1500
-    assert np.all(res.flags[res.provenance == Provenance.NONE] & Flag.PRIOR_UNAVAILABLE)
+    assert _classes(res)['MEASURED'] > 1500 and _classes(res)['PRIOR'] > 1000
+    assert np.all(res.flags[res.provenance == Provenance.NONE]
+                  & (Flag.PRIOR_UNAVAILABLE | Flag.SKY))
     Path(dem).write_bytes(saved)  # restored: rebuilt around the new position
     now[0] += DEM_GRID_RETRY_S + 0.1
     res = frame()
@@ -306,7 +307,7 @@ def test_rays_start_their_march_over_a_hole(march):
     if march == 'numba' and not numba_available():
         pytest.skip('numba is not installed')
     full_f, hole_f = _hole_field('cpu')
-    n_hit = n_rays = 0
+    n_hit = n_rays = n_full = 0
     for pitch, yaw, above in ((3.0, 30.0, 1.6), (1.0, 200.0, 2.5), (-4.0, 100.0, 1.6),
                               (0.5, 300.0, 0.4)):
         o = np.array([1.0, -2.0, float(full_f.sample([1.0], [-2.0])[0]) + above])
@@ -321,23 +322,25 @@ def test_rays_start_their_march_over_a_hole(march):
         np.testing.assert_allclose(got.range_m[hit].numpy(), full.range_m[hit].numpy(), atol=1e-3)
         assert {RayStatus.HIT, RayStatus.UNAVAILABLE} <= set(got.status.tolist())
         n_hit += int(hit.sum())
+        n_full += int((full.status == RayStatus.HIT).sum())
         n_rays += d.shape[0]
-    print(f'\n{march}: {n_hit} of {n_rays} rays HIT beyond the hole (before: 0)')
-    assert n_hit > 0.25 * n_rays
+    print(f'\n{march}: {n_hit} of {n_rays} rays HIT over the DEM with the hole, {n_full} '
+          'without it (before: 0 with the hole)')
+    assert n_hit > 2000
 
 
 def test_triton_march_over_a_hole_equals_the_torch_loop(triton_device):
     """The Triton kernel (interpreter without a GPU) on a small ray set over the hole."""
     full_f, hole_f = _hole_field('cpu')
     o = np.array([1.0, -2.0, float(full_f.sample([1.0], [-2.0])[0]) + 1.6])
-    d = _rays(24, 16, 20.0, 3.0, 30.0)
+    d = _rays(24, 16, 60.0, 3.0, 30.0)
     ref = raycast(hole_f, o, d, max_range_m=120.0, march='torch')
     got = raycast(hole_f.to(triton_device), o, d, max_range_m=120.0, march='triton')
     exp = _expected(raycast(full_f, o, d, max_range_m=120.0, march='torch'), hole_f, o, d)
     assert torch.equal(ref.status, exp)
     assert torch.equal(got.status.cpu(), ref.status)
     hit = (ref.status == RayStatus.HIT).numpy()
-    assert hit.sum() > 50
+    assert hit.sum() > 60
     np.testing.assert_allclose(got.range_m.cpu().numpy()[hit], ref.range_m.numpy()[hit],
                                atol=2e-3)
 

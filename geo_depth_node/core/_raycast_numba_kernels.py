@@ -152,10 +152,57 @@ def cross_start_nodata(buf, c, lim, hflat, nx, bdata, block, step, n_seg, gx0, g
             continue
         f = f_at(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc, gdyc, dzc, tk)
         if f == f:
-            return True, tk, f
+            return True, tk, f, k
         if tk >= t1:
-            return False, tk, f
+            return False, tk, f, k
         k += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def edge_of_nodata(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc, gdyc, dzc, t_nan, t_data,
+                   f_data, n_bisect):
+    # the first point with data between a nodata sample and the sample with data after it,
+    # by n_bisect bisections, as raycast._edge_of_nodata: (t, f there)
+    a = t_nan
+    b = t_data
+    fb = f_data
+    for _ in range(n_bisect):
+        tm = 0.5 * (a + b)
+        fm = f_at(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc, gdyc, dzc, tm)
+        if fm != fm:
+            a = tm
+        else:
+            b = tm
+            fb = fm
+    return b, fb
+
+
+@numba.njit(cache=True, nogil=True)
+def refine_bracket(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc, gdyc, dzc, ta, tb, fa, fb,
+                   n_bisect):
+    # the refinement of raycast() for a bracket found in its set-up: exactly n_bisect
+    # bisections, then one secant step: (ok, range)
+    nan_seen = False
+    for _ in range(n_bisect):
+        tm = 0.5 * (ta + tb)
+        fm = f_at(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc, gdyc, dzc, tm)
+        m_nan = fm != fm
+        if m_nan:
+            nan_seen = True
+        if m_nan or fm <= 0:
+            tb = tm
+            fb = fm
+        else:
+            ta = tm
+            fa = fm
+    denom = fa - fb
+    frac = 1.0
+    if fb == fb and abs(fb) < np.inf and denom > 0:
+        frac = min(max(float(fa / denom), 0.0), 1.0)
+    th = ta + frac * (tb - ta)
+    if nan_seen or not abs(th) < np.inf:
+        return False, np.nan
+    return True, th
 
 
 @numba.njit(cache=True, nogil=True)
@@ -223,12 +270,14 @@ def cast_impl(origin, d, tmin, grid, hflat, lim, nx, ny, bmax, bslope, bdata, bl
                 f0 = f_at(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc, gdyc, dzc, t0)
                 emerged = False
                 lost = False
+                t_prev = t0
                 if f0 != f0:  # nodata where the march starts: cross it (raycast docstring)
-                    found, t_e, f_e = cross_start_nodata(
+                    found, t_e, f_e, k_e = cross_start_nodata(
                         buf, c, lim, hflat, nx, bdata, block, step, n_seg, gx0, gy0, gdx, gdy,
                         gx0c, gy0c, ozc, gdxc, gdyc, dzc, t0, t1)
                     if found:
                         emerged = True
+                        t_prev = t0 + step * (k_e - 1)
                         t0 = t_e
                         f0 = f_e
                     else:
@@ -239,7 +288,17 @@ def cast_impl(origin, d, tmin, grid, hflat, lim, nx, ny, bmax, bslope, bdata, bl
                     if not t_hi < min(t_grid, max_range):
                         ev = 2
                 elif f0 <= 0 and emerged:
-                    ev = 2  # out of the hole below the terrain: the crossing is in the hole
+                    # out of the hole below the terrain: crossed in the hole (unknown), or
+                    # between its edge and this sample (a HIT bracketed there)
+                    t_d, f_d = edge_of_nodata(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc,
+                                              gdyc, dzc, t_prev, t0, f0, n_bisect)
+                    ev = 2
+                    if f_d > 0:
+                        ok, th = refine_bracket(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc,
+                                                gdyc, dzc, t_d, t0, f_d, f0, n_bisect)
+                        if ok:
+                            ev = 1
+                            rng[r] = th
                 elif f0 <= 0:  # at or below the terrain where the march would start
                     if t0 <= 0:
                         status[r] = 4  # the origin: BELOW_TERRAIN

@@ -101,7 +101,7 @@ class FrameStats:
                 return 0
             step = int(stamp_ns) - last
             missing = 0
-            if len(self._steps) >= 3:
+            if len(self._steps) >= 2:
                 period = statistics.median(self._steps)
                 if period > 0 and step > GAP_FACTOR * period:
                     missing = int(round(step / period)) - 1

@@ -538,6 +538,18 @@ class _OutlierGate:
         return reasons, add
 
 
+def _trim_buffer(ts: list[int], vals: list, buffer_s: float) -> None:
+    """Drop the entries of the sorted stamps ``ts`` (and ``vals``) older than ``buffer_s``
+    before the SECOND newest stamp: one stray future stamp (dropped again when the stream
+    goes on at the right time) never empties a buffer."""
+    if len(ts) < 2:
+        return
+    k = bisect.bisect_left(ts, ts[-2] - int(buffer_s * 1e9))
+    if k > 0:
+        del ts[:k]
+        del vals[:k]
+
+
 def _count_late(counts: dict[str, int], kind: str, late: list[tuple[int, Any]],
                 newest: int | None) -> None:
     """Count the samples a StampGuard answered late: ``<kind>_stamp_outliers`` when more than
@@ -1012,11 +1024,7 @@ class PoseEstimator:
                      for r, s, rs, filt in self._att]
 
     def _trim(self, ts: list[int], vals: list) -> None:
-        horizon = ts[-1] - int(self.config.buffer_s * 1e9)
-        k = bisect.bisect_left(ts, horizon)
-        if k > 0:
-            del ts[:k]
-            del vals[:k]
+        _trim_buffer(ts, vals, self.config.buffer_s)
 
     # -- lookup -------------------------------------------------------------------------
     @staticmethod
@@ -1324,11 +1332,7 @@ class OdometryPoseSource:
                                            tuple[str, ...]]) -> None:
         self._t.append(t)
         self._v.append(entry)
-        horizon = self._t[-1] - int(self.config.buffer_s * 1e9)
-        k = bisect.bisect_left(self._t, horizon)
-        if k > 0:
-            del self._t[:k]
-            del self._v[:k]
+        _trim_buffer(self._t, self._v, self.config.buffer_s)
         self._gate.trim(self._t[0])
 
     def pose_at(self, stamp_ns: int) -> tuple[PoseEstimate | None, str]:

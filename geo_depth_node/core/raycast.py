@@ -784,12 +784,15 @@ def _status_range(field: HeightField, o64: 'torch.Tensor', d64: 'torch.Tensor',
         # the first sample with data and start there (see the module docstring)
         emerged = torch.zeros(candidates.shape, dtype=torch.bool, device=dev)
         lost = torch.zeros_like(emerged)
+        t_prev = torch.zeros_like(tc0)  # the last nodata sample before the emergence
         pos = torch.nonzero(torch.isnan(f0), as_tuple=False).reshape(-1)
         if pos.numel():
-            t_e, f_e, found = _cross_start_nodata(field, f_at, candidates[pos], t0, t1, gx0,
-                                                  gy0, gdx, gdy, step, block)
+            t_e, f_e, k_e = _cross_start_nodata(field, f_at, candidates[pos], t0, t1, gx0,
+                                                gy0, gdx, gdy, step, block)
+            found = torch.isfinite(t_e)
             emerged[pos[found]] = True
             lost[pos[~found]] = True
+            t_prev[pos[found]] = tc0[pos[found]] + step * (k_e[found] - 1)
             tc0, f0 = tc0.clone(), f0.clone()
             tc0[pos[found]] = t_e[found]
             f0[pos[found]] = f_e[found]
@@ -812,9 +815,22 @@ def _status_range(field: HeightField, o64: 'torch.Tensor', d64: 'torch.Tensor',
         t_a[idx] = tc0[touch]
         t_b[idx] = t_a[idx]
         resolved[idx] = True
-        # nodata at the start (and no way out of it), or out of the hole below the terrain:
-        # the crossing is in the hole
-        idx = candidates[is_nan | (below & emerged)]
+        # out of the hole below the terrain: the crossing is in the hole (UNAVAILABLE), or
+        # between the hole's edge and the first sample with data (a HIT bracketed there)
+        out_low = below & emerged
+        if bool(out_low.any()):
+            idx = candidates[out_low]
+            t_d, f_d = _edge_of_nodata(f_at, idx, t_prev[out_low], tc0[out_low],
+                                       f0[out_low], n_bisect)
+            edge = f_d > 0
+            idx_e = idx[edge]
+            hit[idx_e] = True
+            t_a[idx_e], t_b[idx_e] = t_d[edge], tc0[out_low][edge]
+            f_a[idx_e], f_b[idx_e] = f_d[edge], f0[out_low][edge]
+            resolved[idx_e] = True
+            out_low[out_low.clone()] = ~edge
+        # nodata at the start and no way out of it, or the crossing in the hole
+        idx = candidates[is_nan | out_low]
         status[idx] = int(RayStatus.UNAVAILABLE)
         resolved[idx] = True
         act = candidates[~torch.isnan(f0) & ~below]
@@ -960,7 +976,7 @@ def _cross_start_nodata(field: HeightField, f_at: Callable, idx: 'torch.Tensor',
 
     Returns:
         (t (M,) float64 range of the first sample with data, NaN where none; f (M,) the
-        terrain difference there; found (M,) bool).
+        terrain difference there; k (M,) float64 its sample number).
     """
     import torch
 
@@ -974,7 +990,7 @@ def _cross_start_nodata(field: HeightField, f_at: Callable, idx: 'torch.Tensor',
     js = torch.arange(n_seg, dtype=torch.float64, device=dev)[None, :]
     t_out = torch.full((m,), float('nan'), dtype=torch.float64, device=dev)
     f_out = None
-    found = torch.zeros(m, dtype=torch.bool, device=dev)
+    k_out = torch.full((m,), float('nan'), dtype=torch.float64, device=dev)
     k = torch.ones(m, dtype=torch.float64, device=dev)
     rem = torch.arange(m, device=dev)  # positions in idx still searching
     while rem.numel():
@@ -1002,13 +1018,33 @@ def _cross_start_nodata(field: HeightField, f_at: Callable, idx: 'torch.Tensor',
             got = rem[look[has]]
             t_out[got] = ts[rows, first][has]
             f_out[got] = f[rows, first][has]
-            found[got] = True
+            k_out[got] = k[got] + first[has].double()
             go_on[look] = ~has & (ts[:, -1] < t_end[look])
         k[rem] += n_seg
         rem = rem[go_on]
     if f_out is None:
         f_out = torch.full((m,), float('nan'), dtype=field.height.dtype, device=dev)
-    return t_out, f_out, found
+    return t_out, f_out, k_out
+
+
+def _edge_of_nodata(f_at: Callable, idx: 'torch.Tensor', t_nan: 'torch.Tensor',
+                    t_data: 'torch.Tensor', f_data: 'torch.Tensor', n_bisect: int
+                    ) -> tuple['torch.Tensor', 'torch.Tensor']:
+    """The first point with data between a nodata sample ``t_nan`` and the sample ``t_data``
+    after it (which has data, ``f_data``), by ``n_bisect`` bisections on nodata-or-not (as the
+    numba march): (t (M,) float64, f (M,) there). A ray that comes out of a hole below the
+    terrain crossed it in the hole when ``f <= 0`` there, else between t and t_data."""
+    import torch
+
+    a, b, fb = t_nan.clone(), t_data.clone(), f_data.clone()
+    for _ in range(n_bisect):
+        tm = 0.5 * (a + b)
+        fm = f_at(idx, tm)
+        no = torch.isnan(fm)
+        a = torch.where(no, tm, a)
+        b = torch.where(no, b, tm)
+        fb = torch.where(no, fb, fm)
+    return b, fb
 
 
 def _hit_geometry(field: HeightField, o64: 'torch.Tensor', d64: 'torch.Tensor',

@@ -739,7 +739,7 @@ def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, 
     stereo_remaps = {k: v for k, v in (topics or {}).items() if k != 'odom'}
     in_topics = input_topics(bool(p['rectify']), topic_prefix, stereo_remaps)
     odom_topic = odometry_topic(topic_prefix, topics)
-    with StereoBag(bag, in_topics) as sb:
+    with StereoBag(bag, in_topics, workdir=out) as sb:
         n_bag = min(sb.count(n) for n in INPUTS)
         selected = range(n_bag)[start:stop]
         rep.picture_indices = set(_picture_indices(selected, pictures))
@@ -829,7 +829,9 @@ def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, 
                 produced.replace(final)
             shutil.rmtree(tmp, ignore_errors=True)
         t_proc = time.perf_counter() - t_proc
-        recovery = dict(getattr(sb, 'recovery', {}) or {})
+        # what was read of a damaged bag (its temporary copy is gone after the replay)
+        recovery = {k: v for k, v in (getattr(sb, 'recovery', {}) or {}).items()
+                    if k != 'recovered_file'}
     processed = counts['processed']
 
     all_pts = _concat_points(rep.chunks)
