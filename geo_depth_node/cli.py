@@ -8,6 +8,7 @@ Subcommands (each has --help):
     bench    time the stereo frame path per stage against OpenCV SGBM (and accuracy)
     synth    write a synthetic outdoor world (terrain, stereo, IMU, GNSS, DEM) with exact truth
     demo     synthetic world -> live node over DDS -> cloud (PLY) + PNGs + a table of results
+    soak     long run of the frame path (RSS, pose buffers, ms) or a flood of its input path
 
 Heavy imports happen inside the subcommands, so ``geo-depth --help`` is instant.
 """
@@ -256,6 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=lambda a: __import__('geo_depth_node.tools.bench',
                                               fromlist=['main']).main(a.args))
 
+    sp = sub.add_parser('soak', add_help=False,
+                        help='long run of the frame path with DEM + pose inputs (RSS, buffers, '
+                        'ms), or --flood the input path (drops, counters) (--help for options)')
+    sp.add_argument('args', nargs=argparse.REMAINDER, help='options of soak')
+
     sp = sub.add_parser('synth', help='write a synthetic world (rosbag2 + DEM + truth + params)',
                         description='Generate a deterministic synthetic outdoor world: terrain '
                         'with a real CRS, objects, a moving stereo rig, IMU, GNSS and a '
@@ -281,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     tools = {'bench': 'bench', 'replay': 'replay', 'kitti2bag': 'kitti2bag',
-             'prior-coverage': 'prior_coverage'}
+             'prior-coverage': 'prior_coverage', 'soak': 'soak'}
     if argv[:1] and argv[0] in tools:  # options go to the tool's own parser unchanged
         import importlib
 

@@ -79,7 +79,7 @@ def _typed(spec, value):
 def _bound_cases(matcher: str) -> list[dict]:
     """Every stereo/sigma/limit parameter at each end of its range (each choice, both bools),
     with just enough companions that the case is valid and the image wide enough."""
-    base = {'stereo.matcher': matcher, 'stereo.num_disparities': 32}
+    base = {'stereo.matcher': matcher, 'stereo.num_disparities': 16}
     if matcher == 'sgm_torch':
         base['stereo.device'] = 'cpu'
     cases = []
@@ -101,12 +101,12 @@ def _bound_cases(matcher: str) -> list[dict]:
                 params.update({'stereo.p1': int(PARAMS_BY_NAME['stereo.p1'].max_value),
                                'stereo.p2': int(PARAMS_BY_NAME['stereo.p2'].max_value),
                                'stereo.block_size': 1, 'stereo.pre_filter_cap': 1})
-            size = [128, 96]
+            size = [48, 36]
             if spec.name in ('stereo.num_disparities', 'stereo.min_disparity'):
                 m = OpenCVStereoMatcher(MatcherConfig(
                     min_disparity=params.get('stereo.min_disparity', 0),
                     num_disparities=params['stereo.num_disparities']))
-                size = [max(128, m.min_width + 8), 24]
+                size = [max(48, m.min_width + 8), 24]
             cases.append({'name': f'{spec.name}={v}', 'params': params, 'size': size})
     return cases
 
@@ -171,40 +171,54 @@ def test_sgm_torch_disparity_range_is_checked_at_start_up():
     assert validate_params({'stereo.matcher': 'opencv_sgbm', 'stereo.num_disparities': 512})
 
 
+#: (min_disparity, num_disparities, lr_check_resolution) -> narrowest image OpenCV SGBM can
+#: match, px: it matches the columns max(min_d + num_d, 0) .. width + min(min_d, 0) (left
+#: pass); the half-resolution right pass searches the left pass's range halved and rounded up
+#: to 16 disparities, on a half-width image.
+NARROWEST = {(0, 16, 'full'): 17, (0, 16, 'half'): 33, (0, 48, 'half'): 65,
+             (10, 32, 'half'): 43, (-20, 32, 'full'): 33, (-256, 32, 'full'): 257,
+             (-256, 32, 'half'): 257}
+
 _NARROW = textwrap.dedent('''
+    import json, sys
     import numpy as np
     from geo_depth_node.core.stereo import MatcherConfig, OpenCVStereoMatcher
     rng = np.random.default_rng(0)
-    for mind, numd, res in ((0, 16, 'full'), (0, 16, 'half'), (0, 48, 'half'), (10, 32, 'half'),
-                            (-20, 32, 'full'), (-256, 32, 'full'), (-256, 32, 'half')):
+    for mind, numd, res, widths in json.load(sys.stdin):
         m = OpenCVStereoMatcher(MatcherConfig(min_disparity=mind, num_disparities=numd,
                                               lr_check_resolution=res, min_texture=0.0))
-        print('MIN', mind, numd, res, m.min_width, flush=True)
-        for w in range(max(1, m.min_width - 20), m.min_width + 4):
+        for w in widths:
             img = rng.integers(0, 256, (12, w + 5), dtype=np.uint8)
             print('CASE', mind, numd, res, w, flush=True)
             try:
                 m.match(np.ascontiguousarray(img[:, 5:]), np.ascontiguousarray(img[:, :w]))
-                print('OK', w >= m.min_width, flush=True)
+                print('OK', flush=True)
             except ValueError as exc:
-                print('REFUSED', w < m.min_width and f'image width {w} px' in str(exc),
-                      flush=True)
+                print('REFUSED', f'image width {w} px' in str(exc), flush=True)
+            except Exception as exc:
+                print('ERROR', type(exc).__name__, str(exc)[:200], flush=True)
 ''')
 
 
 def test_opencv_matcher_refuses_images_too_narrow_for_its_search_range():
     """Negative min_disparity asked OpenCV for 18 EB or crashed it (SIGSEGV); so did the
-    half-resolution left-right pass on narrow images. Such frames are refused (ValueError)."""
-    out = _child(_NARROW)
-    cases = [ln for ln in out.stdout.splitlines() if ln.startswith('CASE')]
+    half-resolution left-right pass on narrow images. Such frames are refused (ValueError
+    naming the width), one pixel wider they match."""
+    todo = [[*key, list(range(max(1, n - 20), n + 4))] for key, n in NARROWEST.items()]
+    out = _child(_NARROW, json.dumps(todo))
+    lines = out.stdout.splitlines()
+    cases = [ln for ln in lines if ln.startswith('CASE')]
     assert out.returncode == 0, f'died (rc {out.returncode}) in {cases[-1:]}: {out.stderr[-1500:]}'
-    verdicts = [ln for ln in out.stdout.splitlines() if ln.startswith(('OK', 'REFUSED'))]
-    assert len(verdicts) == len(cases) and all(v.endswith('True') for v in verdicts), out.stdout
-    mins = {tuple(ln.split()[1:4]): int(ln.split()[4]) for ln in out.stdout.splitlines()
-            if ln.startswith('MIN')}
-    # OpenCV matches columns max(min_d + num_d, 0) .. width + min(min_d, 0)
-    assert mins[('0', '16', 'full')] == 17 and mins[('-256', '32', 'full')] == 257
-    assert mins[('-20', '32', 'full')] == 33 and mins[('0', '16', 'half')] == 33
+    verdicts = [ln for ln in lines if not ln.startswith('CASE')]
+    assert len(verdicts) == len(cases) == sum(len(t[3]) for t in todo), out.stdout[-2000:]
+    for case, verdict in zip(cases, verdicts, strict=True):
+        mind, numd, res, w = case.split()[1:]
+        narrowest = NARROWEST[int(mind), int(numd), res]
+        expect = 'OK' if int(w) >= narrowest else 'REFUSED True'
+        assert verdict == expect, (case, verdict, narrowest)
+    for (mind, numd, res), n in NARROWEST.items():
+        assert OpenCVStereoMatcher(MatcherConfig(min_disparity=mind, num_disparities=numd,
+                                                 lr_check_resolution=res)).min_width == n
 
 
 @pytest.mark.parametrize('spec', [s for s in PARAMETERS if type(s.default) is float],

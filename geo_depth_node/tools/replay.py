@@ -638,14 +638,22 @@ def _make_pictures(rep: _Replay, out: Path, renderer: str) -> dict[str, Any]:
 ODOMETRY_TYPE = 'nav_msgs/msg/Odometry'
 
 
-def odometry_topic(prefix: str = '', overrides: Mapping[str, str] | None = None) -> str:
-    """Bag topic of the Odometry input (pose.source odometry), as the node subscribes its
-    relative ``odom`` in namespace ``prefix``; ``overrides['odom']`` replaces it (like a ROS
-    remap, ``--topic odom:=/ground_truth/odometry``)."""
-    if overrides and overrides.get('odom'):
-        return overrides['odom']
+#: pose inputs: remap name -> (the node's relative topic, message type, pose message kind)
+POSE_INPUTS = {'imu': ('imu/data', 'sensor_msgs/msg/Imu', 'imu'),
+               'gnss': ('gnss/fix', 'sensor_msgs/msg/NavSatFix', 'gnss'),
+               'odom': ('odom', ODOMETRY_TYPE, 'odometry')}
+
+
+def pose_input_topics(prefix: str = '', overrides: Mapping[str, str] | None = None
+                      ) -> dict[str, str]:
+    """Bag topics of the pose inputs, as the node subscribes its relative ``imu/data``,
+    ``gnss/fix`` and ``odom`` in namespace ``prefix``: remap name ('imu', 'gnss', 'odom') ->
+    topic; ``overrides[name]`` replaces one (like a ROS remap, ``--topic
+    odom:=/ground_truth/odometry``)."""
     ns = ('/' + prefix.strip('/')) if prefix.strip('/') else ''
-    return f'{ns}/odom'
+    out = {name: f'{ns}/{rel}' for name, (rel, _t, _k) in POSE_INPUTS.items()}
+    out.update({k: v for k, v in (overrides or {}).items() if k in POSE_INPUTS and v})
+    return out
 
 
 def _pose_source_words(params: Mapping[str, Any]) -> str:
@@ -653,29 +661,38 @@ def _pose_source_words(params: Mapping[str, Any]) -> str:
     return 'odometry' if params.get('pose.source') == 'odometry' else 'GNSS/IMU'
 
 
-def _pose_topics(pipeline: Any, sb: Any, odom_topic: str) -> dict[str, str]:
-    """The bag topics whose messages feed the pose source, topic -> kind ('imu', 'gnss',
-    'odometry'); empty without DEM sources.
-
-    pose.source gnss_imu: every sensor_msgs/Imu and NavSatFix topic; odometry: the
-    nav_msgs/Odometry on ``odom_topic`` only (a bag may hold others, e.g. truth).
+def _pose_topics(pipeline: Any, sb: Any, topics: Mapping[str, str]) -> dict[str, str]:
+    """The bag topics whose messages feed the pose source, topic -> pose message kind ('imu',
+    'gnss', 'odometry'): the topics the node subscribes to (:func:`pose_input_topics`) for
+    its pose.source; empty without DEM sources. Other topics of the same types (e.g. a
+    ground-truth odometry, a raw IMU) are not used, as in the node.
 
     Raises:
-        ValueError: pose.source odometry and the bag has no Odometry on ``odom_topic`` (the
-            message lists the Odometry topics it has).
+        ValueError: pose.source odometry and the bag has no Odometry on its topic (the
+            message lists the Odometry topics it has); a missing IMU or GNSS topic is
+            warned about (the frames get no pose, as in the node).
     """
     if pipeline.georef is None:
         return {}
-    if pipeline.params['pose.source'] == 'odometry':
-        have = sb.topics_of_types((ODOMETRY_TYPE,))
-        if odom_topic not in have:
-            raise ValueError(f'pose.source is odometry but bag {sb.path} has no {ODOMETRY_TYPE} '
-                             f'message on {odom_topic}; its Odometry topics are: '
+    names = ('odom',) if pipeline.params['pose.source'] == 'odometry' else ('imu', 'gnss')
+    out: dict[str, str] = {}
+    for name in names:
+        _rel, msgtype, kind = POSE_INPUTS[name]
+        have = sb.topics_of_types((msgtype,))
+        if topics[name] not in have and name != 'odom':  # as the node: no pose, no priors
+            _LOG.warning('bag %s has no %s message on %s (its topics of that type: %s): '
+                         'frames get no pose and no DEM priors (use --topic-prefix or --topic '
+                         '%s:=TOPIC)', sb.path, msgtype, topics[name],
+                         ', '.join(sorted(have)) or 'none', name)
+            continue
+        if topics[name] not in have:
+            raise ValueError(f'pose.source is {pipeline.params["pose.source"]} but bag '
+                             f'{sb.path} has no {msgtype} message on {topics[name]}; its '
+                             f'{msgtype.rsplit("/", 1)[-1]} topics are: '
                              f'{", ".join(sorted(have)) if have else "none"} (use '
-                             '--topic-prefix or --topic odom:=TOPIC)')
-        return {odom_topic: 'odometry'}
-    kinds = {'sensor_msgs/msg/Imu': 'imu', 'sensor_msgs/msg/NavSatFix': 'gnss'}
-    return {t: kinds[m] for t, m in sb.topics_of_types(tuple(kinds)).items()}
+                             f'--topic-prefix or --topic {name}:=TOPIC)')
+        out[topics[name]] = kind
+    return out
 
 
 def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, Any] | None,
@@ -736,9 +753,9 @@ def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, 
 
     rep = _Replay(values, out, truth_data, output_prefix)
     p = rep.params
-    stereo_remaps = {k: v for k, v in (topics or {}).items() if k != 'odom'}
+    stereo_remaps = {k: v for k, v in (topics or {}).items() if k not in POSE_INPUTS}
     in_topics = input_topics(bool(p['rectify']), topic_prefix, stereo_remaps)
-    odom_topic = odometry_topic(topic_prefix, topics)
+    pose_in = pose_input_topics(topic_prefix, topics)
     with StereoBag(bag, in_topics, workdir=out) as sb:
         n_bag = min(sb.count(n) for n in INPUTS)
         selected = range(n_bag)[start:stop]
@@ -758,7 +775,7 @@ def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, 
         bar = Progress(len(selected)) if progress else None
         _LOG.info('replaying %s (%d stereo frame(s) in the bag, %d selected) with %s on %s',
                   bag, n_bag, len(selected), rep.pipeline.matcher_name, rep.pipeline.device)
-        pose_topics = _pose_topics(rep.pipeline, sb, odom_topic)
+        pose_topics = _pose_topics(rep.pipeline, sb, pose_in)
         wait_ns = int(round(float(p['pose.wait_s']) * 1e9))
         # frames paired, waiting for their pose inputs: (index, frame, bag time when paired)
         pending: collections.deque[tuple[int, dict[str, Any], int]] = collections.deque()
@@ -860,8 +877,8 @@ def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, 
         'stamps_ns': {'first': rep.stamps[0] if rep.stamps else None,
                       'last': rep.stamps[-1] if rep.stamps else None},
         'frame_ids': sorted(rep.frame_ids),
-        'input_topics': ({**in_topics, 'odom': odom_topic} if p['pose.source'] == 'odometry'
-                         and rep.pipeline.georef is not None else in_topics),
+        'input_topics': {**in_topics, **{k: pose_in[k] for k, (_r, _t, kind) in
+                                         POSE_INPUTS.items() if pose_in[k] in pose_topics}},
         'input_problems': dict(rep.stats.input_problems),
         'processing_errors': rep.stats.processing_errors,
         # the node's /diagnostics counters at the end (core.frame_stats), same keys
@@ -956,10 +973,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help='3D view: Open3D offscreen (needs libvulkan1 mesa-vulkan-drivers), '
                          'matplotlib, or auto (Open3D if it works)')
     ap.add_argument('--topic-prefix', default='',
-                    help='namespace of the stereo (and odom) topics in the bag, e.g. /stereo')
+                    help='namespace of the input topics in the bag (stereo, imu/data, gnss/fix, odom), e.g. /stereo')
     ap.add_argument('--topic', action='append', default=[], metavar='NAME:=TOPIC',
                     help='remap one input (left_image, left_info, right_image, right_info, '
-                         'odom), e.g. left_image:=/cam0/image_rect or odom:=/odometry/filtered '
+                         'imu, gnss, odom), e.g. left_image:=/cam0/image_rect or '
+                         'odom:=/odometry/filtered '
                          '(odom: nav_msgs/Odometry with pose.source odometry); repeatable')
     ap.add_argument('--output-prefix', default=f'/{NODE_NAME}',
                     help='namespace/name of the output topics (default /geo_depth_node)')

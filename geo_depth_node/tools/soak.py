@@ -8,11 +8,12 @@ Two modes:
   (``--world-frames`` frames, generated once into ``--workdir`` or a temporary directory) is
   replayed in passes, forward, backward, forward, ...: every pass restamps the images and
   pose inputs alike, one pass after the other, so time only goes forward, the vehicle never
-  jumps, and the pose buffers fill up to ``buffer_s`` as on a long drive. Pose inputs are fed up to a little past each frame's
-  stamp before the frame (the node's order). Every ``--every`` frames it prints: frames, RSS
-  (MB), RSS growth since the warm-up (``--warmup`` frames, after a ``gc.collect()``), the pose
-  buffer lengths against their bounds (``buffer_s`` times the input's rate), frames with a
-  pose, and frame milliseconds p50 / p95 over the last ``--every`` frames.
+  jumps, and the pose buffers fill up to ``buffer_s`` as on a long drive. Pose inputs are
+  fed up to a little past each frame's stamp before the frame (the node's order). Every
+  ``--every`` frames it prints: frames, RSS (MB), RSS growth since the warm-up (``--warmup``
+  frames, after a ``gc.collect()``), the pose buffer lengths against their bounds
+  (``buffer_s`` times the input's rate), frames with a pose, and frame milliseconds p50 / p95
+  over the last ``--every`` frames.
 * flood (``--flood``): the node's input path without ROS: the four stereo inputs (left/right
   image and camera_info, SimpleNamespace messages with the fields of the ROS messages) fed at
   ``--rate`` Hz for ``--seconds`` into a :class:`~geo_depth_node.core.sync.TimeSynchronizer`
@@ -119,12 +120,13 @@ class SoakWorld:
 
 def load_soak_world(workdir: str | Path, *, width: int = 160, height: int = 120,
                     world_frames: int = 10, seed: int = 0, num_disparities: int = 32,
-                    pose_source: str = 'gnss_imu', params: dict[str, Any] | None = None
-                    ) -> SoakWorld:
-    """Generate a small synthetic world (a 300 m DEM, few objects) into ``workdir`` and load it
-    for :func:`run_soak`: its bag's images, CameraInfo and pose inputs (decoded with the
-    node's converters) and a DepthPipeline with the world's params plus
-    ``stereo.num_disparities``, ``pose.source`` and ``params``.
+                    baseline_m: float = 0.5, pose_source: str = 'gnss_imu',
+                    params: dict[str, Any] | None = None) -> SoakWorld:
+    """Generate a small synthetic world (a 300 m DEM, few objects; a 0.5 m baseline by default,
+    so that small images still have stereo points to fuse) into ``workdir`` and load it for
+    :func:`run_soak`: its bag's images, CameraInfo and pose inputs (decoded with the node's
+    converters) and a DepthPipeline with the world's params plus ``stereo.num_disparities``,
+    ``pose.source`` and ``params``.
 
     Raises:
         ValueError: a bad size, pose source or parameter.
@@ -142,7 +144,7 @@ def load_soak_world(workdir: str | Path, *, width: int = 160, height: int = 120,
         raise ValueError(f'pose source must be gnss_imu or odometry, got {pose_source!r}')
     t0 = time.perf_counter()
     cfg = SynthConfig(width=width, height=height, frames=world_frames, seed=seed,
-                      dem_extent_m=300.0, extent_m=400.0, objects=4)
+                      baseline_m=baseline_m, dem_extent_m=300.0, extent_m=400.0, objects=4)
     info = generate_world(workdir, cfg, progress=False)
     values = load_params_yaml(info['params'])
     values.update({'stereo.num_disparities': int(num_disparities), 'pose.source': pose_source})
@@ -205,12 +207,13 @@ def pose_buffer_lengths(pipeline: Any) -> dict[str, int]:
 
 def pose_buffer_bounds(pipeline: Any, rates_hz: dict[str, float]) -> dict[str, int]:
     """Most samples each pose buffer may hold: the samples of ``buffer_s`` seconds at the
-    input's rate (both ends included), +1 % for clock jitter."""
+    input's rate, both ends included, plus one (the buffers are trimmed to ``buffer_s`` before
+    their second newest stamp, so that one stray future stamp never empties them)."""
     georef = getattr(pipeline, 'georef', None)
     if georef is None:
         return {}
     buffer_s = float(georef.pose.config.buffer_s)
-    return {k: int(math.ceil(buffer_s * r * 1.01)) + 1 for k, r in rates_hz.items()}
+    return {k: int(math.floor(round(buffer_s * r, 3))) + 2 for k, r in rates_hz.items()}
 
 
 def _pass_stamp(world: SoakWorld, t_ns: int, k: int) -> int:
