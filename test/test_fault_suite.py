@@ -159,11 +159,12 @@ def rotation_from_vector(w: np.ndarray) -> np.ndarray:
 
 
 @st.composite
-def rotations(draw: st.DrawFn, max_angle: float = math.pi) -> np.ndarray:
-    """A proper rotation (often identity), or with some probability a matrix that is not one:
-    sheared (det 1, not orthonormal), scaled, reflected or degenerate."""
-    kind = draw(st.sampled_from(['identity', 'rotation', 'rotation', 'rotation', 'shear',
-                                 'scaled', 'reflection', 'zero', 'near']))
+def rotations(draw: st.DrawFn, max_angle: float = math.pi, proper: bool = False) -> np.ndarray:
+    """A proper rotation (often identity), or (unless ``proper``) with some probability a
+    matrix that is not one: sheared (det 1, not orthonormal), scaled, reflected or
+    degenerate."""
+    kind = draw(st.sampled_from(['identity', 'rotation', 'rotation', 'rotation'] + (
+        [] if proper else ['shear', 'scaled', 'reflection', 'zero', 'near'])))
     w = np.array(draw(st.lists(st.floats(-1, 1), min_size=3, max_size=3)))
     r = rotation_from_vector(w / max(np.linalg.norm(w), 1e-9)
                              * draw(st.floats(0, max_angle)))
@@ -441,16 +442,20 @@ def _pipeline() -> Any:
 @st.composite
 def calibrations(draw: st.DrawFn) -> dict[str, Any]:
     """A random stereo calibration of a W x H pair: fx 1e-3..1e40, baseline 1e-9..1e30, random
-    rectification rotations, D of 0..14 coefficients, K like P or not, rectify or not."""
-    fx = draw(log_uniform(-3, 40))
+    rectification rotations, D of 0..14 coefficients, K like P or not, rectify or not. Two
+    thirds of the draws stay where a calibration may be accepted (fx <= 1e6 px, B <= 100 m, a
+    proper R, a D length OpenCV takes), so that the pipeline itself is exercised."""
+    fx = draw(st.one_of(log_uniform(-3, 6), log_uniform(-3, 6), log_uniform(-3, 40)))
     fy = fx * draw(st.sampled_from([1.0, 1.0, 0.5, 3.0]))
-    baseline = draw(log_uniform(-9, 30))
+    baseline = draw(st.one_of(log_uniform(-9, 2), log_uniform(-9, 2), log_uniform(-9, 30)))
     cx = draw(st.one_of(st.just(W / 2), st.floats(-50, 120), st.sampled_from([0.0, W - 1.0])))
     cy = draw(st.one_of(st.just(H / 2), st.floats(-50, 100)))
     dcx = draw(st.sampled_from([0.0, 0.0, 2.0, -3.0, 15.5, 100.0, -1e3]))
     kfx = draw(st.one_of(st.just(fx), log_uniform(-3, 6)))
     model = draw(st.sampled_from(['plumb_bob', 'rational_polynomial', 'equidistant', '']))
-    n_d = draw(st.sampled_from([0, 4, 5, 8, 12, 14]))
+    usual = [0, 4] if model == 'equidistant' else [0, 4, 5, 8, 12, 14]
+    n_d = draw(st.one_of(st.sampled_from(usual), st.sampled_from(usual),
+                         st.sampled_from([0, 4, 5, 8, 12, 14])))
     d = draw(st.lists(st.one_of(st.floats(-0.3, 0.3), st.sampled_from([5.0, -20.0, 1e3])),
                       min_size=n_d, max_size=n_d))
     cams = []
@@ -459,7 +464,8 @@ def calibrations(draw: st.DrawFn) -> dict[str, Any]:
         c = cx if side == 'left' else cx - dcx
         cams.append(dict(
             K=[kfx, 0.0, W / 2, 0.0, kfx * fy / fx, H / 2, 0.0, 0.0, 1.0], D=d,
-            R=draw(rotations(max_angle=draw(st.sampled_from([0.05, 0.5, math.pi])))),
+            R=draw(rotations(max_angle=draw(st.sampled_from([0.05, 0.5, math.pi])),
+                             proper=draw(st.sampled_from([True, True, True, False])))),
             P=[fx, 0.0, c, tx, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0], model=model))
     return {'left': cams[0], 'right': cams[1], 'rectify': draw(st.booleans())}
 

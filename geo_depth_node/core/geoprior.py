@@ -229,8 +229,8 @@ class GeoPrior:
           term stands in for it; before, this dropped every prior of such a frame. Over a
           DEM hole under the camera that test is impossible: the lowered ray comes out of
           the hole below the terrain (UNAVAILABLE, see :mod:`.raycast`) exactly where it
-          would start inside it, so there UNAVAILABLE counts as inside too (the raised
-          sigma point follows the main ray's horizontal path, which had data up to its hit);
+          would start inside it, so there UNAVAILABLE counts as inside too (the lowered
+          camera's ray follows the main ray's horizontal path, which had data up to its hit);
         * attitude: a rotation of ``sigma_att`` moves a ray by ``f sigma_att`` pixels, so the
           range change to the neighbouring pixels (``range_gradient * f * sigma_att``; a sky
           neighbour is an infinite jump) replaces the first-order attitude term where it is

@@ -359,6 +359,59 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               'pose.source odometry: attitude sigma (about each ENU axis) used when the '
               'message\'s orientation covariance is all zero, non-finite or not positive '
               'definite (such poses are POSE_DEGRADED).', 'rad', 0.0001, 3.2, read_only=True),
+    ParamSpec('pose.imu_default_orientation_sigma_rad', 0.02,
+              'Orientation sigma (each axis) used for a sensor_msgs/Imu orientation whose '
+              'covariance is unknown (all zero, non-finite or a variance <= 0; counted as '
+              'pose_input.imu_unknown_cov).', 'rad', 0.0001, 3.2, read_only=True),
+    ParamSpec('pose.imu_unknown_covariance_degrades', True,
+              'Poses from an IMU orientation with an unknown covariance are POSE_DEGRADED '
+              '(sensor_msgs/Imu: all zero = unknown). False: you vouch for '
+              'pose.imu_default_orientation_sigma_rad for this IMU, and such poses are not '
+              'degraded.', read_only=True),
+    # outlier gate on GNSS fixes and odometry positions (core/pose.py)
+    ParamSpec('pose.gate_chi2', 16.27,
+              'Outlier gate: a GNSS fix (or odometry position) is rejected when its squared '
+              'Mahalanobis distance from the constant-velocity prediction of the recent '
+              'trajectory exceeds this (3 degrees of freedom; 16.27 = 99.9 %, 11.34 = 99 %). '
+              'Rejected inputs are counted (pose_input.gnss_rejected / odometry_rejected), '
+              'never used for a pose, and poses near them are POSE_DEGRADED.', '', 1.0, 1e6,
+              read_only=True),
+    ParamSpec('pose.gate_accel_mps2', 3.0,
+              'Outlier gate: acceleration taken as the 1-sigma process noise of the prediction '
+              '(accelerations up to about sqrt(gate_chi2) times this pass).', 'm/s^2', 0.1,
+              100.0, read_only=True),
+    ParamSpec('pose.gate_jitter_m', 0.3,
+              'Outlier gate: 1-sigma position jump per input (each axis) that is always '
+              'tolerated, whatever the time step (RTK fix/float switches, estimator '
+              'corrections).', 'm', 0.0, 100.0, read_only=True),
+    ParamSpec('pose.gate_window_s', 1.0,
+              'Outlier gate: time baseline of the velocity of the prediction.', 's', 0.1, 10.0,
+              read_only=True),
+    ParamSpec('pose.gate_max_speed_mps', 100.0,
+              'Outlier gate: highest plausible speed (implied by an input beyond 3 sigma of '
+              'the jump; also the velocity sigma while the velocity is unknown).', 'm/s', 1.0,
+              1e4, read_only=True),
+    ParamSpec('pose.gate_min_alt_m', -500.0,
+              'Outlier gate: lowest plausible height above the WGS84 ellipsoid (also of '
+              'odometry positions, through the datum).', 'm', -1e4, 1e4, read_only=True),
+    ParamSpec('pose.gate_max_alt_m', 10000.0,
+              'Outlier gate: highest plausible height above the WGS84 ellipsoid; must exceed '
+              'pose.gate_min_alt_m.', 'm', 0.0, 1e6, read_only=True),
+    ParamSpec('pose.gate_reset_count', 5,
+              'Outlier gate: this many rejected inputs in a row that agree with each other '
+              're-initialise the gate on them (the robot was moved, the GNSS re-converged); '
+              'counted as pose_input.gate_resets, poses across it are POSE_DEGRADED.', '', 2,
+              1000, read_only=True),
+    ParamSpec('pose.gate_reset_s', 10.0,
+              'Outlier gate: after this long without an accepted input the next rejected one '
+              're-initialises the gate.', 's', 0.1, 3600.0, read_only=True),
+    ParamSpec('pose.gate_degraded_s', 1.0,
+              'Outlier gate: poses up to this long after a rejected input are POSE_DEGRADED.',
+              's', 0.0, 60.0, read_only=True),
+    ParamSpec('pose.odometry_gate_max_rate_radps', 5.0,
+              'Outlier gate, pose.source odometry: highest plausible rotation rate between two '
+              'odometry messages (beyond 3 sigma of their attitudes).', 'rad/s', 0.1, 100.0,
+              read_only=True),
     ParamSpec('output.frame', 'camera',
               'Frame of x, y, z in ~/points: camera = the left camera optical frame (the image '
               'header frame); enu = the local ENU frame at the datum (needs DEM sources and a '
@@ -423,6 +476,9 @@ def validate_params(values: Mapping[str, Any], *, allow_unknown: Iterable[str] =
                          f'(the Odometry header frame is a local ENU frame whose origin is '
                          f'georef.datum_latitude_deg/longitude_deg/height_m), got '
                          f'{out["georef.datum_mode"]!r}')
+    if out['pose.gate_max_alt_m'] <= out['pose.gate_min_alt_m']:
+        raise ValueError(f'parameter pose.gate_max_alt_m ({out["pose.gate_max_alt_m"]}) must '
+                         f'exceed pose.gate_min_alt_m ({out["pose.gate_min_alt_m"]})')
     _check_stereo(out)
     _check_grid(out, len(names))
     return out

@@ -664,6 +664,10 @@ class _Georef:
                      params['georef.datum_height_m'])
         ext = Extrinsics.from_params(dict(params))
         self.source_kind = params['pose.source']
+        gate = {f: params[f'pose.{f}'] for f in (
+            'gate_chi2', 'gate_accel_mps2', 'gate_jitter_m', 'gate_window_s',
+            'gate_max_speed_mps', 'gate_min_alt_m', 'gate_max_alt_m', 'gate_reset_count',
+            'gate_reset_s', 'gate_degraded_s')}
         if self.source_kind == 'odometry':
             if datum is None:  # validate_params refuses it; a direct caller gets it here
                 raise ValueError('pose.source odometry needs georef.datum_mode fixed, got '
@@ -672,14 +676,18 @@ class _Georef:
                 datum=datum, max_gap_s=params['pose.max_odometry_gap_s'],
                 default_position_sigma_m=params['pose.odometry_default_position_sigma_m'],
                 default_attitude_sigma_rad=params['pose.odometry_default_attitude_sigma_rad'],
-                frame_id=params['output.enu_frame_id']), ext)
+                frame_id=params['output.enu_frame_id'],
+                gate_max_rate_radps=params['pose.odometry_gate_max_rate_radps'], **gate), ext)
         else:
             self.pose = PoseEstimator(PoseConfig(
                 datum=datum, max_gnss_gap_s=params['pose.max_gnss_gap_s'],
                 max_imu_gap_s=params['pose.max_imu_gap_s'],
                 default_gnss_sigma_m=params['pose.default_gnss_sigma_m'],
                 tilt_sigma_rad=params['pose.tilt_sigma_rad'],
-                course_min_speed_mps=params['pose.course_min_speed_mps']), ext)
+                course_min_speed_mps=params['pose.course_min_speed_mps'],
+                default_orientation_sigma_rad=params['pose.imu_default_orientation_sigma_rad'],
+                unknown_orientation_cov_degrades=bool(
+                    params['pose.imu_unknown_covariance_degrades']), **gate), ext)
         self.prior = None  # GeoPrior, built once the ENU frame (datum) is known
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)

@@ -26,12 +26,14 @@ the ray is above the terrain there, the march starts from that sample as usual: 
 a hole the ray STARTS over is taken to be below the ray (the camera stands above the ground
 under it; a ray that comes out of the hole above the terrain around it is taken not to have
 touched ground in between). If it is at or below the terrain there, it crossed the terrain
-somewhere in the hole: UNAVAILABLE. A ray that stays over nodata until it leaves the grid or
-reaches ``max_range_m`` is UNAVAILABLE; one that climbs above ``z_max`` over the hole first is
-above all known terrain (the end rules below: SKY). BELOW_TERRAIN cannot be tested over a
-hole. A hole FARTHER along a ray that has had data under it still ends the ray as UNAVAILABLE
-(what is in it could block the ray). Without this rule a hole of a few metres under the robot
-took every prior of the frame.
+before: the hole's edge between the last nodata sample and this one is located by bisection
+(on nodata or not); where the ray is above the terrain at the edge, the crossing lies in data
+between the edge and the sample (a HIT, refined as usual), else in the hole (UNAVAILABLE). A
+ray that stays over nodata until it leaves the grid or reaches ``max_range_m`` is UNAVAILABLE;
+one that climbs above ``z_max`` over the hole first is above all known terrain (the end rules
+below: SKY). BELOW_TERRAIN cannot be tested over a hole. A hole FARTHER along a ray that has
+had data under it still ends the ray as UNAVAILABLE (what is in it could block the ray).
+Without this rule a hole of a few metres under the robot took every prior of the frame.
 
 On CUDA (float32 fields, triton installed) steps 2 and 3 run in ONE Triton kernel
 (:mod:`.raycast_triton`: a per-ray state machine, coarse skip or fine steps per iteration,

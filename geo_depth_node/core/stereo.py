@@ -226,7 +226,12 @@ def _sgbm(cv2: Any, min_disparity: int, num_disparities: int, block_size: int, p
 
 
 class OpenCVStereoMatcher:
-    """OpenCV StereoSGBM with labelled failures. Inputs are rectified (H, W) uint8."""
+    """OpenCV StereoSGBM with labelled failures. Inputs are rectified (H, W) uint8.
+
+    Attributes:
+        min_width: narrowest image (px) :meth:`match` takes with this configuration (both
+            SGBM passes need columns whose whole search range lies inside the image).
+    """
 
     def __init__(self, config: MatcherConfig) -> None:
         import cv2
