@@ -875,14 +875,19 @@ def test_params_file_loader_refuses_or_validates(doc: bytes, tmp_path) -> None:
 
 
 # ============================================================================= DEM sources
-def _field_values(field: str) -> st.SearchStrategy[Any]:
-    good = {'id': st.integers(1, 65535), 'path': st.just('/data/dem.tif'),
+def _good_field(field: str) -> st.SearchStrategy[Any]:
+    """A valid value of a DEM source field."""
+    return {'id': st.integers(1, 65535), 'path': st.just('/data/dem.tif'),
             'kind': st.sampled_from(['dem', 'dsm']),
             'vertical_datum': st.sampled_from(['ellipsoid', 'egm96', 'EPSG:5773', 'egm2008']),
             'sigma_v_m': st.floats(0.01, 50), 'sigma_h_m': st.floats(0, 50),
             'survey_date': st.sampled_from(['', '2021-06-15']), 'licence': st.text(max_size=5),
             'priority': st.integers(-5, 5), 'sigma_v_growth_m_per_year': st.floats(0, 1),
             'band': st.integers(1, 3)}[field]
+
+
+def _bad_field(field: str) -> st.SearchStrategy[Any]:
+    """A hostile value of a DEM source field: aimed at the field, any number, anything."""
     odd = {'id': st.sampled_from([0, 65536, -1, True, 1.0, '1', 2 ** 64]),
            'path': st.sampled_from(['', ' ', '\0', '~/x', '[', 5]),
            'kind': st.sampled_from(['DEM', '', 'dtm', None]),
@@ -894,7 +899,7 @@ def _field_values(field: str) -> st.SearchStrategy[Any]:
                                            '99999-01-01']),
            'band': st.sampled_from([0, -1, 1.0, 2 ** 70])}.get(field, st.nothing())
     numbers = st.one_of(nasty_float(), st.sampled_from(HUGE_INTS), st.integers())
-    return st.one_of(good, good, good, odd, numbers, any_value())
+    return st.one_of(odd, odd, odd, numbers, any_value())
 
 
 FIELDS = ('id', 'path', 'kind', 'vertical_datum', 'sigma_v_m', 'sigma_h_m', 'survey_date',
@@ -909,20 +914,23 @@ def dem_source_configs(draw: st.DrawFn) -> Any:
     shape = draw(st.sampled_from(['flat', 'flat', 'nested', 'list', 'junk']))
     if shape == 'junk':
         return draw(any_value())
-    names = draw(st.lists(st.sampled_from(['srtm', 'lidar', 'a_1', '1x', '', 'a.b', 'srtm ']),
-                          min_size=1, max_size=3))
+    names = draw(st.lists(st.sampled_from(['srtm', 'lidar', 'a_1', 'srtm', 'lidar', '1x', '',
+                                           'a.b', 'srtm ']), min_size=1, max_size=3))
     sources = []
-    for name in names:
-        fields = draw(st.lists(st.sampled_from(FIELDS), unique=True, min_size=5, max_size=11))
-        fields = sorted(set(fields) | ({'id', 'path', 'kind', 'vertical_datum', 'sigma_v_m',
-                                        'sigma_h_m'} if draw(st.booleans()) else set()))
-        src = {f: draw(_field_values(f)) for f in fields}
-        if draw(st.sampled_from([False] * 5 + [True])):
+    for i, name in enumerate(names):
+        optional = draw(st.lists(st.sampled_from(FIELDS[6:]), unique=True, max_size=5))
+        src = {f: draw(_good_field(f)) for f in FIELDS[:6] + tuple(optional)}
+        src['id'] = i + 1 if draw(st.booleans()) else src['id']
+        for f in draw(st.lists(st.sampled_from(FIELDS), unique=True, max_size=2)):
+            src[f] = draw(_bad_field(f))
+        if draw(st.sampled_from([False] * 8 + [True])):
+            del src[draw(st.sampled_from(FIELDS[:6]))]
+        if draw(st.sampled_from([False] * 8 + [True])):
             src['unknown_field'] = 1
         sources.append((name, src))
     if shape == 'list':
         return [{'name': n, **s} for n, s in sources]
-    listed = draw(st.sampled_from(['list', 'string', 'string', 'junk']))
+    listed = draw(st.sampled_from(['list', 'string', 'string', 'string', 'junk']))
     value = {'list': [n for n, _ in sources], 'string': ', '.join(n for n, _ in sources),
              'junk': draw(any_value())}[listed]
     if shape == 'nested':
@@ -974,6 +982,33 @@ def test_dem_source_specs_refuse_or_validate(config: Any) -> None:
         assert_dem_spec(spec)
     assert len({s.id for s in specs}) == len(specs) and len({s.name for s in specs}) == len(specs)
     assert [(-s.priority, s.id) for s in specs] == sorted((-s.priority, s.id) for s in specs)
+
+
+@st.composite
+def hostile_fields(draw: st.DrawFn) -> tuple[str, Any]:
+    """(a DEM source field, a hostile value for it)."""
+    field = draw(st.sampled_from(FIELDS))
+    return field, draw(_bad_field(field))
+
+
+@FAULT
+@given(hostile=hostile_fields(), shape=st.sampled_from(['list', 'flat']))
+def test_dem_source_with_one_hostile_field(hostile: tuple[str, Any], shape: str) -> None:
+    """One source with every field valid (a survey date and a sigma growth included) but ONE,
+    set to a hostile value: a ValueError naming it, or a spec that keeps its promises
+    (e.g. a datetime survey date must still give sigma_v_at and round-trip)."""
+    from geo_depth_node.core.dem import parse_dem_sources
+
+    src = {'id': 7, 'path': '/data/dem.tif', 'kind': 'dem', 'vertical_datum': 'egm96',
+           'sigma_v_m': 0.5, 'sigma_h_m': 1.0, 'survey_date': '2021-06-15', 'licence': 'x',
+           'priority': 1, 'sigma_v_growth_m_per_year': 0.1, 'band': 1}
+    src[hostile[0]] = hostile[1]
+    config: Any = [{'name': 'srtm', **src}] if shape == 'list' else {
+        'dem.sources': 'srtm', **{f'dem.source.srtm.{k}': v for k, v in src.items()}}
+    specs, _ = value_error_or(parse_dem_sources, config)
+    if specs is not None:
+        assert len(specs) == 1
+        assert_dem_spec(specs[0])
 
 
 @FAULT

@@ -49,10 +49,13 @@ class FrameStats:
 
     Args:
         window: frames kept for the latency statistics.
+        max_camera_above_dem_m: WARN when the camera is more than this above the DEM under it
+            (``georef.max_camera_above_dem_m``).
     """
 
-    def __init__(self, window: int = 50) -> None:
+    def __init__(self, window: int = 50, max_camera_above_dem_m: float = 100.0) -> None:
         self._lock = threading.Lock()
+        self.max_camera_above_dem_m = float(max_camera_above_dem_m)
         self._latency: dict[str, collections.deque] = collections.defaultdict(
             lambda: collections.deque(maxlen=window))
         self.frame_latency: dict[str, float] = {}  # stages of the last frame, ms
@@ -175,8 +178,9 @@ class FrameStats:
         """(level, text) of the period that ends now; starts the next period.
 
         ERROR when processing raised in the period (the exception named); WARN for an input
-        problem, no frames, frames without a pose, priors lost to a failed input (a DEM file)
-        or a camera too close to / too far above the DEM; OK otherwise.
+        problem, no frames, priors missing for a reason the frame names (a DEM file that
+        failed, no DEM data under the camera: FrameResult.prior_problem), frames without a
+        pose, or a camera too close to / too far above the DEM; OK otherwise.
         """
         from .geoprior import clearance_warning
 
@@ -197,10 +201,10 @@ class FrameStats:
         if frames == 0:
             return WARN, 'no synchronized stereo frames in the last period'
         if prior_problem:
-            return WARN, f'no DEM priors: {prior_problem}'
+            return WARN, f'DEM priors missing: {prior_problem}'
         if no_pose:
             return WARN, (f'no pose for {no_pose} frame(s) in the last period ({last_no_pose}): '
                           'stereo only there, NONE points flagged PRIOR_UNAVAILABLE')
-        if clearance := clearance_warning(georef):
+        if clearance := clearance_warning(georef, self.max_camera_above_dem_m):
             return WARN, clearance
         return OK, f'{frames} frame(s) processed'

@@ -309,6 +309,17 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               'DEM raised and lowered by its vertical sigma (catches rays that would hit a '
               'crest in front or skim over the crest they hit; ~2x the ray-cast time). False '
               '= first-order sigma with the silhouette term only.', read_only=True),
+    ParamSpec('dem.grid_retry_s', 5.0,
+              'After a failed build of the height grid (a DEM file removed or unreadable after '
+              'start-up) the build is tried again at most this often; meanwhile frames keep '
+              'their stereo points (the previous grid, or NONE + PRIOR_UNAVAILABLE without one) '
+              'and /diagnostics names the source and the error.', 's', 0.0, 3600.0,
+              read_only=True),
+    ParamSpec('georef.max_camera_above_dem_m', 100.0,
+              'WARN on /diagnostics when the camera is more than this above the DEM surface '
+              'under it (a wrong altitude, datum or geoid: the priors would come from the wrong '
+              'place). A drone or a mast camera needs a larger value.', 'm', 1.0, 100000.0,
+              read_only=True),
     ParamSpec('fusion.gate_k', 3.0,
               'Stereo and prior are consistent (FUSED) when |r_stereo - r_prior| <= gate_k * '
               'sqrt(sigma_stereo^2 + sigma_prior^2); otherwise the point stays MEASURED with '

@@ -720,7 +720,8 @@ class _Georef:
                 sigma_points=bool(params['dem.sigma_points']),
                 march=str(params['dem.raycast_march']),
                 fusion=FusionConfig(params['fusion.gate_k'],
-                                    params['fusion.max_prior_relative_sigma']))
+                                    params['fusion.max_prior_relative_sigma']),
+                retry_s=float(params['dem.grid_retry_s']))
         return self.prior
 
     def lookup(self, stamp_ns: int, params: Mapping[str, Any], wait_s: float

@@ -111,7 +111,7 @@ class GeoDepthNode(Node):
         self._legend_key: tuple | None = None
 
         # --- statistics for /diagnostics (the same counters as geo-depth replay) ------------
-        self._stats = FrameStats(STAGES_WINDOW)
+        self._stats = FrameStats(STAGES_WINDOW, self._params['georef.max_camera_above_dem_m'])
 
         # --- inputs ------------------------------------------------------------------------
         self._queue: DropOldestQueue[dict[str, Any]] = DropOldestQueue(

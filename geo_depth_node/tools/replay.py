@@ -257,7 +257,8 @@ class _Replay:
         self.class_counts = np.zeros(len(Provenance), dtype=np.int64)
         self.flag_counts = {f.name: 0 for f in Flag}
         self.latency: dict[str, list[float]] = collections.defaultdict(list)
-        self.stats = FrameStats(STAGES_WINDOW)  # the node's counters and diagnostics status
+        # the node's counters and diagnostics status
+        self.stats = FrameStats(STAGES_WINDOW, self.params['georef.max_camera_above_dem_m'])
         self.sync_stats: Any = None  # core.sync.SyncStats at the frame being processed
         self.truth_skipped: list[int] = []  # frames whose size is not the truth's
         self.bag_error = ''  # damage found while reading the bag (the replay ends there)
@@ -973,7 +974,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help='3D view: Open3D offscreen (needs libvulkan1 mesa-vulkan-drivers), '
                          'matplotlib, or auto (Open3D if it works)')
     ap.add_argument('--topic-prefix', default='',
-                    help='namespace of the input topics in the bag (stereo, imu/data, gnss/fix, odom), e.g. /stereo')
+                    help='namespace of the input topics in the bag (stereo, imu/data, '
+                         'gnss/fix, odom), e.g. /stereo')
     ap.add_argument('--topic', action='append', default=[], metavar='NAME:=TOPIC',
                     help='remap one input (left_image, left_info, right_image, right_info, '
                          'imu, gnss, odom), e.g. left_image:=/cam0/image_rect or '
