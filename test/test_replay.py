@@ -400,9 +400,19 @@ def test_live_node_and_replay_give_the_same_outputs(world, replayed, tmp_path):
                               wait_topics={'/imu/data', '/gnss/fix'})
             rep.wait_for(lambda: len(rep.received.legends) >= 1, 10.0)
             rx = rep.received
+            n_diag = len(rx.diagnostics)  # the next status has every frame's counters
+            rep.wait_for(lambda: len(rx.diagnostics) > n_diag, 5.0)
         finally:
             rep.close()
         assert node.alive(), node.log_text()[-2000:]
+    # the same counters (core.frame_stats) live and offline
+    live_values = {kv.key: kv.value for kv in rx.diagnostics[-1].status[0].values}
+    offline_counters = replayed['report']['counters']
+    for key in ('frames_processed', 'input_problems', 'processing_errors', 'pose.ok',
+                'pose.unavailable', 'pose.degraded', 'time_jumps_back', 'input_frames_missing'):
+        offline = offline_counters.get(key)
+        assert live_values.get(key) == (None if offline is None else str(offline)), key
+    assert live_values['frames_processed'] == str(len(sent))
     got = _read_output(replayed['out'] / 'output.mcap')
     assert sorted(sent) == [t for t, _ in got['/geo_depth_node/points']]
     for topic, live in (('points', rx.points), ('depth', rx.depth),
