@@ -110,28 +110,10 @@ def march_ray(buf, c, lim, hflat, nx, bmax, bslope, block, seg, step, target, n_
                 break
     if ev != 1:
         return ev, np.nan
-    # refine: bisection, then one secant step (as raycast())
-    nan_seen = False
-    for _ in range(128):
-        if not tb - ta > target:
-            break
-        tm = 0.5 * (ta + tb)
-        fm = f_at(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc, gdyc, dzc, tm)
-        m_nan = fm != fm
-        if m_nan:
-            nan_seen = True
-        if m_nan or fm <= 0:
-            tb = tm
-            fb = fm
-        else:
-            ta = tm
-            fa = fm
-    denom = fa - fb
-    frac = 1.0
-    if fb == fb and abs(fb) < np.inf and denom > 0:
-        frac = min(max(float(fa / denom), 0.0), 1.0)
-    th = ta + frac * (tb - ta)
-    if nan_seen or not abs(th) < np.inf:
+    # refine: bisection to the target width, then one secant step (as raycast())
+    ok, th = refine_bracket(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc, gdyc, dzc, ta, tb, fa,
+                            fb, 128, target)
+    if not ok:
         return 2, np.nan
     return 1, th
 
@@ -179,11 +161,14 @@ def edge_of_nodata(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc, gdyc, dzc, t_n
 
 @numba.njit(cache=True, nogil=True)
 def refine_bracket(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc, gdyc, dzc, ta, tb, fa, fb,
-                   n_bisect):
-    # the refinement of raycast() for a bracket found in its set-up: exactly n_bisect
-    # bisections, then one secant step: (ok, range)
+                   n_bisect, target):
+    # the refinement of raycast() of a bracket [ta, tb] (terrain above at ta, below at tb):
+    # at most n_bisect bisections, stopping once the bracket is no wider than target (a
+    # negative target: exactly n_bisect), then one secant step: (ok, range)
     nan_seen = False
     for _ in range(n_bisect):
+        if not tb - ta > target:
+            break
         tm = 0.5 * (ta + tb)
         fm = f_at(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc, gdyc, dzc, tm)
         m_nan = fm != fm
@@ -295,7 +280,7 @@ def cast_impl(origin, d, tmin, grid, hflat, lim, nx, ny, bmax, bslope, bdata, bl
                     ev = 2
                     if f_d > 0:
                         ok, th = refine_bracket(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc,
-                                                gdyc, dzc, t_d, t0, f_d, f0, n_bisect)
+                                                gdyc, dzc, t_d, t0, f_d, f0, n_bisect, -1.0)
                         if ok:
                             ev = 1
                             rng[r] = th

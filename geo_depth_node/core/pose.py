@@ -570,8 +570,46 @@ def _count_late(counts: dict[str, int], kind: str, late: list[tuple[int, Any]],
                    'stray stamp' if far else 'out of order')
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GateConfig:
+    """Settings of the outlier gate on the positions of a pose source (keyword-only fields,
+    shared by :class:`PoseConfig` and :class:`OdometryPoseConfig`; parameters ``pose.gate_*``).
+
+    Attributes:
+        gate_chi2: outlier gate on the fixes: chi-square threshold of the Mahalanobis distance
+            d^2 of a fix from the constant-velocity prediction (3 dof; 16.27 = 99.9 %).
+        gate_accel_mps2: acceleration taken as the 1-sigma process noise of the prediction
+            (ground robots: 3 m/s^2; accelerations up to ~sqrt(gate_chi2) times it pass), m/s^2.
+        gate_jitter_m: 1-sigma position jump per fix (each ENU axis) that the gate always
+            tolerates, independent of the time step, m.
+        gate_window_s: baseline of the velocity chord of the prediction, s.
+        gate_max_speed_mps: highest plausible speed (implied by a fix beyond 3 sigma of the
+            jump; also the velocity sigma when the velocity is not known yet), m/s.
+        gate_min_alt_m, gate_max_alt_m: plausible fix heights above the WGS84 ellipsoid, m.
+        gate_reset_count: this many rejected fixes in a row that agree with each other
+            re-initialise the gate on them (the robot was moved, the GNSS re-converged).
+        gate_reset_s: no accepted fix for longer than this: the next rejected one
+            re-initialises the gate, s.
+        gate_degraded_s: poses up to this long after a rejected fix are degraded, s.
+    """
+
+    gate_chi2: float = 16.27
+    gate_accel_mps2: float = 3.0
+    gate_jitter_m: float = 0.3
+    gate_window_s: float = 1.0
+    gate_max_speed_mps: float = 100.0
+    gate_min_alt_m: float = -500.0
+    gate_max_alt_m: float = 10000.0
+    gate_reset_count: int = 5
+    gate_reset_s: float = 10.0
+    gate_degraded_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        _validate_gate(self)
+
+
 @dataclasses.dataclass(frozen=True)
-class PoseConfig:
+class PoseConfig(GateConfig):
     """Settings of :class:`PoseEstimator` (parameters ``pose.*`` and ``georef.*``).
 
     Attributes:
@@ -591,21 +629,7 @@ class PoseConfig:
         unknown_orientation_cov_degrades: poses from an IMU orientation with an unknown
             covariance are POSE_DEGRADED (sensor_msgs/Imu: all zero = "unknown"); False: the
             user vouches for ``default_orientation_sigma_rad`` (counted all the same).
-        gate_chi2: outlier gate on the fixes: chi-square threshold of the Mahalanobis distance
-            d^2 of a fix from the constant-velocity prediction (3 dof; 16.27 = 99.9 %).
-        gate_accel_mps2: acceleration taken as the 1-sigma process noise of the prediction
-            (ground robots: 3 m/s^2; accelerations up to ~sqrt(gate_chi2) times it pass), m/s^2.
-        gate_jitter_m: 1-sigma position jump per fix (each ENU axis) that the gate always
-            tolerates, independent of the time step, m.
-        gate_window_s: baseline of the velocity chord of the prediction, s.
-        gate_max_speed_mps: highest plausible speed (implied by a fix beyond 3 sigma of the
-            jump; also the velocity sigma when the velocity is not known yet), m/s.
-        gate_min_alt_m, gate_max_alt_m: plausible fix heights above the WGS84 ellipsoid, m.
-        gate_reset_count: this many rejected fixes in a row that agree with each other
-            re-initialise the gate on them (the robot was moved, the GNSS re-converged).
-        gate_reset_s: no accepted fix for longer than this: the next rejected one
-            re-initialises the gate, s.
-        gate_degraded_s: poses up to this long after a rejected fix are degraded, s.
+        gate_*: the outlier gate on the fixes (:class:`GateConfig`).
     """
 
     datum: tuple[float, float, float] | None = None
@@ -620,19 +644,6 @@ class PoseConfig:
     course_gain: float = 0.3
     default_orientation_sigma_rad: float = 0.02
     unknown_orientation_cov_degrades: bool = True
-    gate_chi2: float = 16.27
-    gate_accel_mps2: float = 3.0
-    gate_jitter_m: float = 0.3
-    gate_window_s: float = 1.0
-    gate_max_speed_mps: float = 100.0
-    gate_min_alt_m: float = -500.0
-    gate_max_alt_m: float = 10000.0
-    gate_reset_count: int = 5
-    gate_reset_s: float = 10.0
-    gate_degraded_s: float = 1.0
-
-    def __post_init__(self) -> None:
-        _validate_gate(self)
 
 
 @dataclasses.dataclass
@@ -1146,7 +1157,7 @@ def odometry_sample_from_msg(msg: Any) -> OdometrySample:
 
 
 @dataclasses.dataclass(frozen=True)
-class OdometryPoseConfig:
+class OdometryPoseConfig(GateConfig):
     """Settings of :class:`OdometryPoseSource` (parameters ``pose.*`` and ``georef.datum_*``).
 
     Attributes:
@@ -1160,9 +1171,7 @@ class OdometryPoseConfig:
         default_attitude_sigma_rad: the same for the attitude block, rad.
         frame_id: expected header frame id (the ENU frame, e.g. output.enu_frame_id); a
             different one is counted and warned about once, not refused; '' = not checked.
-        gate_chi2, gate_accel_mps2, gate_jitter_m, gate_window_s, gate_max_speed_mps,
-            gate_min_alt_m, gate_max_alt_m, gate_reset_count, gate_reset_s, gate_degraded_s:
-            the outlier gate on the odometry positions, as in :class:`PoseConfig` (the height is
+        gate_*: the outlier gate on the odometry positions (:class:`GateConfig`; the height is
             that of the sample's position above the WGS84 ellipsoid).
         gate_max_rate_radps: highest plausible rotation rate between two samples (beyond 3
             sigma of their attitudes), rad/s.
@@ -1174,20 +1183,7 @@ class OdometryPoseConfig:
     default_position_sigma_m: float = 5.0
     default_attitude_sigma_rad: float = 0.05
     frame_id: str = ''
-    gate_chi2: float = 16.27
-    gate_accel_mps2: float = 3.0
-    gate_jitter_m: float = 0.3
-    gate_window_s: float = 1.0
-    gate_max_speed_mps: float = 100.0
-    gate_min_alt_m: float = -500.0
-    gate_max_alt_m: float = 10000.0
-    gate_reset_count: int = 5
-    gate_reset_s: float = 10.0
-    gate_degraded_s: float = 1.0
     gate_max_rate_radps: float = 5.0
-
-    def __post_init__(self) -> None:
-        _validate_gate(self)
 
 
 def _usable_cov(block: np.ndarray) -> np.ndarray | None:
