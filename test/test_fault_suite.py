@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from geo_depth_node.core.camera import (SUPPORTED_DISTORTION_MODELS, CameraModel, Rectifier,
@@ -147,6 +147,8 @@ def image_msgs(draw: st.DrawFn) -> NS:
 
 @FAST
 @given(msg=image_msgs(), mono16_max=st.integers(0, 65535))
+@example(msg=NS(header=header(), width=1, height=1, encoding='mono8', is_bigendian=0,
+                step=2 ** 64, data=b'\0'), mono16_max=0)  # a step no C long holds
 def test_image_decoder_refuses_or_decodes(msg: NS, mono16_max: int) -> None:
     """image_from_msg and to_gray8 (as the node calls them): a ValueError, or an (H, W[, C])
     array of the encoding's dtype and its (H, W) uint8 grey image."""
@@ -363,6 +365,7 @@ def test_camera_info_distortion_of_any_length_refuses_or_rectifies(model: str, n
 
 @FAULT
 @given(fx=log_uniform(-40, 40))
+@example(fx=1e-20)
 def test_camera_info_focal_length_of_any_magnitude(fx: float) -> None:
     """fx = fy from 1e-40 to 1e40 px: refused, or a camera the float32 frame path can use
     (finite focal lengths and pixel rays)."""
@@ -649,8 +652,31 @@ def _estimator(fixed: bool) -> Any:
                          Extrinsics.from_params(defaults()))
 
 
+def plain_fix(t_ns: int, cov: list[float] | None = None) -> NS:
+    """A good NavSatFix at 49 N 8.45 E (``cov`` replaces its covariance)."""
+    return NS(header=header(t_ns, 'gnss_link'), status=NS(status=0, service=1), latitude=49.0,
+              longitude=8.45, altitude=160.0,
+              position_covariance=cov or [0.01, 0.0, 0.0, 0.0, 0.01, 0.0, 0.0, 0.0, 0.04],
+              position_covariance_type=2)
+
+
+def plain_imu(t_ns: int, gyro: tuple[float, float, float] = (0.0, 0.0, 0.0),
+              orientation: bool = True) -> NS:
+    """A good Imu at rest (``orientation`` False: orientation_covariance[0] = -1)."""
+    return NS(header=header(t_ns, 'imu_link'), orientation=NS(x=0.0, y=0.0, z=0.0, w=1.0),
+              orientation_covariance=[1e-4, 0, 0, 0, 1e-4, 0, 0, 0, 1e-3] if orientation
+              else [-1.0] + [0.0] * 8, angular_velocity=_vec3(list(gyro)),
+              linear_acceleration=_vec3([0.0, 0.0, 9.8]))
+
+
 @FAULT
 @given(stream=pose_streams(('gnss', 'imu')), fixed=st.booleans())
+@example(stream=([('gnss', plain_fix(T0_NS)),
+                  ('gnss', plain_fix(T0_NS + 10 ** 6, [0.01, 0, 0, 0, 1e308, 0, 0, 0, 0.04]))],
+                 [T0_NS]), fixed=True)  # a covariance entry of 1e308
+@example(stream=([('imu', plain_imu(T0_NS, orientation=False)),
+                  ('imu', plain_imu(T0_NS + 10 ** 6, (1e308, 0.0, 0.0), orientation=False))],
+                 [T0_NS]), fixed=False)  # a finite but absurd rate in the tilt filter
 def test_gnss_imu_decoders_and_estimator(stream: tuple[list[tuple[str, NS]], list[int]],
                                          fixed: bool) -> None:
     """gnss_fix_from_msg / imu_sample_from_msg: a ValueError or a sample; PoseEstimator.add_*
@@ -709,6 +735,11 @@ def test_imu_orientation_that_is_not_a_unit_quaternion_is_refused(q: list[float]
 
 @FAULT
 @given(stream=pose_streams(('odometry',)))
+@example(stream=([('odometry', NS(
+    header=header(T0_NS, 'map'), child_frame_id='base_link',
+    pose=NS(pose=NS(position=_vec3([0.0, 0.0, 0.0]), orientation=NS(x=0.0, y=0.0, z=0.0, w=1.0)),
+            covariance=[1e308 if i in (0, 7) else 0.01 if i % 7 == 0 else 0.0
+                        for i in range(36)])))], [T0_NS]))  # covariance entries of 1e308
 def test_odometry_decoder_and_source(stream: tuple[list[tuple[str, NS]], list[int]]) -> None:
     """odometry_sample_from_msg: a ValueError or a sample; OdometryPoseSource.add_odometry and
     pose_at never raise, and a pose they give is finite and a rotation."""
@@ -752,14 +783,15 @@ def values_for(spec: ParamSpec) -> st.SearchStrategy[Any]:
     if spec.max_value is not None:
         near += [spec.max_value, spec.max_value + 1]
     if isinstance(d, float):
-        near += [NAN, INF, -INF, 1e308, int(d)]
+        near += [NAN, INF, -INF, 1e308, int(d), 10 ** 400]
     if isinstance(d, int) and not isinstance(d, bool):
         near += [float(d), d + 1, NAN]
     if isinstance(d, str):
         near += list(spec.choices) + [c.upper() for c in spec.choices] + ['', ' auto']
     if isinstance(d, tuple):
         n = len(d)
-        near += [tuple([0.0] * n), [0.0] * n, tuple([0.0] * (n + 1)), tuple([0] * n)]
+        near += [tuple([0.0] * n), [0.0] * n, tuple([0.0] * (n + 1)), tuple([0] * n),
+                 tuple([10 ** 400] * n)]
         tuples = st.lists(nasty_float(), min_size=n, max_size=n).map(tuple)
         return st.one_of(st.sampled_from(near), tuples, any_value())
     return st.one_of(st.sampled_from(near), any_value())
@@ -1017,6 +1049,9 @@ def hostile_fields(draw: st.DrawFn) -> tuple[str, Any]:
 
 @FAULT
 @given(hostile=hostile_fields(), shape=st.sampled_from(['list', 'flat']))
+@example(hostile=('survey_date', datetime.datetime(2020, 1, 1, 12, 0)), shape='list')  # YAML
+@example(hostile=('sigma_v_m', 10 ** 400), shape='flat')
+@example(hostile=('sigma_v_growth_m_per_year', 1e308), shape='list')
 def test_dem_source_with_one_hostile_field(hostile: tuple[str, Any], shape: str) -> None:
     """One source with every field valid (a survey date and a sigma growth included) but ONE,
     set to a hostile value: a ValueError naming it, or a spec that keeps its promises

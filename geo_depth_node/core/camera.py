@@ -35,6 +35,7 @@ DISTORTION_LENGTHS = {'plumb_bob': (0, 4, 5, 8, 12, 14),
                       '': (0, 4, 5, 8, 12, 14), 'equidistant': (0, 4)}
 #: plausibility bounds of a calibration (a value outside is a broken CameraInfo, not a camera):
 MAX_IMAGE_SIDE_PX = 32768  # width or height
+MIN_FOCAL_PX = 1.0  # fx, fy of K and P: below, pixel rays overflow float32
 MAX_FOCAL_PX = 1e6  # fx, fy of K and P (a 100 mm lens on 0.1 um pixels)
 MAX_PRINCIPAL_OFFSET = 10.0  # |cx| <= this * width, |cy| <= this * height
 MAX_BASELINE_M = 100.0  # stereo baseline |Tx / fx|
@@ -73,7 +74,7 @@ class CameraModel:
         R 3x3, P 3x4, all finite; a supported distortion model with a supported number of
         coefficients (:data:`DISTORTION_LENGTHS`); R a rotation (orthonormal, det +1, within
         :data:`ROTATION_TOL`; all-zero R = identity, as CameraInfo of monocular cameras);
-        P's focal lengths in (0, MAX_FOCAL_PX], its principal point within
+        P's focal lengths in [MIN_FOCAL_PX, MAX_FOCAL_PX], its principal point within
         MAX_PRINCIPAL_OFFSET image sizes, its last row (0, 0, 1, 0) and Ty = P[1, 3] = 0 (a
         horizontal rig); a stereo baseline |Tx / fx| <= MAX_BASELINE_M. K is checked where it
         is used (:class:`Rectifier`).
@@ -113,9 +114,10 @@ class CameraModel:
             raise ValueError(f'distortion model {distortion_model!r} takes '
                              f'{" or ".join(map(str, DISTORTION_LENGTHS[distortion_model]))} '
                              f'coefficients, D has {D.size}: {D.tolist()}')
-        if not (0 < P[0, 0] <= MAX_FOCAL_PX and 0 < P[1, 1] <= MAX_FOCAL_PX):
-            raise ValueError(f'P must have focal lengths in (0, {MAX_FOCAL_PX:g}] px, got '
-                             f'fx={P[0, 0]}, fy={P[1, 1]}')
+        if not (MIN_FOCAL_PX <= P[0, 0] <= MAX_FOCAL_PX
+                and MIN_FOCAL_PX <= P[1, 1] <= MAX_FOCAL_PX):
+            raise ValueError(f'P must have focal lengths in [{MIN_FOCAL_PX:g}, {MAX_FOCAL_PX:g}] '
+                             f'px, got fx={P[0, 0]}, fy={P[1, 1]}')
         if abs(P[0, 2]) > MAX_PRINCIPAL_OFFSET * width or \
                 abs(P[1, 2]) > MAX_PRINCIPAL_OFFSET * height:
             raise ValueError(f'P principal point ({P[0, 2]}, {P[1, 2]}) px is implausible for a '
@@ -245,17 +247,18 @@ class Rectifier:
 
     @staticmethod
     def check_intrinsics(model: CameraModel) -> None:
-        """K of a raw camera must be usable to undistort: finite focal lengths in
-        (0, MAX_FOCAL_PX], a principal point within MAX_PRINCIPAL_OFFSET image sizes and the
+        """K of a raw camera must be usable to undistort: focal lengths in
+        [MIN_FOCAL_PX, MAX_FOCAL_PX], a principal point within MAX_PRINCIPAL_OFFSET image sizes and the
         last row (0, 0, 1).
 
         Raises:
             ValueError: naming the bad value.
         """
         k = model.K
-        if not (0 < k[0, 0] <= MAX_FOCAL_PX and 0 < k[1, 1] <= MAX_FOCAL_PX):
-            raise ValueError(f'K must have focal lengths in (0, {MAX_FOCAL_PX:g}] px to rectify, '
-                             f'got fx={k[0, 0]}, fy={k[1, 1]}')
+        if not (MIN_FOCAL_PX <= k[0, 0] <= MAX_FOCAL_PX
+                and MIN_FOCAL_PX <= k[1, 1] <= MAX_FOCAL_PX):
+            raise ValueError(f'K must have focal lengths in [{MIN_FOCAL_PX:g}, {MAX_FOCAL_PX:g}] '
+                             f'px to rectify, got fx={k[0, 0]}, fy={k[1, 1]}')
         if abs(k[0, 2]) > MAX_PRINCIPAL_OFFSET * model.width or \
                 abs(k[1, 2]) > MAX_PRINCIPAL_OFFSET * model.height:
             raise ValueError(f'K principal point ({k[0, 2]}, {k[1, 2]}) px is implausible for a '

@@ -81,6 +81,10 @@ if TYPE_CHECKING:  # pragma: no cover
 _LOG = logging.getLogger(__name__)
 
 DEM_KINDS = ('dem', 'dsm')
+#: largest stated sigma of a source (sigma_v_m, sigma_h_m), m, and its growth, m/year: beyond,
+#: it is a typo, not an accuracy (and overflows the sigma maths)
+MAX_SIGMA_M = 1e4
+MAX_GROWTH_M_PER_YEAR = 1e3
 #: (lowest, highest) stored height in metres that can be terrain on the Earth; values outside
 #: (after scale and offset) are nodata: untagged fill values like 1e30, -1e30, -32768
 PLAUSIBLE_HEIGHT_M = (-500.0, 9000.0)
@@ -185,18 +189,28 @@ class DemSourceSpec:
         except geodesy.VerticalDatumError as e:
             raise bad('vertical_datum', str(e)) from e
         nums = {}
-        for f, lo, strict in (('sigma_v_m', 0.0, True), ('sigma_h_m', 0.0, False),
-                              ('sigma_v_growth_m_per_year', 0.0, False)):
+        for f, lo, strict, hi in (('sigma_v_m', 0.0, True, MAX_SIGMA_M),
+                                  ('sigma_h_m', 0.0, False, MAX_SIGMA_M),
+                                  ('sigma_v_growth_m_per_year', 0.0, False, MAX_GROWTH_M_PER_YEAR)):
             x = v[f]
-            if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)) \
-                    or not math.isfinite(float(x)):
+            if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
                 raise bad(f, 'must be a finite number')
-            if (float(x) <= lo) if strict else (float(x) < lo):
+            try:
+                xf = float(x)
+            except OverflowError:
+                xf = math.inf
+            if not math.isfinite(xf):
+                raise bad(f, 'must be a finite number')
+            if (xf <= lo) if strict else (xf < lo):
                 raise bad(f, f'must be {">" if strict else ">="} {lo}')
-            nums[f] = float(x)
+            if xf > hi:
+                raise bad(f, f'must be <= {hi:g} (a larger value is not an accuracy)')
+            nums[f] = xf
         sd = v['survey_date']
         if sd in ('', None):
             date = None
+        elif isinstance(sd, datetime.datetime):  # YAML gives a datetime for a timestamp
+            date = sd.date()
         elif isinstance(sd, datetime.date):
             date = sd
         elif isinstance(sd, str):

@@ -67,6 +67,9 @@ def decode_image(data: bytes | bytearray | memoryview | np.ndarray, width: int, 
     buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) \
         else data.reshape(-1).view(np.uint8)
     need = step * (height - 1) + row_bytes
+    if step > max(buf.size, row_bytes):  # a row step beyond the whole buffer (ROS: step * height)
+        raise ImageDecodeError(f'step {step} is larger than the image buffer ({buf.size} bytes) '
+                               f'for {width}x{height} {encoding}')
     if buf.size < need:
         raise ImageDecodeError(f'image buffer has {buf.size} bytes, {need} needed for '
                                f'{width}x{height} {encoding} with step {step}')

@@ -82,8 +82,7 @@ class ParamSpec:
         if t is tuple:
             n = len(self.default)
             if isinstance(value, (str, bytes)) or not hasattr(value, '__len__') \
-                    or len(value) != n or any(isinstance(v, bool) or not isinstance(v, (int, float))
-                                              or not math.isfinite(v) for v in value):
+                    or len(value) != n or any(_finite_float(v) is None for v in value):
                 raise ValueError(f'parameter {self.name}: expected {n} finite numbers, got '
                                  f'{value!r}')
             return tuple(float(v) for v in value)
@@ -97,9 +96,10 @@ class ParamSpec:
         elif t is float:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f'parameter {self.name}: expected number, got {value!r}')
-            value = float(value)
-            if not math.isfinite(value):
+            number = _finite_float(value)
+            if number is None:
                 raise ValueError(f'parameter {self.name}: expected a finite number, got {value}')
+            value = number
         elif t is str:
             if not isinstance(value, str):
                 raise ValueError(f'parameter {self.name}: expected string, got {value!r}')
@@ -116,6 +116,18 @@ class ParamSpec:
             raise ValueError(f'parameter {self.name}: {value} is not min {self.min_value} '
                              f'+ a multiple of {self.step}')
         return value
+
+
+def _finite_float(v: Any) -> float | None:
+    """``v`` as a finite float, or None (not a number, a bool, NaN, +-inf, or an integer too
+    large for a float)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
 
 
 PARAMETERS: tuple[ParamSpec, ...] = (
@@ -540,13 +552,21 @@ def _check_grid(out: Mapping[str, Any], n_sources: int) -> None:
                          f'extent, or raise the budget')
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-    """Flatten a nested mapping into dotted names (as ROS does with YAML parameters)."""
+def flatten(tree: Mapping[str, Any], prefix: str = '', _seen: tuple[int, ...] = ()
+            ) -> dict[str, Any]:
+    """Flatten a nested mapping into dotted names (as ROS does with YAML parameters).
+
+    Raises:
+        ValueError: a mapping that contains itself (YAML anchors can make one).
+    """
+    if id(tree) in _seen:
+        raise ValueError(f'parameter {prefix.rstrip(".")!r} contains itself (a recursive YAML '
+                         'anchor)')
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f'{prefix}{key}'
         if isinstance(value, Mapping):
-            flat.update(flatten(value, name + '.'))
+            flat.update(flatten(value, name + '.', (*_seen, id(tree))))
         else:
             flat[name] = value
     return flat
@@ -577,8 +597,14 @@ def load_params_yaml(path: str, node_name: str = 'geo_depth_node') -> dict[str, 
     """
     import yaml
 
-    with open(path, encoding='utf-8') as f:
-        doc = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding='utf-8') as f:
+            doc = yaml.safe_load(f) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ValueError(f'{path}: not a readable YAML params file: {exc}') from exc
+    if not isinstance(doc, Mapping):
+        raise ValueError(f'{path}: a params file is a mapping of node names, got '
+                         f'{type(doc).__name__}')
     section = None
     for key, value in doc.items():
         if key in (node_name, '/**') or str(key).rstrip('/').endswith('/' + node_name):
@@ -587,6 +613,9 @@ def load_params_yaml(path: str, node_name: str = 'geo_depth_node') -> dict[str, 
                 break
     if section is None:
         raise ValueError(f'{path}: no "{node_name}: ros__parameters:" section')
+    if not isinstance(section, Mapping):
+        raise ValueError(f'{path}: ros__parameters must be a mapping of names to values, got '
+                         f'{section!r}')
     flat = flatten(section)
     _LOG.debug('loaded %d parameters from %s', len(flat), path)
     return validate_params(flat, allow_unknown=ROS_ONLY_PARAMS)

@@ -128,6 +128,10 @@ STATUS_NO_FIX = -1
 STAMP_OUTLIER_NS = 1_000_000_000
 COV_UNKNOWN = 0
 GRAVITY = 9.80665
+#: an IMU reading beyond these is broken, not a motion (MEMS IMUs saturate near 35 rad/s and
+#: 16 g; shocks pass): refused as imu_bad
+MAX_GYRO_RADPS = 100.0
+MAX_ACCEL_MPS2 = 1000.0
 #: Rejections of an outlier gate are logged at most once per this many seconds (wall clock).
 GATE_LOG_THROTTLE_S = 5.0
 #: A quaternion whose norm differs from 1 by more than this is refused (ValueError); within
@@ -851,13 +855,11 @@ class PoseEstimator:
             self.frame = EnuFrame(fix.lat_deg, fix.lon_deg, fix.alt_m)
             _LOG.info('ENU datum set from the first good fix: %.8f %.8f %.3f m', fix.lat_deg,
                       fix.lon_deg, fix.alt_m)
-        unknown = fix.cov_type == COV_UNKNOWN or not np.all(np.isfinite(fix.cov)) \
-            or np.linalg.eigvalsh(0.5 * (fix.cov + fix.cov.T)).min() <= 0
+        cov = None if fix.cov_type == COV_UNKNOWN else _usable_cov(fix.cov, MAX_POSITION_VAR_M2)
+        unknown = cov is None
         if unknown:
             self.counts['gnss_unknown_cov'] += 1
             cov = np.eye(3) * self.config.default_gnss_sigma_m ** 2
-        else:
-            cov = np.asarray(fix.cov, dtype=np.float64)
         p = self.frame.geodetic_to_enu(fix.lat_deg, fix.lon_deg, fix.alt_m).reshape(3)
         why = _gate_test(cfg, self._gnss_t, self._gnss_entry,
                          self._gate.segment_start(self._gnss_t), t, p, cov)
@@ -904,10 +906,12 @@ class PoseEstimator:
 
     def _imu_problem(self, s: ImuSample) -> str | None:
         """Why ``s`` cannot be used (None when it can)."""
-        gyro_ok = not s.gyro_valid or bool(np.all(np.isfinite(s.gyro)))
-        accel_ok = not s.accel_valid or bool(np.all(np.isfinite(s.accel)))
+        gyro_ok = not s.gyro_valid or bool(np.all(np.abs(s.gyro) <= MAX_GYRO_RADPS))
+        accel_ok = not s.accel_valid or bool(np.all(np.abs(s.accel) <= MAX_ACCEL_MPS2))
         if not (gyro_ok and accel_ok):
-            return 'non-finite angular velocity or linear acceleration'
+            return (f'angular velocity {np.asarray(s.gyro).tolist()} rad/s or linear '
+                    f'acceleration {np.asarray(s.accel).tolist()} m/s^2 non-finite or beyond '
+                    f'{MAX_GYRO_RADPS:g} rad/s / {MAX_ACCEL_MPS2:g} m/s^2')
         if self._has_orientation(s):
             try:
                 _unit_quaternion(s.orientation_xyzw)
@@ -1186,17 +1190,24 @@ class OdometryPoseConfig(GateConfig):
     gate_max_rate_radps: float = 5.0
 
 
-def _usable_cov(block: np.ndarray) -> np.ndarray | None:
-    """(3, 3) block symmetrised, or None when it is non-finite, not symmetric or not
-    positive definite (an all-zero block is the ROS way of saying "unknown")."""
-    b = np.asarray(block, dtype=np.float64)
+#: largest usable variances of a message's covariance: larger ones say "unknown" as loudly as
+#: all-zero ones do (and overflow the maths downstream)
+MAX_POSITION_VAR_M2 = 1e12  # (1000 km)^2
+MAX_ATTITUDE_VAR_RAD2 = 100.0  # (10 rad)^2
+
+
+def _usable_cov(block: np.ndarray, max_var: float) -> np.ndarray | None:
+    """(3, 3) block symmetrised, or None when it is non-finite, not symmetric, not positive
+    definite or has a variance above ``max_var`` (an all-zero block is the ROS way of saying
+    "unknown")."""
+    b = np.asarray(block, dtype=np.float64).reshape(3, 3)
     if not np.all(np.isfinite(b)):
         return None
     scale = float(np.abs(b).max())
-    if scale == 0.0 or not np.allclose(b, b.T, rtol=0.0, atol=1e-9 * scale):
+    if scale == 0.0 or scale > max_var or not np.allclose(b, b.T, rtol=0.0, atol=1e-9 * scale):
         return None
     b = 0.5 * (b + b.T)
-    if np.linalg.eigvalsh(b).min() <= 0.0:
+    if np.linalg.eigvalsh(b / scale).min() <= 0.0:
         return None
     return b
 
@@ -1308,11 +1319,11 @@ class OdometryPoseSource:
         t, p, r, cov = item
         cfg = self.config
         reasons: list[str] = []
-        pos_cov = _usable_cov(cov[:3, :3])
+        pos_cov = _usable_cov(cov[:3, :3], MAX_POSITION_VAR_M2)
         if pos_cov is None:
             pos_cov = np.eye(3) * cfg.default_position_sigma_m ** 2
             reasons.append('odometry position covariance unknown: default sigma used')
-        att_cov = _usable_cov(cov[3:, 3:])
+        att_cov = _usable_cov(cov[3:, 3:], MAX_ATTITUDE_VAR_RAD2)
         if att_cov is None:
             att_cov = np.eye(3) * cfg.default_attitude_sigma_rad ** 2
             reasons.append('odometry attitude covariance unknown: default sigma used')

@@ -508,9 +508,28 @@ def build_parser() -> argparse.ArgumentParser:
       help='flood: fraction of right images lost (default 0.02)')
     a('--sync-queue-size', type=int, default=10, help='flood: sync.queue_size (default 10)')
     a('--queue-size', type=int, default=2, help='flood: processing_queue_size (default 2)')
+    a('--set', action='append', default=[], metavar='NAME=VALUE',
+      help='soak: extra pipeline parameter (YAML value), e.g. dem.sigma_points=false; repeatable')
     a('--seed', type=int, default=0, help='world / image seed (default 0)')
     a('--json', action='store_true', help='print one JSON object (progress lines on stderr)')
     return p
+
+
+def _parse_sets(items: list[str]) -> dict[str, Any]:
+    """['name=value', ...] -> {name: value} (YAML scalars: 1, 0.5, true, text).
+
+    Raises:
+        ValueError: an item without '='.
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition('=')
+        if not sep or not name.strip():
+            raise ValueError(f'--set wants NAME=VALUE, got {item!r}')
+        out[name.strip()] = yaml.safe_load(value)
+    return out
 
 
 def _soak_problems(rep: dict[str, Any], max_growth_mb: float) -> list[str]:
@@ -573,7 +592,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 world = load_soak_world(a.workdir or tmp, width=width, height=height,
                                         world_frames=a.world_frames, seed=a.seed,
-                                        num_disparities=a.disparities, pose_source=a.pose)
+                                        num_disparities=a.disparities, pose_source=a.pose,
+                                        params=_parse_sets(a.set))
             except ValueError as exc:
                 p.error(str(exc))
             rep = run_soak(world, a.frames, every=a.every, warmup=a.warmup, report=say)
