@@ -878,8 +878,8 @@ def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, 
         'stamps_ns': {'first': rep.stamps[0] if rep.stamps else None,
                       'last': rep.stamps[-1] if rep.stamps else None},
         'frame_ids': sorted(rep.frame_ids),
-        'input_topics': {**in_topics, **{k: pose_in[k] for k, (_r, _t, kind) in
-                                         POSE_INPUTS.items() if pose_in[k] in pose_topics}},
+        'input_topics': {**in_topics, **{k: pose_in[k] for k in POSE_INPUTS
+                                         if pose_in[k] in pose_topics}},
         'input_problems': dict(rep.stats.input_problems),
         'processing_errors': rep.stats.processing_errors,
         # the node's /diagnostics counters at the end (core.frame_stats), same keys
