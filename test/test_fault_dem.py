@@ -219,6 +219,44 @@ def test_dem_file_failing_after_start_up_costs_priors_not_frames(tmp_path, caplo
     assert any('height grid build failed' in r.message for r in caplog.records)
 
 
+def test_one_unreadable_source_costs_only_its_own_priors(tmp_path, caplog):
+    """Two sources over the same area: 'local' (priority 1) and 'fallback'. The local file
+    vanishes before the first grid build: the grid is built from the fallback, every PRIOR
+    point still lies on the DEM, and prior_problem names the local source and file. Before,
+    one unreadable file aborted the whole build: no prior from any source."""
+    local = _write_dem(tmp_path / 'local.tif')
+    fallback = _write_dem(tmp_path / 'fallback.tif')
+    params = _params(local)
+    params['dem.sources'] = 'local, fallback'
+    for key in [k for k in params if k.startswith('dem.source.flat.')]:
+        value = params.pop(key)
+        field = key.rsplit('.', 1)[1]
+        params[f'dem.source.local.{field}'] = value
+        params[f'dem.source.fallback.{field}'] = value
+    params.update({'dem.source.local.id': 1, 'dem.source.local.priority': 1,
+                   'dem.source.fallback.id': 2, 'dem.source.fallback.path': fallback})
+    pipe = DepthPipeline(params)
+    pipe.test_next_k = -20
+    os.remove(local)
+    res = _frame(pipe, 0.5)
+    c = _classes(res)
+    assert res.pose_status == 'ok' and c['PRIOR'] > 3000 and c['MEASURED'] > 1500, c
+    assert np.all(res.source[res.provenance == Provenance.PRIOR] == 2)
+    assert np.abs(_prior_heights(res) - H0).max() < 0.01
+    assert "DEM source 'local'" in res.prior_problem and local in res.prior_problem
+    assert 'other tiles and sources are used' in res.prior_problem
+    # the file is back: after the retry period the grid is rebuilt with it
+    prior = pipe.georef.prior
+    now = [0.0]
+    prior.clock = lambda: now[0]
+    prior._failed_at = now[0]
+    _write_dem(tmp_path / 'local.tif')
+    now[0] += DEM_GRID_RETRY_S + 0.1
+    res = _frame(pipe, 1.0)
+    assert res.prior_problem == ''
+    assert np.all(res.source[res.provenance == Provenance.PRIOR] == 1)
+
+
 # ----------------------------------------------------------------- nodata under the camera
 @pytest.fixture(scope='module')
 def hole_runs(tmp_path_factory):

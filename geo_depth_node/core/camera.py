@@ -29,10 +29,11 @@ _LOG = logging.getLogger(__name__)
 SUPPORTED_DISTORTION_MODELS = ('plumb_bob', 'rational_polynomial', 'equidistant', '')
 #: numbers of distortion coefficients each model accepts (0 = no distortion): OpenCV's
 #: k1 k2 p1 p2 [k3 [k4 k5 k6 [s1 s2 s3 s4 [tx ty]]]] for plumb_bob / rational_polynomial / '',
-#: k1 k2 k3 k4 for equidistant (OpenCV fisheye)
+#: k1 k2 k3 k4 for equidistant (OpenCV fisheye; drivers pad D to 5 or 14 with zeros, accepted
+#: when the padding is zero)
 DISTORTION_LENGTHS = {'plumb_bob': (0, 4, 5, 8, 12, 14),
                       'rational_polynomial': (0, 4, 5, 8, 12, 14),
-                      '': (0, 4, 5, 8, 12, 14), 'equidistant': (0, 4)}
+                      '': (0, 4, 5, 8, 12, 14), 'equidistant': (0, 4, 5, 8, 12, 14)}
 #: plausibility bounds of a calibration (a value outside is a broken CameraInfo, not a camera):
 MAX_IMAGE_SIDE_PX = 32768  # width or height
 MIN_FOCAL_PX = 1.0  # fx, fy of K and P: below, pixel rays overflow float32
@@ -114,6 +115,9 @@ class CameraModel:
             raise ValueError(f'distortion model {distortion_model!r} takes '
                              f'{" or ".join(map(str, DISTORTION_LENGTHS[distortion_model]))} '
                              f'coefficients, D has {D.size}: {D.tolist()}')
+        if distortion_model == 'equidistant' and np.any(D[4:]):
+            raise ValueError(f'distortion model equidistant takes 4 coefficients (k1..k4); D has '
+                             f'non-zero entries after the fourth: {D.tolist()}')
         if not (MIN_FOCAL_PX <= P[0, 0] <= MAX_FOCAL_PX
                 and MIN_FOCAL_PX <= P[1, 1] <= MAX_FOCAL_PX):
             raise ValueError(f'P must have focal lengths in [{MIN_FOCAL_PX:g}, {MAX_FOCAL_PX:g}] '

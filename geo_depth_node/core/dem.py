@@ -316,6 +316,13 @@ class DemReadError(OSError):
         self.source = source
         self.path = path
 
+    @classmethod
+    def joined(cls, problems: list[str]) -> 'DemReadError':
+        """One error for several read problems (their texts joined by '; ')."""
+        err = cls('', '', '')
+        err.args = ('; '.join(problems),)
+        return err
+
 
 @dataclasses.dataclass
 class _Tile:
@@ -362,12 +369,19 @@ class _RasterGroup:
         u, v = self._to_src.transform(lon, lat)
         return np.asarray(u, dtype=np.float64), np.asarray(v, dtype=np.float64)
 
-    def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    def read(self, r0: int, r1: int, c0: int, c1: int, problems: list[str] | None = None
+             ) -> np.ndarray:
         """Mosaic of reference-grid rows [r0, r1) and columns [c0, c1), float64, NaN = no data
         (nodata tag, mask, NaN, or outside :data:`PLAUSIBLE_HEIGHT_M` after scale and offset).
 
+        Args:
+            problems: when given, a tile that cannot be read is left as no data and the reason
+                (:class:`DemReadError` text) appended here, so one broken tile or source costs
+                only its own area; None: raise.
+
         Raises:
-            DemReadError: a tile cannot be opened or read (naming the source and the file).
+            DemReadError: a tile cannot be opened or read (naming the source and the file),
+                when ``problems`` is None.
         """
         import rasterio
         from rasterio.errors import RasterioError
@@ -381,14 +395,20 @@ class _RasterGroup:
                 continue
             win = Window(cc0 - t.col_off, rr0 - t.row_off, cc1 - cc0, rr1 - rr0)
             try:
-                with rasterio.open(t.path) as ds:
-                    a = ds.read(self.band, window=win).astype(np.float64)
-                    mask = ds.read_masks(self.band, window=win)
-            except (RasterioError, OSError) as exc:
-                raise DemReadError(self.name, t.path, str(exc)) from exc
-            if a.shape != (rr1 - rr0, cc1 - cc0):  # the file was replaced by another raster
-                raise DemReadError(self.name, t.path, f'read a {a.shape} window where '
-                                   f'{(rr1 - rr0, cc1 - cc0)} was expected (file changed?)')
+                try:
+                    with rasterio.open(t.path) as ds:
+                        a = ds.read(self.band, window=win).astype(np.float64)
+                        mask = ds.read_masks(self.band, window=win)
+                except (RasterioError, OSError) as exc:
+                    raise DemReadError(self.name, t.path, str(exc)) from exc
+                if a.shape != (rr1 - rr0, cc1 - cc0):  # the file was replaced by another raster
+                    raise DemReadError(self.name, t.path, f'read a {a.shape} window where '
+                                       f'{(rr1 - rr0, cc1 - cc0)} was expected (file changed?)')
+            except DemReadError as exc:
+                if problems is None:
+                    raise
+                problems.append(str(exc))  # this tile's area stays without data
+                continue
             bad = (mask == 0) | ~np.isfinite(a)
             if t.nodata is not None and np.isfinite(t.nodata):
                 bad |= a == t.nodata
@@ -415,8 +435,10 @@ class _RasterGroup:
         return (min(t.row_off for t in self.tiles), max(t.row_off + t.height for t in self.tiles),
                 min(t.col_off for t in self.tiles), max(t.col_off + t.width for t in self.tiles))
 
-    def sample(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """Bilinear sample between pixel centres at source-CRS (u, v); NaN outside / nodata."""
+    def sample(self, u: np.ndarray, v: np.ndarray, problems: list[str] | None = None
+               ) -> np.ndarray:
+        """Bilinear sample between pixel centres at source-CRS (u, v); NaN outside / nodata
+        (and over tiles that cannot be read, see :meth:`read` for ``problems``)."""
         u = np.asarray(u, dtype=np.float64)
         v = np.asarray(v, dtype=np.float64)
         out = np.full(u.shape, np.nan)
@@ -436,7 +458,7 @@ class _RasterGroup:
         c0, c1 = max(c0, ec0), min(c1, ec1)
         if r1 - r0 < 2 or c1 - c0 < 2:
             return out
-        win = self.read(r0, r1, c0, c1)
+        win = self.read(r0, r1, c0, c1, problems)
         rl, cl = rf[ok] - r0, cf[ok] - c0
         i = np.clip(np.floor(rl), 0, win.shape[0] - 2).astype(np.int64)
         j = np.clip(np.floor(cl), 0, win.shape[1] - 2).astype(np.int64)
@@ -652,7 +674,10 @@ class LocalHeightGrid:
         self.lattice_stride = max(1, int(round(lattice_m / self.cell_m)))
         self.epoch = epoch
         self.field: HeightField | None = None
-        self.builds = 0
+        self.builds = 0  # grids built and taken into use
+        #: why the last build missed data (unreadable tiles, their DemReadError texts)
+        self.last_read_problems: list[str] = []
+        self.last_data_fraction = 0.0  # share of grid nodes with data in the last build
 
     @property
     def specs_by_id(self) -> dict[int, DemSourceSpec]:
@@ -675,17 +700,25 @@ class LocalHeightGrid:
         m = self.retile_margin_m
         return not (x0 + m <= p[0] <= x1 - m and y0 + m <= p[1] <= y1 - m)
 
-    def retile_if_needed(self, position_enu: Any) -> bool:
-        """Rebuild the grid around ``position_enu`` if needed; returns True if it was rebuilt.
+    def retile_if_needed(self, position_enu: Any, force: bool = False) -> bool:
+        """Rebuild the grid around ``position_enu`` if needed (or ``force``); returns True if
+        it was rebuilt.
+
+        A tile that cannot be read costs only its own area: the grid is built from the rest
+        and :attr:`last_read_problems` names what was missing ([] when nothing was).
 
         Raises:
-            DemReadError: a source file cannot be read now; ``field`` keeps the previous grid
-                (or None).
+            DemReadError: tiles could not be read and nothing else had data: ``field`` keeps
+                the previous grid (or None).
         """
-        if not self.needs_retile(position_enu):
+        if not force and not self.needs_retile(position_enu):
             return False
         p = np.asarray(position_enu, dtype=np.float64).reshape(-1)
-        self.field = self.build_field(float(p[0]), float(p[1]))
+        field = self.build_field(float(p[0]), float(p[1]))
+        if self.last_read_problems and self.last_data_fraction == 0.0:
+            raise DemReadError.joined(self.last_read_problems)
+        self.field = field
+        self.builds += 1
         return True
 
     def build_field(self, x_center: float, y_center: float) -> 'HeightField':
@@ -708,22 +741,29 @@ class LocalHeightGrid:
         n = 2 * self.half_cells + 1
         xs = cx + self.cell_m * np.arange(-self.half_cells, self.half_cells + 1, dtype=np.float64)
         ys = cy + self.cell_m * np.arange(-self.half_cells, self.half_cells + 1, dtype=np.float64)
-        h, src, sv, sh = self.sample_nodes(xs, ys)
+        problems: list[str] = []
+        h, src, sv, sh = self.sample_nodes(xs, ys, problems=problems)
+        self.last_read_problems = list(dict.fromkeys(problems))
+        self.last_data_fraction = float(np.isfinite(h).mean())
         dev = resolve_device(self.device)
         tdt = torch.float32 if self.dtype == 'float32' else torch.float64
         field = HeightField(torch.as_tensor(h, dtype=tdt).to(dev), float(xs[0]), float(ys[0]),
                             self.cell_m, source=torch.as_tensor(src, dtype=torch.int32).to(dev),
                             sigma_v=torch.as_tensor(sv, dtype=tdt).to(dev),
                             sigma_h=torch.as_tensor(sh, dtype=tdt).to(dev), frame=self.frame)
-        self.builds += 1
         _LOG.info('built %dx%d height grid (cell %.2f m) at ENU (%.1f, %.1f): %.1f %% data, %.2f s',
                   n, n, self.cell_m, cx, cy, 100.0 * float(np.isfinite(h).mean()),
                   time.perf_counter() - t_start)
         return field
 
     def sample_nodes(self, xs: np.ndarray, ys: np.ndarray, *, max_iter: int = 5,
-                     tol_m: float = 1e-4) -> tuple[np.ndarray, ...]:
+                     tol_m: float = 1e-4, problems: list[str] | None = None
+                     ) -> tuple[np.ndarray, ...]:
         """Terrain ENU z at the nodes of the grid ``xs`` (Nx,) x ``ys`` (Ny,) (ENU metres).
+
+        ``problems``: see :meth:`_RasterGroup.read` (None: an unreadable tile raises
+        DemReadError; a list: it is no data and its reason is appended, the other tiles and
+        sources fill the grid).
 
         Returns:
             (height (Ny, Nx) float64 ENU z, NaN = no data; source id (Ny, Nx) int32, 0 = none;
@@ -799,7 +839,7 @@ class LocalHeightGrid:
                     wn = w[need]
                     u = uv[0][0][need] + (uv[1][0][need] - uv[0][0][need]) * wn
                     v = uv[0][1][need] + (uv[1][1][need] - uv[0][1][need]) * wn
-                    val[need] = g.sample(u, v)
+                    val[need] = g.sample(u, v, problems)
                 got = todo & np.isfinite(val)
                 h_ell[got] = val[got] + und[got]
                 source[got] = s.spec.id

@@ -98,11 +98,13 @@ class GeoPrior:
         retry_s: seconds between attempts to build the height grid after a failed build
             (default :data:`DEM_GRID_RETRY_S`).
 
-    A DEM file that vanishes or becomes unreadable after start-up costs the priors, never the
-    frame: :meth:`update_grid` catches the failure of a grid (re)build, keeps the grid it had
-    (None before the first build; a frame without a grid keeps its stereo points, NONE ones
-    get PRIOR_UNAVAILABLE), says why in :attr:`grid_problem`, and tries again at most every
-    ``retry_s`` seconds (``clock``, time.monotonic), so the priors come back with the file.
+    A DEM file that vanishes or becomes unreadable after start-up costs the priors of its own
+    area, never the frame nor the other sources: a grid (re)build reads every tile it can and
+    leaves the unreadable ones without data; when nothing with data could be read it fails and
+    :meth:`update_grid` keeps the grid it had (None before the first build; a frame without a
+    grid keeps its stereo points, NONE ones get PRIOR_UNAVAILABLE). Either way it says why in
+    :attr:`grid_problem` and tries again at most every ``retry_s`` seconds (``clock``,
+    time.monotonic), so the priors come back with the file.
     """
 
     #: why the last grid (re)build failed ('' = the grid is current); see update_grid
@@ -110,6 +112,7 @@ class GeoPrior:
     retry_s: float = DEM_GRID_RETRY_S
     clock: Callable[[], float] = staticmethod(time.monotonic)
     _failed_at: float | None = None  # clock() of the last failed build
+    _partial = False  # the grid was built without some unreadable tiles: rebuild on retry
 
     def __init__(self, specs: list, frame: EnuFrame, *, cell_m: float = 2.0,
                  half_extent_m: float = 1500.0, retile_margin_m: float = 500.0,
@@ -155,7 +158,8 @@ class GeoPrior:
             return self.grid_problem  # throttled: the last attempt failed too recently
         had = getattr(self.grid, 'field', None) is not None
         try:
-            self.grid.retile_if_needed(p_enu)
+            # a grid built without some unreadable tiles is rebuilt at the next attempt
+            rebuilt = self.grid.retile_if_needed(p_enu, force=self._partial)
         except Exception as exc:  # noqa: BLE001 - any failure costs the priors, not the frame
             from .dem import DemReadError
 
@@ -171,8 +175,18 @@ class GeoPrior:
                               'no height grid: stereo only') +
                 f', retrying every {self.retry_s:g} s')
             return self.grid_problem
+        missing = list(getattr(self.grid, 'last_read_problems', [])) if rebuilt else []
+        if missing:  # built from what could be read: those areas have no prior
+            _LOG.error('height grid built without unreadable DEM data: %s', '; '.join(missing))
+            self._partial = True
+            self._failed_at = self.clock()
+            self.grid_problem = (f'{"; ".join(missing)}; the height grid has no data there '
+                                 f'(the other tiles and sources are used), retrying every '
+                                 f'{self.retry_s:g} s')
+            return self.grid_problem
         if self.grid_problem:
-            _LOG.info('height grid built again; priors are back (%s)', self.grid_problem)
+            _LOG.info('height grid current again; priors are back (%s)', self.grid_problem)
+        self._partial = False
         self._failed_at = None
         self.grid_problem = ''
         return ''

@@ -813,6 +813,13 @@ def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, 
                         if problem is not None:
                             rep.problem(*problem)
                         run_ready(now_ns)
+                        if finished and not pending:
+                            break
+                        continue
+                    if finished:  # past --frames: only the pose inputs the last frames wait for
+                        if not pending:
+                            break
+                        run_ready(now_ns)
                         continue
                     st = stamp_ns(msg)
                     if st <= 0:
@@ -832,7 +839,7 @@ def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, 
                             break
                         pending.append((index, frame, now_ns))
                     run_ready(now_ns)
-                    if finished:
+                    if finished and not pending:
                         break
             except BagError as exc:  # damage found while reading: keep what was read
                 rep.bag_error = str(exc)
