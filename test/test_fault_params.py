@@ -255,7 +255,14 @@ def test_dem_source_numbers_refuse_non_finite_values(field):
 
 def test_height_grid_over_the_memory_budget_is_refused_at_start_up():
     """dem.grid_cell_m 0.1 or dem.grid_half_extent_m 20000 asked for GiBs per array on the
-    first frame; now start-up refuses them and says how much they would need."""
+    first frame; now start-up refuses them and says how much they would need. Without DEM
+    sources no grid is built, so the grid parameters are not checked against the budget."""
+    def dem(**kw):
+        return {'dem.sources': 'srtm', 'dem.source.srtm.path': '/data/srtm.tif',
+                'dem.source.srtm.id': 1, 'dem.source.srtm.kind': 'dem',
+                'dem.source.srtm.vertical_datum': 'egm96', 'dem.source.srtm.sigma_v_m': 5.0,
+                'dem.source.srtm.sigma_h_m': 10.0, **kw}
+
     spec = PARAMS_BY_NAME['dem.max_grid_memory_mb']
     assert spec.read_only and spec.units == 'MB'
     budget = spec.default
@@ -263,19 +270,20 @@ def test_height_grid_over_the_memory_budget_is_refused_at_start_up():
     assert need > 50 * budget
     with pytest.raises(ValueError, match=rf'30001 x 30001 height grid that needs about '
                                          rf'{need:,.0f} MB.*dem\.max_grid_memory_mb {budget}'):
-        validate_params({'dem.grid_cell_m': 0.1})
+        validate_params(dem(**{'dem.grid_cell_m': 0.1}))
     with pytest.raises(ValueError, match=r'20001 x 20001 height grid that needs about [\d,]+ MB'):
-        validate_params({'dem.grid_half_extent_m': 20000.0})
+        validate_params(dem(**{'dem.grid_half_extent_m': 20000.0}))
     # more sources, more work arrays per node
     assert grid_memory_mb(2.0, 1500.0, 3) > grid_memory_mb(2.0, 1500.0, 1)
     # the defaults fit with a wide margin; a larger budget admits a finer grid
     assert grid_memory_mb(2.0, 1500.0) < budget / 4
-    validate_params({})
-    validate_params({'dem.grid_cell_m': 0.5, 'dem.max_grid_memory_mb': 20000})
+    validate_params(dem())
+    validate_params(dem(**{'dem.grid_cell_m': 0.5, 'dem.max_grid_memory_mb': 20000}))
+    validate_params({'dem.grid_cell_m': 0.1})  # stereo only: no grid, no budget
     with pytest.raises(ValueError, match=r'dem\.grid_half_extent_m \(60\.0\) must be >= '
                                          r'dem\.grid_cell_m \(100\.0\)'):
-        validate_params({'dem.grid_cell_m': 100.0, 'dem.grid_half_extent_m': 60.0,
-                         'dem.grid_retile_margin_m': 10.0, 'dem.max_range_m': 10.0})
+        validate_params(dem(**{'dem.grid_cell_m': 100.0, 'dem.grid_half_extent_m': 60.0,
+                               'dem.grid_retile_margin_m': 10.0, 'dem.max_range_m': 10.0}))
 
 
 def test_shipped_and_generated_params_pass_the_new_checks():

@@ -144,6 +144,25 @@ def test_a_future_stamp_is_dropped_and_the_stream_goes_on(kind):
     assert est.pose_at(stamp)[0] is None
 
 
+def test_a_future_fix_never_brackets_a_frame():
+    """Right after a fix stamped a day ahead, before the next fix shows it was stray: a frame
+    between the last good fix and the next one is 'after the newest' (the worker waits for
+    the next fix) and, once that fix is in, gets the pose of the stream without the stray one.
+    Before, the stray fix was buffered and the frame got 'GNSS: gap of 86400.00 s' (no wait,
+    no pose)."""
+    events = [e for e in _events() if e[0] <= 3.0 + 1e-9]
+    ref = _feed(_estimator(), _events())
+    est = _feed(_estimator(), events)
+    est.add_gnss(_fix(3.05, stamp=_ns(3.0) + FUTURE_NS))
+    for t in (3.01, 3.02, 3.03, 3.04, 3.05, 3.06, 3.07, 3.08, 3.09, 3.1):
+        est.add_imu(_imu(t))
+    pose, why = est.pose_at(_ns(3.05))
+    assert pose is None and 'after the newest' in why, why
+    est.add_gnss(_fix(3.1))
+    _same_pose(ref, est, (3.02, 3.05, 3.08))
+    assert est.counts['gnss_stamp_outliers'] == 1 and est.counts['time_jumps'] == 0
+
+
 def test_a_real_loop_still_starts_the_buffers_over():
     """The whole stream replayed from the start (ros2 bag play --loop): one time jump, the
     poses after the loop are those of the first pass, nothing counted as late."""

@@ -58,13 +58,13 @@ class FrameStats:
         self.max_camera_above_dem_m = float(max_camera_above_dem_m)
         self._latency: dict[str, collections.deque] = collections.defaultdict(
             lambda: collections.deque(maxlen=window))
-        self.frame_latency: dict[str, float] = {}  # stages of the last frame, ms
         self._fractions = {p.name: 0.0 for p in Provenance}
         self._georef: dict[str, float] = {}
         self.frames_done = 0
         self._frames_in_period = 0
         self.input_problems: collections.Counter = collections.Counter()
         self._last_problem = ''
+        self._last_doubt = ''
         self.processing_errors = 0
         self._errors_in_period = 0
         self._last_error = ''
@@ -77,11 +77,15 @@ class FrameStats:
         self._steps: collections.deque = collections.deque(maxlen=PERIOD_WINDOW)
 
     # ---------------------------------------------------------------- inputs
-    def input_problem(self, kind: str, text: str) -> None:
-        """Count one bad or doubtful input of ``kind`` (``input_problem.<kind>``)."""
+    def input_problem(self, kind: str, text: str, *, doubtful: bool = False) -> None:
+        """Count one bad input of ``kind`` (``input_problem.<kind>``); ``doubtful``: an input
+        that was used all the same (it WARNs only when nothing more important does)."""
         with self._lock:
             self.input_problems[kind] += 1
-            self._last_problem = text
+            if doubtful:
+                self._last_doubt = text
+            else:
+                self._last_problem = text
 
     def processing_error(self, exc: BaseException) -> None:
         """Count one frame whose processing raised ``exc`` (not a bad-input ValueError)."""
@@ -109,8 +113,7 @@ class FrameStats:
                 if period > 0 and step > GAP_FACTOR * period:
                     missing = int(round(step / period)) - 1
                     self.frames_missing += missing
-            if missing == 0:
-                self._steps.append(step)
+            self._steps.append(step)  # gaps too: the median follows a camera that slows down
             return missing
 
     # ---------------------------------------------------------------- frames
@@ -120,7 +123,6 @@ class FrameStats:
         with self._lock:
             for k, v in stages.items():
                 self._latency[k].append(float(v))
-            self.frame_latency = dict(stages)
             self._fractions = fractions
             self._georef = dict(result.georef_stats)
             if result.pose_status != 'off':
@@ -174,13 +176,14 @@ class FrameStats:
                     values[f'latency_ms.{stage}.max'] = float(arr.max())
         return values
 
-    def status(self, pose_counts: Mapping[str, int] | None = None) -> tuple[int, str]:
+    def status(self) -> tuple[int, str]:
         """(level, text) of the period that ends now; starts the next period.
 
         ERROR when processing raised in the period (the exception named); WARN for an input
         problem, no frames, priors missing for a reason the frame names (a DEM file that
         failed, no DEM data under the camera: FrameResult.prior_problem), frames without a
-        pose, or a camera too close to / too far above the DEM; OK otherwise.
+        pose, a camera too close to / too far above the DEM, or (last) a doubtful input that
+        was used; OK otherwise.
         """
         from .geoprior import clearance_warning
 
@@ -190,9 +193,10 @@ class FrameStats:
                 self._last_error
             no_pose, last_no_pose = self._no_pose_in_period, self._last_no_pose
             prior_problem = self._prior_problem
+            doubt = self._last_doubt
             georef = dict(self._georef)
             self._frames_in_period = self._errors_in_period = self._no_pose_in_period = 0
-            self._last_problem = self._prior_problem = ''
+            self._last_problem = self._prior_problem = self._last_doubt = ''
         if errors:
             return ERROR, (f'processing failed for {errors} frame(s) in the last period: '
                            f'{last_error}')
@@ -207,4 +211,6 @@ class FrameStats:
                           'stereo only there, NONE points flagged PRIOR_UNAVAILABLE')
         if clearance := clearance_warning(georef, self.max_camera_above_dem_m):
             return WARN, clearance
+        if doubt:
+            return WARN, f'doubtful input used: {doubt}'
         return OK, f'{frames} frame(s) processed'

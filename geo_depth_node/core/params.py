@@ -503,7 +503,8 @@ def validate_params(values: Mapping[str, Any], *, allow_unknown: Iterable[str] =
         raise ValueError(f'parameter pose.gate_max_alt_m ({out["pose.gate_max_alt_m"]}) must '
                          f'exceed pose.gate_min_alt_m ({out["pose.gate_min_alt_m"]})')
     _check_stereo(out)
-    _check_grid(out, len(names))
+    if names:  # no height grid without DEM sources
+        _check_grid(out, len(names))
     return out
 
 
@@ -511,8 +512,12 @@ def _check_stereo(out: Mapping[str, Any]) -> None:
     """Raise ValueError for ``stereo.*`` combinations the matchers cannot run."""
     from .stereo import sgbm_penalties  # the OpenCV SGBM limits live with the matcher
 
-    sgbm_penalties(out['stereo.block_size'], out['stereo.p1'], out['stereo.p2'],
-                   out['stereo.pre_filter_cap'])
+    if out['stereo.matcher'] != 'sgm_torch':  # OpenCV's 16-bit costs ('auto' may pick it)
+        sgbm_penalties(out['stereo.block_size'], out['stereo.p1'], out['stereo.p2'],
+                       out['stereo.pre_filter_cap'])
+    elif out['stereo.p1'] and out['stereo.p2'] and out['stereo.p2'] <= out['stereo.p1']:
+        raise ValueError(f'parameter stereo.p2 ({out["stereo.p2"]}) must exceed stereo.p1 '
+                         f'({out["stereo.p1"]})')
     nd = out['stereo.num_disparities']
     if out['stereo.matcher'] == 'sgm_torch' and nd > _SGM_TORCH_MAX_DISPARITIES:
         raise ValueError(f'parameter stereo.num_disparities ({nd}) must be <= '

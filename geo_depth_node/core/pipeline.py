@@ -351,7 +351,7 @@ class DepthPipeline:
         convert, name = self.POSE_MESSAGES[kind]
         try:
             sample = getattr(pose, convert)(msg)
-        except (ValueError, TypeError, OverflowError) as exc:
+        except (ValueError, TypeError, OverflowError, AttributeError) as exc:
             return f'bad_{kind}', f'{name} ignored: {exc}'
         if sample.stamp_ns <= 0:
             return 'zero_stamp', f'{name}: message with a zero stamp ignored'

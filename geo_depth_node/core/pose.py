@@ -568,7 +568,7 @@ def _count_late(counts: dict[str, int], kind: str, late: list[tuple[int, Any]],
     """Count the samples a StampGuard answered late: ``<kind>_stamp_outliers`` when more than
     STAMP_OUTLIER_NS older than the newest stamp of the stream, else ``<kind>_out_of_order``."""
     for stamp, _item in late:
-        far = newest is not None and newest - stamp > STAMP_OUTLIER_NS
+        far = newest is not None and abs(newest - stamp) > STAMP_OUTLIER_NS
         counts[f'{kind}_stamp_outliers' if far else f'{kind}_out_of_order'] += 1
         _LOG.debug('%s sample at %d ns dropped: %s', kind, stamp,
                    'stray stamp' if far else 'out of order')
@@ -720,7 +720,12 @@ class PoseEstimator:
         self._yaw_known = False
         self._yaw_sigma = math.pi
         self._speed = 0.0  # m/s over ground from GNSS (>= 1 s baseline)
-        self._guards: dict[str, StampGuard[Any]] = {'gnss': StampGuard(), 'imu': StampGuard()}
+        # a sample more than the bracketing gap after the newest waits for the next one: a
+        # stray future stamp is then dropped, never bracketed (it would cost every frame up to
+        # the confirming sample its pose: 'gap of ... s')
+        self._guards: dict[str, StampGuard[Any]] = {
+            'gnss': StampGuard(max_ahead_ns=int(round(config.max_gnss_gap_s * 1e9))),
+            'imu': StampGuard(max_ahead_ns=int(round(config.max_imu_gap_s * 1e9)))}
         self._gate = _OutlierGate('GNSS fix', 'GNSS')
         self._warned: set[str] = set()
         self.counts = {'gnss_no_fix': 0, 'gnss_unknown_cov': 0, 'gnss_zero_stamp': 0,
@@ -741,6 +746,8 @@ class PoseEstimator:
         d = guard.check(stamp_ns, item)
         _count_late(self.counts, kind, d.late, guard.newest)
         if d.verdict is Verdict.ACCEPT:
+            for _stamp, earlier in d.before:  # a sample far ahead that this one confirmed
+                self._take(kind, earlier)
             self._take(kind, item)
         elif d.verdict is Verdict.JUMP:
             self._jump(kind, d.items)
@@ -905,19 +912,21 @@ class PoseEstimator:
         return not (c.size > 0 and c[0] == -1.0)
 
     def _imu_problem(self, s: ImuSample) -> str | None:
-        """Why ``s`` cannot be used (None when it can)."""
-        gyro_ok = not s.gyro_valid or bool(np.all(np.abs(s.gyro) <= MAX_GYRO_RADPS))
-        accel_ok = not s.accel_valid or bool(np.all(np.abs(s.accel) <= MAX_ACCEL_MPS2))
-        if not (gyro_ok and accel_ok):
-            return (f'angular velocity {np.asarray(s.gyro).tolist()} rad/s or linear '
-                    f'acceleration {np.asarray(s.accel).tolist()} m/s^2 non-finite or beyond '
-                    f'{MAX_GYRO_RADPS:g} rad/s / {MAX_ACCEL_MPS2:g} m/s^2')
+        """Why ``s`` cannot be used (None when it can). With an orientation only the
+        orientation is used (and checked); without one the rates feed the filter and must be
+        provided, finite and plausible."""
         if self._has_orientation(s):
             try:
                 _unit_quaternion(s.orientation_xyzw)
             except ValueError as exc:
                 return str(exc)
             return None
+        gyro_ok = not s.gyro_valid or bool(np.all(np.abs(s.gyro) <= MAX_GYRO_RADPS))
+        accel_ok = not s.accel_valid or bool(np.all(np.abs(s.accel) <= MAX_ACCEL_MPS2))
+        if not (gyro_ok and accel_ok):
+            return (f'angular velocity {np.asarray(s.gyro).tolist()} rad/s or linear '
+                    f'acceleration {np.asarray(s.accel).tolist()} m/s^2 non-finite or beyond '
+                    f'{MAX_GYRO_RADPS:g} rad/s / {MAX_ACCEL_MPS2:g} m/s^2')
         if not (s.gyro_valid and s.accel_valid):
             self._warn_once('imu_no_rates', 'IMU gives no orientation and no angular velocity or '
                             'no linear acceleration (covariance[0] == -1): the attitude filter '
@@ -1244,7 +1253,8 @@ class OdometryPoseSource:
         # (p_enu_base (3,), R_enu_base (3, 3), position cov, attitude cov, reasons)
         self._v: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]] = []
         self._announced = False
-        self._guard: StampGuard[Any] = StampGuard()
+        self._guard: StampGuard[Any] = StampGuard(  # see PoseEstimator: stray future stamps
+            max_ahead_ns=int(round(config.max_gap_s * 1e9)))
         self._gate = _OutlierGate('odometry sample', 'odometry')
         self.counts = {'odometry_bad': 0, 'odometry_zero_stamp': 0, 'odometry_out_of_order': 0,
                        'odometry_stamp_outliers': 0, 'odometry_rejected': 0, 'gate_resets': 0,
@@ -1282,6 +1292,8 @@ class OdometryPoseSource:
         d = self._guard.check(item[0], item)
         _count_late(self.counts, 'odometry', d.late, self._guard.newest)
         if d.verdict is Verdict.ACCEPT:
+            for _stamp, earlier in d.before:  # a sample far ahead that this one confirmed
+                self._take(earlier)
             self._take(item)
         elif d.verdict is Verdict.JUMP:
             self._jump(d.items)

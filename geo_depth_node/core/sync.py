@@ -23,7 +23,8 @@ Time jumps: a message not newer than the last emitted stamp of its input is held
 (:class:`~geo_depth_node.core.stamps.StampGuard`), not dropped at once. When the held
 messages of all inputs form two complete sets (whole stereo frames came again from the past:
 ``rosbag play --loop``, a restarted player; a loop of any length, also shorter than a second),
-or one input went on in the past for ``queue_size`` messages in a row, time went back: every
+or one input went on in the past for ``2 * queue_size`` messages in a row (at least 3), time
+went back: every
 queue starts over and the held messages are queued again, so no frame of the new pass is
 lost. A held message that the next message of its input does not continue was late (or a
 stray stamp): it stays counted as ``out_of_order``. Late messages can never form a complete
@@ -301,15 +302,12 @@ class TimeSynchronizer:
                 lo_min = max(chosen)  # the next set starts after this one
         return False
 
-    def _find_best(self, queues: dict[str, list[int]] | None = None) -> dict[str, int] | None:
+    def _find_best(self) -> dict[str, int] | None:
         """Return {input: index into its queue} of the tightest valid set, or None.
-
-        Args:
-            queues: sorted stamps per input (default: the pending queues).
 
         Must be called with the lock held.
         """
-        queues = self._stamps if queues is None else queues
+        queues = self._stamps
         if any(not queues[n] for n in self._inputs):
             return None
         slop = self.slop_ns

@@ -290,8 +290,9 @@ class GeoDepthNode(Node):
         except ValueError as exc:
             self._input_problem('bad_input', f'stereo frame rejected: {exc}')
             return
-        for kind, text in frame_warnings(frame):
-            self._input_problem(kind, text)
+        for kind, text in frame_warnings(frame):  # used all the same: counted, warned once
+            self._stats.input_problem(kind, text, doubtful=True)
+            self.get_logger().warning(text, once=True)
         t_decode = (time.perf_counter() - t0) * 1e3
         try:
             result = pipeline.process(left, right, left_model, right_model,

@@ -29,8 +29,6 @@ CUSTOM_MESSAGES = ('PriorSource', 'ProvenanceLegend')  # PriorSource first: the 
 #: the names of the four stereo inputs (as in ros/node.py), in the synchroniser's order
 INPUTS = ('left_image', 'left_info', 'right_image', 'right_info')
 
-# diagnostic_msgs/DiagnosticStatus levels (byte constants of the message)
-DIAG_OK, DIAG_WARN, DIAG_ERROR = 0, 1, 2
 
 
 # ------------------------------------------------------------------------- types

@@ -352,8 +352,10 @@ class _Replay:
             self.problem('bad_input', f'frame {index}: stereo frame rejected: {exc}')
             self._write_diagnostics(bio.stamp_ns(frame['left_image']), {})
             return False
-        for kind, text in frame_warnings(frame):
-            self.problem(kind, f'frame {index}: {text}')
+        for kind, text in frame_warnings(frame):  # used all the same: counted, warned once
+            if not self.stats.input_problems[kind]:
+                _LOG.warning('frame %d: %s', index, text)
+            self.stats.input_problem(kind, text, doubtful=True)
         t_decode = (time.perf_counter() - t0) * 1e3
         try:
             result = self.pipeline.process(left, right, left_model, right_model,
