@@ -175,6 +175,37 @@ def test_gaps_in_the_image_stamps_are_counted_as_missing_frames():
     assert st.values()['input_frames_missing'] == 4
 
 
+def test_a_camera_that_slows_down_is_not_counted_as_losing_frames():
+    """30 fps, then 15 fps (auto-exposure, a reconfigured driver): the period estimate
+    follows within a few frames instead of counting every later frame as lost (300 of 300
+    before)."""
+    st = FrameStats()
+    t = 0
+    for _ in range(60):
+        t += 33_333_333
+        st.image_stamp(t)
+    for _ in range(300):
+        t += 66_666_667
+        st.image_stamp(t)
+    assert st.frames_missing <= 20, st.frames_missing
+
+
+def test_a_doubtful_input_does_not_hide_a_more_important_warning():
+    st = FrameStats()
+    st.input_problem('frame_id_mismatch', 'right camera_info frame_id differs', doubtful=True)
+    st.frame_done(SimpleNamespace(class_fractions=lambda: {}, georef_stats={},
+                                  pose_status='GNSS: gap of 3.00 s', pose_degraded=False,
+                                  prior_problem=''), {})
+    level, text = st.status()
+    assert level == 1 and text.startswith('no pose'), text
+    st.input_problem('frame_id_mismatch', 'right camera_info frame_id differs', doubtful=True)
+    st.frame_done(SimpleNamespace(class_fractions=lambda: {}, georef_stats={},
+                                  pose_status='ok', pose_degraded=False, prior_problem=''), {})
+    level, text = st.status()
+    assert level == 1 and text.startswith('doubtful input used'), text
+    assert st.values()['input_problem.frame_id_mismatch'] == 2
+
+
 def test_replay_counts_a_frame_dropped_from_the_bag(world, clean, tmp_path):
     stamps = clean['stamps_ns']
     drop = stamps['first'] + 3 * 100_000_000  # the fourth frame (10 Hz)
