@@ -57,13 +57,14 @@ import numpy as np
 _LOG = logging.getLogger(__name__)
 
 
-def _parse_size(text: str) -> tuple[int, int]:
+def parse_size(text: str, min_w: int = 32, min_h: int = 32) -> tuple[int, int]:
+    """'WxH' -> (W, H) pixels, at least ``min_w`` x ``min_h`` (an argparse type)."""
     try:
         w, h = (int(v) for v in text.lower().split('x'))
     except ValueError:
         raise argparse.ArgumentTypeError(f'size must be WxH, got {text!r}') from None
-    if w < 32 or h < 32:
-        raise argparse.ArgumentTypeError(f'size must be at least 32x32, got {text!r}')
+    if w < min_w or h < min_h:
+        raise argparse.ArgumentTypeError(f'size must be at least {min_w}x{min_h}, got {text!r}')
     return w, h
 
 
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the bench command."""
     p = argparse.ArgumentParser(prog='geo-depth bench', description=__doc__.splitlines()[0])
     p.add_argument('--device', choices=('cpu', 'cuda'), default='cuda' if _cuda_ok() else 'cpu')
-    p.add_argument('--size', type=_parse_size, default=(1280, 720), help='WxH (default 1280x720)')
+    p.add_argument('--size', type=parse_size, default=(1280, 720), help='WxH (default 1280x720)')
     p.add_argument('--disparities', type=int, default=128, help='number of disparities (16..256)')
     p.add_argument('--paths', type=int, choices=(4, 8), default=8)
     p.add_argument('--warmup', type=int, default=3)

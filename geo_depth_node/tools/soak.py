@@ -474,13 +474,9 @@ def run_flood(*, rate_hz: float = 50.0, seconds: float = 10.0, width: int = 160,
 
 # ----------------------------------------------------------------------------- command line
 def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'size must be WxH, got {text!r}') from None
-    if w < 64 or h < 48:
-        raise argparse.ArgumentTypeError(f'size must be at least 64x48, got {text!r}')
-    return w, h
+    from .bench import parse_size
+
+    return parse_size(text, 64, 48)
 
 
 def build_parser() -> argparse.ArgumentParser:
