@@ -641,6 +641,12 @@ class DepthPipeline:
             disparity=disparity, sigma_disparity=sd, timings_ms={})
 
 
+def _waits(pose: Any, why: str) -> bool:
+    """A pose lookup that found no pose only because the inputs after the stamp have not
+    arrived yet (worth waiting for)."""
+    return pose is None and 'after the newest' in why
+
+
 class _Georef:
     """Pose source + DEM prior engine of a DepthPipeline (created when DEM sources exist).
 
@@ -733,12 +739,22 @@ class _Georef:
         with self.cond:
             while True:
                 pose, why = self.pose.pose_at(stamp_ns)
-                if pose is not None or 'after the newest' not in why \
-                        or time.monotonic() >= deadline:
+                if not _waits(pose, why) or time.monotonic() >= deadline:
                     break
                 self.cond.wait(min(0.02, max(0.0, deadline - time.monotonic())))
             prior = self.ensure_prior(params) if pose is not None else None
         return pose, why, prior, (time.perf_counter() - t0) * 1e3
+
+    def pose_ready(self, stamp_ns: int) -> bool:
+        """Whether a frame at ``stamp_ns`` need not wait for more pose inputs (the test of
+        :meth:`lookup`, without waiting)."""
+        with self.lock:
+            return not _waits(*self.pose.pose_at(stamp_ns))
+
+    def counts(self) -> dict[str, int]:
+        """A snapshot of the pose source's counters (``pose_input.<key>`` on /diagnostics)."""
+        with self.lock:
+            return dict(self.pose.counts)
 
     @staticmethod
     def _pose_matrix(pose) -> np.ndarray:

@@ -360,10 +360,8 @@ class GeoDepthNode(Node):
     def _publish_diagnostics(self) -> None:
         with self._lock:
             georef = self._pipeline.georef
-        pose_counts: dict[str, int] | None = None
-        if georef is not None:  # bad / out-of-order / ignored pose inputs of the pose source
-            with georef.lock:
-                pose_counts = dict(georef.pose.counts)
+        # bad / out-of-order / rejected / ignored pose inputs of the pose source
+        pose_counts = georef.counts() if georef is not None else None
         values = self._stats.values(self._sync.stats, pose_counts, self._queue.dropped)
         level, text = self._stats.status()
         arr = DiagnosticArray()

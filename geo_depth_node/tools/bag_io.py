@@ -305,14 +305,6 @@ class StereoBag:
         """Number of messages of one stereo input (from the bag's index)."""
         return sum(c.msgcount for c in self._conns if c.topic == self.topics[name])
 
-    def messages_of_types(self, msgtypes: Iterable[str]) -> Iterator[tuple[str, str, Any]]:
-        """(topic, msgtype, deserialized message) of every connection of the given types (e.g.
-        'sensor_msgs/msg/Imu'), in bag order."""
-        wanted = set(msgtypes)
-        conns = [c for c in self._reader.connections if c.msgtype in wanted]
-        for conn, _t, msg in self._read(conns):
-            yield conn.topic, conn.msgtype, msg
-
     def messages(self) -> Iterator[tuple[str, Any]]:
         """(input name, deserialized message) of the four stereo inputs, in bag order."""
         for conn, _t, msg in self._read(self._conns):

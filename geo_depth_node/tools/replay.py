@@ -223,7 +223,7 @@ def count_violations(result: Any, max_relative_sigma: float, max_sigma_m: float 
                                     + np.count_nonzero(~none & ~finite))}
 
 
-def bio_stamp(frame: Mapping[str, Any]) -> int:
+def _frame_stamp(frame: Mapping[str, Any]) -> int:
     """The left image's stamp of a synchronised frame, ns."""
     from .bag_io import stamp_ns
 
@@ -333,7 +333,7 @@ class _Replay:
             return self._process(index, frame)
         except Exception as exc:  # noqa: BLE001 - one frame's failure must not end the replay
             self.stats.processing_error(exc)
-            self._write_diagnostics(bio_stamp(frame), {})
+            self._write_diagnostics(_frame_stamp(frame), {})
             _LOG.error('frame %d: processing failed, frame skipped: %r', index, exc,
                        exc_info=True)
             return False
@@ -350,7 +350,7 @@ class _Replay:
             left, right, left_model, right_model = decode_stereo(frame, p['input.mono16_max'])
         except ValueError as exc:
             self.problem('bad_input', f'frame {index}: stereo frame rejected: {exc}')
-            self._write_diagnostics(bio.stamp_ns(frame['left_image']), {})
+            self._write_diagnostics(_frame_stamp(frame), {})
             return False
         for kind, text in frame_warnings(frame):  # used all the same: counted, warned once
             if not self.stats.input_problems[kind]:
@@ -360,10 +360,10 @@ class _Replay:
         try:
             result = self.pipeline.process(left, right, left_model, right_model,
                                            rectify=p['rectify'],
-                                           stamp_ns=bio.stamp_ns(frame['left_image']))
+                                           stamp_ns=_frame_stamp(frame))
         except ValueError as exc:
             self.problem('bad_calibration', f'frame {index}: stereo frame rejected: {exc}')
-            self._write_diagnostics(bio.stamp_ns(frame['left_image']), {})
+            self._write_diagnostics(_frame_stamp(frame), {})
             return False
 
         t1 = time.perf_counter()
@@ -419,22 +419,15 @@ class _Replay:
         return True
 
     def pose_ready(self, stamp_ns: int) -> bool:
-        """Whether the pose source has its inputs after ``stamp_ns`` (or no pose source): a
-        frame need not wait any longer (core.pipeline._Georef.lookup's test)."""
+        """Whether a frame at ``stamp_ns`` need not wait for more pose inputs (as the node's
+        lookup decides; True without a pose source)."""
         georef = self.pipeline.georef
-        if georef is None:
-            return True
-        with georef.lock:
-            pose, why = georef.pose.pose_at(stamp_ns)
-        return pose is not None or 'after the newest' not in why
+        return georef is None or georef.pose_ready(stamp_ns)
 
     def pose_counts(self) -> dict[str, int] | None:
         """The pose source's counters (``pose_input.<key>`` on /diagnostics), or None."""
         georef = self.pipeline.georef
-        if georef is None:
-            return None
-        with georef.lock:
-            return dict(georef.pose.counts)
+        return georef.counts() if georef is not None else None
 
     def _write_diagnostics(self, stamp: int, stages: Mapping[str, float]) -> None:
         """One DiagnosticArray per frame (also for a skipped one): the node's keys and status
@@ -791,7 +784,7 @@ def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, 
             while pending:
                 index, frame, t_pair = pending[0]
                 if not final and now_ns < t_pair + wait_ns and \
-                        not rep.pose_ready(bio_stamp(frame)):
+                        not rep.pose_ready(_frame_stamp(frame)):
                     return
                 pending.popleft()
                 rep.sync_stats = sync.stats
