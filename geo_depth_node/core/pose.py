@@ -563,6 +563,21 @@ def _trim_buffer(ts: list[int], vals: list, buffer_s: float) -> None:
         del vals[:k]
 
 
+def _route_guard(guard: StampGuard, counts: dict[str, int], kind: str, stamp_ns: int,
+                 item: Any, take: Any, jump: Any) -> None:
+    """One sample of stream ``kind`` through its StampGuard: late ones counted
+    (:func:`_count_late`); on ACCEPT ``take`` the samples it confirmed, then this one; on a
+    confirmed JUMP ``jump(items)``."""
+    d = guard.check(stamp_ns, item)
+    _count_late(counts, kind, d.late, guard.newest)
+    if d.verdict is Verdict.ACCEPT:
+        for _stamp, earlier in d.before:  # a sample far ahead that this one confirmed
+            take(earlier)
+        take(item)
+    elif d.verdict is Verdict.JUMP:
+        jump(d.items)
+
+
 def _count_late(counts: dict[str, int], kind: str, late: list[tuple[int, Any]],
                 newest: int | None) -> None:
     """Count the samples a StampGuard answered late: ``<kind>_stamp_outliers`` when more than
@@ -742,21 +757,11 @@ class PoseEstimator:
     # -- stamp order ----------------------------------------------------------------------
     def _route(self, kind: str, stamp_ns: int, item: Any) -> None:
         """Pass one checked sample of stream ``kind`` ('gnss' / 'imu') through its StampGuard."""
-        guard = self._guards[kind]
-        d = guard.check(stamp_ns, item)
-        _count_late(self.counts, kind, d.late, guard.newest)
-        if d.verdict is Verdict.ACCEPT:
-            for _stamp, earlier in d.before:  # a sample far ahead that this one confirmed
-                self._take(kind, earlier)
-            self._take(kind, item)
-        elif d.verdict is Verdict.JUMP:
-            self._jump(kind, d.items)
+        _route_guard(self._guards[kind], self.counts, kind, stamp_ns, item,
+                     lambda it: self._take(kind, it), lambda items: self._jump(kind, items))
 
     def _take(self, kind: str, item: Any) -> None:
-        if kind == 'gnss':
-            self._take_gnss(item)
-        else:
-            self._take_imu(item)
+        (self._take_gnss if kind == 'gnss' else self._take_imu)(item)
 
     def _jump(self, kind: str, items: list[tuple[int, Any]]) -> None:
         """A confirmed jump back of stream ``kind`` to ``items`` (oldest first): a loop (all
@@ -904,18 +909,13 @@ class PoseEstimator:
 
     @staticmethod
     def _has_orientation(s: ImuSample) -> bool:
-        if s.orientation_xyzw is None:
-            return False
-        if s.orientation_cov is None:
-            return True
-        c = np.asarray(s.orientation_cov, dtype=np.float64).reshape(-1)
-        return not (c.size > 0 and c[0] == -1.0)
+        return s.orientation_xyzw is not None and _provided(s, 'orientation_cov')
 
     def _imu_problem(self, s: ImuSample) -> str | None:
         """Why ``s`` cannot be used (None when it can). With an orientation only the
         orientation is used (and checked); without one the rates feed the filter and must be
         provided, finite and plausible."""
-        if self._has_orientation(s):
+        if s.orientation_xyzw is not None:  # add_imu dropped an orientation not provided
             try:
                 _unit_quaternion(s.orientation_xyzw)
             except ValueError as exc:
@@ -941,6 +941,8 @@ class PoseEstimator:
         if s.stamp_ns <= 0:
             self.counts['imu_zero_stamp'] += 1
             return
+        if s.orientation_xyzw is not None and not self._has_orientation(s):
+            s = dataclasses.replace(s, orientation_xyzw=None)  # decided once: the filter's
         why = self._imu_problem(s)
         if why is not None:
             self.counts['imu_bad'] += 1
@@ -964,17 +966,18 @@ class PoseEstimator:
 
     def _take_imu(self, s: ImuSample) -> None:
         """An IMU sample in stamp order: its orientation, or a filter step."""
-        if self._has_orientation(s):
+        if s.orientation_xyzw is not None:  # provided (add_imu)
             r = quat_xyzw_to_matrix(s.orientation_xyzw)
             sig, unknown = self._orientation_sigma(s.orientation_cov)
             reasons: tuple[str, ...] = ()
             if unknown:
                 self.counts['imu_unknown_cov'] += 1
                 degrades = self.config.unknown_orientation_cov_degrades
-                self._warn_once('imu_cov', 'IMU orientation covariance unknown (all zero, '
-                                'non-finite or a variance <= 0): default sigma '
-                                f'{self.config.default_orientation_sigma_rad:g} rad used'
-                                + (', the poses are degraded' if degrades else ''))
+                if 'imu_cov' not in self._warned:  # the text is built once, not per sample
+                    self._warn_once('imu_cov', 'IMU orientation covariance unknown (all zero, '
+                                    'non-finite or a variance <= 0): default sigma '
+                                    f'{self.config.default_orientation_sigma_rad:g} rad used'
+                                    + (', the poses are degraded' if degrades else ''))
                 reasons = (IMU_COV_UNKNOWN_REASON,) if degrades else ()
             self._att_t.append(int(s.stamp_ns))
             self._att.append((r, sig, reasons, False))
@@ -1289,14 +1292,7 @@ class OdometryPoseSource:
                              self.config.frame_id)
             self.counts['odometry_frame_mismatch'] += 1
         item = (int(s.stamp_ns), p, r, cov)
-        d = self._guard.check(item[0], item)
-        _count_late(self.counts, 'odometry', d.late, self._guard.newest)
-        if d.verdict is Verdict.ACCEPT:
-            for _stamp, earlier in d.before:  # a sample far ahead that this one confirmed
-                self._take(earlier)
-            self._take(item)
-        elif d.verdict is Verdict.JUMP:
-            self._jump(d.items)
+        _route_guard(self._guard, self.counts, 'odometry', item[0], item, self._take, self._jump)
 
     def _jump(self, items: list[tuple[int, Any]]) -> None:
         """A confirmed jump back to ``items`` (oldest first): a loop (the buffer starts over) or
