@@ -24,9 +24,10 @@ class _Grid:
     def __init__(self, field: HeightField) -> None:
         self.field = field
         self.specs_by_id = {}
+        self.last_read_problems: list[str] = []
 
-    def retile_if_needed(self, _p) -> None:
-        return None
+    def retile_if_needed(self, _p, force: bool = False) -> bool:
+        return False
 
 
 def _prior(field: HeightField) -> GeoPrior:

@@ -677,7 +677,6 @@ class LocalHeightGrid:
         self.builds = 0  # grids built and taken into use
         #: why the last build missed data (unreadable tiles, their DemReadError texts)
         self.last_read_problems: list[str] = []
-        self.last_data_fraction = 0.0  # share of grid nodes with data in the last build
 
     @property
     def specs_by_id(self) -> dict[int, DemSourceSpec]:
@@ -714,21 +713,29 @@ class LocalHeightGrid:
         if not force and not self.needs_retile(position_enu):
             return False
         p = np.asarray(position_enu, dtype=np.float64).reshape(-1)
-        field = self.build_field(float(p[0]), float(p[1]))
-        if self.last_read_problems and self.last_data_fraction == 0.0:
+        problems: list[str] = []
+        field = self.build_field(float(p[0]), float(p[1]), problems)
+        self.last_read_problems = list(dict.fromkeys(problems))
+        if problems and math.isnan(field.z_max):  # nothing with data could be read
             raise DemReadError.joined(self.last_read_problems)
         self.field = field
         self.builds += 1
         return True
 
-    def build_field(self, x_center: float, y_center: float) -> 'HeightField':
+    def build_field(self, x_center: float, y_center: float,
+                    problems: list[str] | None = None) -> 'HeightField':
         """Build (without storing) the height field centred near ENU (x_center, y_center).
 
         Pure with respect to this object, so a caller may run it in a worker thread and then
         assign ``self.field``.
 
+        Args:
+            problems: see :meth:`sample_nodes` (a list: unreadable tiles are no data and their
+                reasons are appended; None: they raise).
+
         Raises:
-            DemReadError: a source file cannot be read (see :meth:`_RasterGroup.read`).
+            DemReadError: a source file cannot be read (see :meth:`_RasterGroup.read`), when
+                ``problems`` is None.
         """
         import time
 
@@ -741,10 +748,7 @@ class LocalHeightGrid:
         n = 2 * self.half_cells + 1
         xs = cx + self.cell_m * np.arange(-self.half_cells, self.half_cells + 1, dtype=np.float64)
         ys = cy + self.cell_m * np.arange(-self.half_cells, self.half_cells + 1, dtype=np.float64)
-        problems: list[str] = []
         h, src, sv, sh = self.sample_nodes(xs, ys, problems=problems)
-        self.last_read_problems = list(dict.fromkeys(problems))
-        self.last_data_fraction = float(np.isfinite(h).mean())
         dev = resolve_device(self.device)
         tdt = torch.float32 if self.dtype == 'float32' else torch.float64
         field = HeightField(torch.as_tensor(h, dtype=tdt).to(dev), float(xs[0]), float(ys[0]),

@@ -175,7 +175,7 @@ class GeoPrior:
                               'no height grid: stereo only') +
                 f', retrying every {self.retry_s:g} s')
             return self.grid_problem
-        missing = list(getattr(self.grid, 'last_read_problems', [])) if rebuilt else []
+        missing = list(self.grid.last_read_problems) if rebuilt else []
         if missing:  # built from what could be read: those areas have no prior
             _LOG.error('height grid built without unreadable DEM data: %s', '; '.join(missing))
             self._partial = True

@@ -660,8 +660,8 @@ class _Georef:
         import threading
 
         from .dem import open_dem_sources
-        from .pose import (Extrinsics, OdometryPoseConfig, OdometryPoseSource, PoseConfig,
-                           PoseEstimator)
+        from .pose import (Extrinsics, GateConfig, OdometryPoseConfig, OdometryPoseSource,
+                           PoseConfig, PoseEstimator)
 
         self.sources = open_dem_sources(params)  # opened once: the grid and the legend use them
         datum = None
@@ -670,10 +670,7 @@ class _Georef:
                      params['georef.datum_height_m'])
         ext = Extrinsics.from_params(dict(params))
         self.source_kind = params['pose.source']
-        gate = {f: params[f'pose.{f}'] for f in (
-            'gate_chi2', 'gate_accel_mps2', 'gate_jitter_m', 'gate_window_s',
-            'gate_max_speed_mps', 'gate_min_alt_m', 'gate_max_alt_m', 'gate_reset_count',
-            'gate_reset_s', 'gate_degraded_s')}
+        gate = {f.name: params[f'pose.{f.name}'] for f in dataclasses.fields(GateConfig)}
         if self.source_kind == 'odometry':
             if datum is None:  # validate_params refuses it; a direct caller gets it here
                 raise ValueError('pose.source odometry needs georef.datum_mode fixed, got '
