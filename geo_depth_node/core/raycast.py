@@ -783,12 +783,15 @@ def _status_range(field: HeightField, o64: 'torch.Tensor', d64: 'torch.Tensor',
         tc0 = t0[candidates]
         f0 = f_at(candidates, tc0)
         # nodata where the march starts (a hole under the camera): follow the ray over it to
-        # the first sample with data and start there (see the module docstring)
-        emerged = torch.zeros(candidates.shape, dtype=torch.bool, device=dev)
-        lost = torch.zeros_like(emerged)
-        t_prev = torch.zeros_like(tc0)  # the last nodata sample before the emergence
-        pos = torch.nonzero(torch.isnan(f0), as_tuple=False).reshape(-1)
+        # the first sample with data and start there (see the module docstring); without a
+        # hole none of this runs
+        nan0 = torch.isnan(f0)
+        pos = torch.nonzero(nan0, as_tuple=False).reshape(-1)
+        emerged = None  # (candidates,) bool: came out of a hole at the start
         if pos.numel():
+            emerged = torch.zeros(candidates.shape, dtype=torch.bool, device=dev)
+            lost = torch.zeros_like(emerged)
+            t_prev = torch.zeros_like(tc0)  # the last nodata sample before the emergence
             t_e, f_e, k_e = _cross_start_nodata(field, f_at, candidates[pos], t0, t1, gx0,
                                                 gy0, gdx, gdy, step, block)
             found = torch.isfinite(t_e)
@@ -800,18 +803,22 @@ def _status_range(field: HeightField, o64: 'torch.Tensor', d64: 'torch.Tensor',
             f0[pos[found]] = f_e[found]
             t0 = t0.clone()
             t0[candidates[pos[found]]] = t_e[found]
-        # over nodata all the way: unknown, unless the ray climbs out of the z_max slab inside
-        # the grid and range (then above all terrain: the end rules below, SKY)
-        climbs_out = t_hi[candidates] < torch.clamp(t_grid[candidates], max=float(max_range_m))
-        is_nan = torch.isnan(f0) & ~(lost & climbs_out)
-        below = ~torch.isnan(f0) & (f0 <= 0)
+            nan0 = torch.isnan(f0)
+            # over nodata all the way: unknown, unless the ray climbs out of the z_max slab
+            # inside the grid and range (then above all terrain: the end rules below, SKY)
+            climbs_out = t_hi[candidates] < torch.clamp(t_grid[candidates],
+                                                        max=float(max_range_m))
+            is_nan = nan0 & ~(lost & climbs_out)
+        else:
+            is_nan = nan0
+        below = ~nan0 & (f0 <= 0)
         at_origin = tc0 <= 0
         # origin at/below terrain
         idx = candidates[below & at_origin]
         status[idx] = int(RayStatus.BELOW_TERRAIN)
         resolved[idx] = True
         # entering the z_max slab exactly on a terrain node at z_max: a touch at t0
-        touch = below & ~at_origin & ~emerged
+        touch = below & ~at_origin if emerged is None else below & ~at_origin & ~emerged
         idx = candidates[touch]
         hit[idx] = True
         t_a[idx] = tc0[touch]
@@ -819,8 +826,8 @@ def _status_range(field: HeightField, o64: 'torch.Tensor', d64: 'torch.Tensor',
         resolved[idx] = True
         # out of the hole below the terrain: the crossing is in the hole (UNAVAILABLE), or
         # between the hole's edge and the first sample with data (a HIT bracketed there)
-        out_low = below & emerged
-        if bool(out_low.any()):
+        out_low = below & emerged if emerged is not None else None
+        if out_low is not None and bool(out_low.any()):
             idx = candidates[out_low]
             t_d, f_d = _edge_of_nodata(f_at, idx, t_prev[out_low], tc0[out_low],
                                        f0[out_low], n_bisect)
@@ -832,10 +839,10 @@ def _status_range(field: HeightField, o64: 'torch.Tensor', d64: 'torch.Tensor',
             resolved[idx_e] = True
             out_low[out_low.clone()] = ~edge
         # nodata at the start and no way out of it, or the crossing in the hole
-        idx = candidates[is_nan | out_low]
+        idx = candidates[is_nan if out_low is None else is_nan | out_low]
         status[idx] = int(RayStatus.UNAVAILABLE)
         resolved[idx] = True
-        act = candidates[~torch.isnan(f0) & ~below]
+        act = candidates[~nan0 & ~below]
         t_cur = t0[act].clone()
         dmax = field.block_max(block).to(ct)
         nby, nbx = dmax.shape
