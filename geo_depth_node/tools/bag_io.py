@@ -310,23 +310,21 @@ class StereoBag:
         for conn, _t, msg in self._read(self._conns):
             yield self._name_of[conn.topic], msg
 
-    def topics_of_types(self, msgtypes: Iterable[str]) -> dict[str, str]:
-        """topic -> msgtype of every connection of the given types (e.g. 'sensor_msgs/msg/Imu')."""
+    def topics_of_types(self, msgtypes: Iterable[str]) -> set[str]:
+        """The topics of every connection of the given types (e.g. 'sensor_msgs/msg/Imu')."""
         wanted = set(msgtypes)
-        return {c.topic: c.msgtype for c in self._reader.connections if c.msgtype in wanted}
+        return {c.topic for c in self._reader.connections if c.msgtype in wanted}
 
     def messages_with(self, topics: Iterable[str]
-                      ) -> Iterator[tuple[str | None, str, str, Any, int]]:
+                      ) -> Iterator[tuple[str | None, str, Any, int]]:
         """The four stereo inputs and every connection on ``topics`` (e.g. the pose inputs),
         merged in bag order (receive order, as a node subscribed to them gets them):
-        (stereo input name or None, topic, msgtype, deserialized message, bag time ns)."""
+        (stereo input name or None, topic, deserialized message, bag time ns)."""
         wanted = set(topics)
-        stereo = {id(c) for c in self._conns}
         conns = self._conns + [c for c in self._reader.connections
-                               if c.topic in wanted and id(c) not in stereo]
+                               if c.topic in wanted and c.topic not in self._name_of]
         for conn, t, msg in self._read(conns):
-            yield self._name_of.get(conn.topic) if id(conn) in stereo else None, conn.topic, \
-                conn.msgtype, msg, int(t)
+            yield self._name_of.get(conn.topic), conn.topic, msg, int(t)
 
     def _read(self, conns: list) -> Iterator[tuple[Any, int, Any]]:
         """(connection, bag time ns, deserialized message) of ``conns`` in bag order; a reader

@@ -308,14 +308,18 @@ def _pair(scene: str, size: tuple[int, int], seed: int) -> tuple[np.ndarray, np.
     return left, right, lm, rm
 
 
-def _parse_sets(items: list[str]) -> dict[str, Any]:
-    """['name=value', ...] -> {name: value} (YAML scalars: 1, 0.5, true, text)."""
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """['name=value', ...] -> {name: value} (YAML scalars: 1, 0.5, true, text).
+
+    Raises:
+        ValueError: an item without '=' or without a name.
+    """
     import yaml
 
     out: dict[str, Any] = {}
     for item in items:
         name, sep, value = item.partition('=')
-        if not sep or not name:
+        if not sep or not name.strip():
             raise ValueError(f'--set wants NAME=VALUE, got {item!r}')
         out[name.strip()] = yaml.safe_load(value)
     return out
@@ -517,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.pipeline:
             result = run_pipeline_bench(args.device, args.size, args.disparities, args.matcher,
                                         args.warmup, args.iters, args.seed, args.scene,
-                                        _parse_sets(args.set))
+                                        parse_sets(args.set))
             if args.accuracy:
                 result['accuracy'] = run_accuracy(args.device, args.size, args.disparities,
                                                   args.paths, args.seed)

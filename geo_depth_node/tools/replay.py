@@ -799,7 +799,7 @@ def replay_bag(bag: str | os.PathLike, params: str | os.PathLike | Mapping[str, 
         try:
             now_ns = 0
             try:
-                for name, topic, _msgtype, msg, now_ns in sb.messages_with(pose_topics):
+                for name, topic, msg, now_ns in sb.messages_with(pose_topics):
                     if name is None:  # a pose input: the node's rule (DepthPipeline)
                         kind = pose_topics.get(topic)
                         if kind is None:

@@ -43,7 +43,6 @@ import argparse
 import dataclasses
 import gc
 import json
-import logging
 import math
 import sys
 import tempfile
@@ -55,10 +54,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-_LOG = logging.getLogger(__name__)
+from .bag_io import INPUTS  # the synchroniser's inputs, in the node's order
 
-#: The synchroniser's inputs, in the node's order (geo_depth_node/ros/node.py INPUTS).
-INPUTS = ('left_image', 'left_info', 'right_image', 'right_info')
 #: Stamp of the flood's first frame (any positive stamp).
 FLOOD_T0_NS = 1_700_000_000 * 1_000_000_000
 #: How far past a frame's stamp the pose inputs are fed before the frame (the GNSS fix after
@@ -371,12 +368,12 @@ def run_flood(*, rate_hz: float = 50.0, seconds: float = 10.0, width: int = 160,
     Raises:
         ValueError: a non-positive rate or duration, or a loss outside [0, 1).
     """
-    from ..core.camera import camera_model_from_msg
     from ..core.cloud import pack_points
-    from ..core.images import image_from_msg, to_gray8
+    from ..core.frame_io import decode_stereo
     from ..core.pipeline import DepthPipeline
     from ..core.sync import TimeSynchronizer
     from ..core.workqueue import DropOldestQueue, Worker
+    from .bag_io import stamp_ns
 
     if not (rate_hz > 0 and seconds > 0 and 0 <= loss < 1 and work_ms >= 0):
         raise ValueError(f'flood needs rate > 0, seconds > 0, 0 <= loss < 1, work_ms >= 0; got '
@@ -390,12 +387,8 @@ def run_flood(*, rate_hz: float = 50.0, seconds: float = 10.0, width: int = 160,
 
     def handle(frame: dict[str, Any]) -> None:
         t = time.perf_counter()
-        lm = camera_model_from_msg(frame['left_info'])
-        rm = camera_model_from_msg(frame['right_info'])
-        left = to_gray8(image_from_msg(frame['left_image']), 'mono8')
-        right = to_gray8(image_from_msg(frame['right_image']), 'mono8')
-        h = frame['left_image'].header.stamp
-        res = pipe.process(left, right, lm, rm, stamp_ns=int(h.sec) * 1_000_000_000 + int(h.nanosec))
+        left, right, lm, rm = decode_stereo(frame, 0)  # as the node's worker
+        res = pipe.process(left, right, lm, rm, stamp_ns=stamp_ns(frame['left_image']))
         pack_points(res, organized=True)
         with lock:
             ms.append((time.perf_counter() - t) * 1e3)
@@ -511,23 +504,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_sets(items: list[str]) -> dict[str, Any]:
-    """['name=value', ...] -> {name: value} (YAML scalars: 1, 0.5, true, text).
-
-    Raises:
-        ValueError: an item without '='.
-    """
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        name, sep, value = item.partition('=')
-        if not sep or not name.strip():
-            raise ValueError(f'--set wants NAME=VALUE, got {item!r}')
-        out[name.strip()] = yaml.safe_load(value)
-    return out
-
-
 def _soak_problems(rep: dict[str, Any], max_growth_mb: float) -> list[str]:
     out = []
     if not rep['buffers_ok']:
@@ -555,6 +531,8 @@ def _flood_problems(rep: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``geo-depth soak``; returns the exit status (1 when an invariant broke)."""
+    from .bench import parse_sets
+
     p = build_parser()
     a = p.parse_args(argv)
     if a.frames < 1 or a.every < 0 or a.warmup < 0 or a.world_frames < 2:
@@ -589,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
                 world = load_soak_world(a.workdir or tmp, width=width, height=height,
                                         world_frames=a.world_frames, seed=a.seed,
                                         num_disparities=a.disparities, pose_source=a.pose,
-                                        params=_parse_sets(a.set))
+                                        params=parse_sets(a.set))
             except ValueError as exc:
                 p.error(str(exc))
             rep = run_soak(world, a.frames, every=a.every, warmup=a.warmup, report=say)
