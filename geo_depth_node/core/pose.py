@@ -385,6 +385,27 @@ def _var_bound(c: np.ndarray) -> float:
 _GateEntry = tuple[np.ndarray, np.ndarray, 'np.ndarray | None', 'np.ndarray | None']
 
 
+def _admit(gate: '_OutlierGate', counts: dict[str, int], kind: str, cfg: Any,
+           ts: Sequence[int], entry: Callable[[int], _GateEntry], last_p: np.ndarray | None,
+           t: int, sample: _GateEntry, payload: Any, append: Callable[[int, Any], None]
+           ) -> None:
+    """One sample (stamp ``t`` ns; ``sample`` = position, its covariance, attitude, its
+    covariance) through the outlier gate of a pose source: accepted, it is ``append``-ed with
+    its ``payload``; rejected, it is counted (``<kind>_rejected``) and, when the rejections
+    re-initialise the gate (``gate_resets``), the consistent rejected samples are appended
+    (``last_p``: the newest buffered position, or None)."""
+    why = _gate_test(cfg, ts, entry, gate.segment_start(ts), t, *sample)
+    if why is None:
+        gate.accepted()
+        append(t, payload)
+        return
+    counts[f'{kind}_rejected'] += 1
+    if gate.reject(cfg, t, why, ts, sample, payload):
+        counts['gate_resets'] += 1
+        for tc, candidate in gate.take_candidates(last_p):
+            append(tc, candidate)
+
+
 def _gate_test(cfg: Any, ts: Sequence[int], entry: Callable[[int], _GateEntry], lo: int,
                t_new: int, p_new: np.ndarray, cov_new: np.ndarray,
                r_new: np.ndarray | None = None, att_new: np.ndarray | None = None
@@ -873,19 +894,9 @@ class PoseEstimator:
             self.counts['gnss_unknown_cov'] += 1
             cov = np.eye(3) * self.config.default_gnss_sigma_m ** 2
         p = self.frame.geodetic_to_enu(fix.lat_deg, fix.lon_deg, fix.alt_m).reshape(3)
-        why = _gate_test(cfg, self._gnss_t, self._gnss_entry,
-                         self._gate.segment_start(self._gnss_t), t, p, cov)
-        if why is not None:
-            self.counts['gnss_rejected'] += 1
-            if self._gate.reject(cfg, t, why, self._gnss_t, (p, cov, None, None),
-                                 (p, cov, unknown)):
-                self.counts['gate_resets'] += 1
-                last = self._gnss[-1][0] if self._gnss else None
-                for tc, payload in self._gate.take_candidates(last):
-                    self._append_gnss(tc, payload)
-            return
-        self._gate.accepted()
-        self._append_gnss(t, (p, cov, unknown))
+        _admit(self._gate, self.counts, 'gnss', cfg, self._gnss_t, self._gnss_entry,
+               self._gnss[-1][0] if self._gnss else None, t, (p, cov, None, None),
+               (p, cov, unknown), self._append_gnss)
 
     def _append_gnss(self, t: int, entry: tuple[np.ndarray, np.ndarray, bool]) -> None:
         self._gnss_t.append(t)
@@ -1343,19 +1354,9 @@ class OdometryPoseSource:
             self._gate.reject(cfg, t, f'height {h:.6g} m above the ellipsoid is outside '
                               f'[{cfg.gate_min_alt_m:g}, {cfg.gate_max_alt_m:g}] m', self._t)
             return
-        entry = (p, r, pos_cov, att_cov, tuple(reasons))
-        why = _gate_test(cfg, self._t, self._entry, self._gate.segment_start(self._t), t, p,
-                         pos_cov, r, att_cov)
-        if why is not None:
-            self.counts['odometry_rejected'] += 1
-            if self._gate.reject(cfg, t, why, self._t, (p, pos_cov, r, att_cov), entry):
-                self.counts['gate_resets'] += 1
-                last = self._v[-1][0] if self._v else None
-                for tc, payload in self._gate.take_candidates(last):
-                    self._append(tc, payload)
-            return
-        self._gate.accepted()
-        self._append(t, entry)
+        _admit(self._gate, self.counts, 'odometry', cfg, self._t, self._entry,
+               self._v[-1][0] if self._v else None, t, (p, pos_cov, r, att_cov),
+               (p, r, pos_cov, att_cov, tuple(reasons)), self._append)
 
     def _append(self, t: int, entry: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                                            tuple[str, ...]]) -> None:
