@@ -351,16 +351,21 @@ class GeoPrior:
                                'dem_raycast': (t2 - t1) * 1e3,
                                'dem_sigma_points': (t3 - t2) * 1e3}}
 
-    def _camera_over_nodata(self, pose: PoseEstimate) -> bool:
-        """True when the height grid has no data (or no grid) under the camera centre."""
+    def _ground_under(self, pose: PoseEstimate) -> float:
+        """ENU height (m) of the height grid under the camera centre; NaN over nodata,
+        outside the grid or without one."""
         import torch
 
         field = self.grid.field
         if field is None:
-            return True
+            return math.nan
         x, y = (float(v) for v in pose.p_enu_cam[:2])
         with torch.no_grad(), cpu_threads(field.device, 1):
-            return not math.isfinite(float(field.sample(np.array([x]), np.array([y]))[0]))
+            return float(field.sample(np.array([x]), np.array([y]))[0])
+
+    def _camera_over_nodata(self, pose: PoseEstimate) -> bool:
+        """True when the height grid has no data (or no grid) under the camera centre."""
+        return not math.isfinite(self._ground_under(pose))
 
     def camera_clearance(self, pose: PoseEstimate) -> dict[str, float]:
         """How high the camera is above the DEM under it, against the sigma points' shift.
@@ -381,8 +386,8 @@ class GeoPrior:
         if field is None:
             return {}
         x, y, z = (float(v) for v in pose.p_enu_cam)
+        ground = self._ground_under(pose)
         with torch.no_grad(), cpu_threads(field.device, 1):
-            ground = float(field.sample(np.array([x]), np.array([y]))[0])
             sv = float(field.node_sigmas(np.array([x]), np.array([y]))[0][0])
         shift = math.sqrt(sv ** 2 + max(float(pose.position_cov[2, 2]), 0.0))
         return {'camera_above_dem_m': z - ground, 'dem_vertical_shift_m': shift,
