@@ -198,11 +198,15 @@ def test_dem_file_failing_after_start_up_costs_priors_not_frames(tmp_path, caplo
     res = frame()
     assert _classes(res)['PRIOR'] == n_prior and res.prior_problem == ''
 
-    # garbled (truncated to its header) while the robot moves on: the re-tile fails, the
-    # previous grid stays in use (the camera is still inside it), the reason is named
+    # garbled (truncated to its header) while the robot moves on: the re-tile (in the
+    # background: the frame that starts it uses the current grid) fails, the previous grid
+    # stays in use (the camera is still inside it), the reason is named from the next frame on
     Path(dem).write_bytes(saved[:600])
     now[0] += DEM_GRID_RETRY_S + 0.1
     t = JUMP_S + 0.5
+    res = frame()
+    assert res.prior_problem == '' and prior.grid.builds == 1
+    assert prior.wait_for_grid(60.0)
     res = frame()
     assert res.pose_status == 'ok' and prior.grid.builds == 1
     assert "DEM source 'flat'" in res.prior_problem and dem in res.prior_problem
@@ -212,7 +216,9 @@ def test_dem_file_failing_after_start_up_costs_priors_not_frames(tmp_path, caplo
                   & (Flag.PRIOR_UNAVAILABLE | Flag.SKY))
     Path(dem).write_bytes(saved)  # restored: rebuilt around the new position
     now[0] += DEM_GRID_RETRY_S + 0.1
-    res = frame()
+    frame()  # starts the background build
+    assert prior.wait_for_grid(60.0)
+    res = frame()  # swaps it in
     assert prior.grid.builds == 2 and res.prior_problem == ''
     assert abs(prior.grid.field.extent[0] + 150.0 - JUMP_X_M) < 2.0
     assert abs(_classes(res)['PRIOR'] - n_prior) < 0.02 * n_prior
@@ -252,7 +258,9 @@ def test_one_unreadable_source_costs_only_its_own_priors(tmp_path, caplog):
     prior._failed_at = now[0]
     _write_dem(tmp_path / 'local.tif')
     now[0] += DEM_GRID_RETRY_S + 0.1
-    res = _frame(pipe, 1.0)
+    _frame(pipe, 1.0)  # starts the rebuild in the background
+    assert prior.wait_for_grid(60.0)
+    res = _frame(pipe, 1.5)  # swaps it in
     assert res.prior_problem == ''
     assert np.all(res.source[res.provenance == Provenance.PRIOR] == 1)
 

@@ -45,7 +45,8 @@ def test_apply_torch_equals_numpy(tmp_path, seed, overrides):
     from geo_depth_node.tools.prior_coverage import load_world
 
     cfg = SynthConfig(seed=seed, frames=2, width=160, height=120)
-    pipe, _, pairs, lm, rm = load_world(tmp_path, cfg, overrides)
+    # every pixel cast exactly on the host (the lattice's inner sigma points are interpolated)
+    pipe, _, pairs, lm, rm = load_world(tmp_path, cfg, {**overrides, 'dem.cast_stride': 1})
     georef, pipe.georef = pipe.georef, None  # stereo only, then each fusion by hand
     stereo = StereoModel.from_cameras(lm, rm)
     classes = set()
@@ -93,7 +94,7 @@ def test_device_path_with_dem_equals_host_path(tmp_path, frame_out):
     cfg = SynthConfig(seed=310, frames=2, width=128, height=96)
     pipe, _, pairs, lm, rm = load_world(tmp_path, cfg, {
         'stereo.matcher': 'sgm_torch', 'stereo.device': 'cpu', 'stereo.num_disparities': 32,
-        'output.frame': frame_out})
+        'output.frame': frame_out, 'dem.cast_stride': 1})
     assert pipe.device_path
     for stamp, left, right in pairs:
         pipe.device_path = True

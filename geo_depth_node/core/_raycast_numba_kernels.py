@@ -201,10 +201,12 @@ def grid_exit(g0, gd, hi):
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
-def cast_impl(origin, d, tmin, grid, hflat, lim, nx, ny, bmax, bslope, bdata, block, seg, step,
+def cast_impl(origin, d, tmin, tsafe, grid, hflat, lim, nx, ny, bmax, bslope, bdata, block, seg, step,
               n_bisect, n_groups, sky_outside, status, rng):
     # raycast_numba.cast: the whole status / range part of raycast() per ray, in raycast()'s
     # float64 order of operations. origin (1 or N, 3), d (N, 3) unit ENU; tmin (N,) or (0,);
+    # tsafe (N,) or (0,): a range before which the ray meets no event (raycast_embree), where
+    # the march starts on its own lattice t0 + k step (inf: no event at all);
     # bdata: HeightField.block_data (0 = no data around the block);
     # grid = (x0, y0, cell, z_max (NaN = no data), max_range); status: RayStatus codes
     # (1 HIT, 2 SKY, 3 UNAVAILABLE, 4 BELOW_TERRAIN; raycast_numba checks them).
@@ -248,6 +250,9 @@ def cast_impl(origin, d, tmin, grid, hflat, lim, nx, ny, bmax, bslope, bdata, bl
             if tmin.shape[0]:
                 t0 = max(t0, tmin[r])
             t1 = min(min(t_hi, t_grid), max_range)
+            if tsafe.shape[0] and tsafe[r] > t0 + step:  # skip what is proven free
+                t0 = t0 + step * np.floor((tsafe[r] - t0) / step - 1.0) \
+                    if tsafe[r] < np.inf else np.inf
             ev = 0
             if not no_data and t0 <= t1:
                 gx0c, gy0c, ozc = ct(gx0), ct(gy0), ct(oz)

@@ -50,6 +50,15 @@ values such as 1e30, -1e30 or -32768 written without a tag are not terrain (the 
 the Dead Sea shore at -430 m, the highest Everest at 8849 m; geoid undulations stay within
 +-110 m).
 
+Re-tiling in the background
+---------------------------
+:meth:`LocalHeightGrid.retile_if_needed` builds inline (the caller waits: reading the rasters
+and the ray-cast BVH take seconds for a large grid). :meth:`LocalHeightGrid.start_build` runs
+:meth:`LocalHeightGrid.build_field` in one background daemon thread instead (never more than one
+build in flight) while ``field`` keeps serving; the finished build is taken into use by
+:meth:`LocalHeightGrid.swap_build` on the caller's thread, so ``field`` only changes when the
+caller says so. :meth:`LocalHeightGrid.wait` waits for the build in flight.
+
 Failures
 --------
 Opening a source (:class:`DemSource`, at start-up) raises ValueError naming the source and the
@@ -68,6 +77,8 @@ import logging
 import math
 import os
 import re
+import threading
+import time
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -589,6 +600,26 @@ def open_dem_sources(params: Mapping[str, Any]) -> list['DemSource']:
     return opened
 
 
+@dataclasses.dataclass
+class GridBuild:
+    """A finished background height-grid build (:meth:`LocalHeightGrid.start_build`).
+
+    Attributes:
+        x_m, y_m: ENU position the build was requested for, metres.
+        field: the built field; None when the build raised.
+        problems: unreadable tiles (:class:`DemReadError` texts) that were left without data.
+        error: the exception the build raised, or None.
+        seconds: wall time of the build, seconds.
+    """
+
+    x_m: float
+    y_m: float
+    field: 'HeightField | None'
+    problems: list[str]
+    error: BaseException | None
+    seconds: float
+
+
 def _lattice_index(n: int, stride: int) -> np.ndarray:
     idx = np.arange(0, n, stride)
     if idx[-1] != n - 1:
@@ -641,6 +672,13 @@ class LocalHeightGrid:
 
     Raises:
         ValueError: bad geometry parameters.
+
+    A rebuild runs either inline (:meth:`retile_if_needed`) or in one background daemon thread
+    (:meth:`start_build`, then :meth:`swap_build` on the thread that uses :attr:`field`; at
+    most one build is in flight or waiting to be swapped in). The worker only calls
+    :meth:`build_field`, which reads the rasters and builds the tensors without touching this
+    object; the hand-over is guarded by a lock. The daemon thread never keeps the interpreter
+    from exiting; :meth:`close` waits for a build in flight and refuses new ones.
     """
 
     def __init__(self, sources: Iterable[DemSource | DemSourceSpec], frame: EnuFrame, *,
@@ -677,6 +715,12 @@ class LocalHeightGrid:
         self.builds = 0  # grids built and taken into use
         #: why the last build missed data (unreadable tiles, their DemReadError texts)
         self.last_read_problems: list[str] = []
+        #: wall time of the last finished build (inline or background), seconds; NaN before
+        self.last_build_s = math.nan
+        self._build_cv = threading.Condition(threading.Lock())  # guards the next three
+        self._build_thread: threading.Thread | None = None  # the build in flight
+        self._build_result: GridBuild | None = None  # finished, not yet swapped in
+        self._closed = False
 
     @property
     def specs_by_id(self) -> dict[int, DemSourceSpec]:
@@ -714,20 +758,149 @@ class LocalHeightGrid:
             return False
         p = np.asarray(position_enu, dtype=np.float64).reshape(-1)
         problems: list[str] = []
-        field = self.build_field(float(p[0]), float(p[1]), problems)
+        t0 = time.perf_counter()
+        try:
+            field = self.build_field(float(p[0]), float(p[1]), problems)
+        finally:
+            self.last_build_s = time.perf_counter() - t0
+        self._install(field, problems)
+        return True
+
+    def _install(self, field: 'HeightField', problems: list[str]) -> None:
+        """Take a built field into use (see :meth:`retile_if_needed` for ``problems``).
+
+        Raises:
+            DemReadError: tiles could not be read and nothing else had data (``field`` is
+                left as it was).
+        """
         self.last_read_problems = list(dict.fromkeys(problems))
         if problems and math.isnan(field.z_max):  # nothing with data could be read
             raise DemReadError.joined(self.last_read_problems)
         self.field = field
         self.builds += 1
+
+    # --- background builds ----------------------------------------------------------------
+
+    @property
+    def build_in_flight(self) -> bool:
+        """True while a background build runs (:meth:`start_build`)."""
+        with self._build_cv:
+            return self._build_thread is not None
+
+    @property
+    def build_ready(self) -> bool:
+        """True when a finished background build waits for :meth:`swap_build`."""
+        with self._build_cv:
+            return self._build_result is not None
+
+    @property
+    def build_pending(self) -> bool:
+        """True from :meth:`start_build` until :meth:`swap_build` takes the result."""
+        with self._build_cv:
+            return self._build_thread is not None or self._build_result is not None
+
+    def start_build(self, position_enu: Any) -> bool:
+        """Start building the grid around ``position_enu`` (x, y[, z], ENU metres) in the
+        background worker thread; :attr:`field` is not touched (see :meth:`swap_build`).
+
+        Returns:
+            True when a build was started; False when one is already in flight or waiting to
+            be swapped in (never more than one), or after :meth:`close`.
+
+        Raises:
+            ValueError: ``position_enu`` has no finite x, y.
+        """
+        p = np.asarray(position_enu, dtype=np.float64).reshape(-1)
+        if p.size < 2 or not np.all(np.isfinite(p[:2])):
+            raise ValueError(f'position_enu must hold finite x, y; got {p.tolist()}')
+        with self._build_cv:
+            if self._closed or self._build_thread is not None or self._build_result is not None:
+                return False
+            worker = threading.Thread(target=self._build_worker, args=(float(p[0]), float(p[1])),
+                                      name='height-grid-build', daemon=True)
+            self._build_thread = worker
+            worker.start()
         return True
+
+    def _build_worker(self, x: float, y: float) -> None:
+        """Body of the worker thread: build, then hand the result over under the lock."""
+        t0 = time.perf_counter()
+        problems: list[str] = []
+        field = error = None
+        try:
+            field = self.build_field(x, y, problems)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller of swap_build
+            error = exc if isinstance(exc, Exception) else RuntimeError(
+                f'height grid build interrupted: {type(exc).__name__}')
+        result = GridBuild(x, y, field, problems, error, time.perf_counter() - t0)
+        with self._build_cv:
+            self._build_result = None if self._closed else result
+            self._build_thread = None
+            self._build_cv.notify_all()
+
+    def swap_build(self) -> bool:
+        """Take a finished background build into use (call it on the thread that uses
+        :attr:`field`): sets :attr:`field`, :attr:`last_read_problems` and
+        :attr:`last_build_s` as :meth:`retile_if_needed` does.
+
+        Returns:
+            True when a build was swapped in; False when none had finished.
+
+        Raises:
+            DemReadError: the build could not read anything with data (or raised it).
+            Exception: whatever else the build raised. Either way the result is consumed and
+                :attr:`field` keeps the previous grid.
+        """
+        with self._build_cv:
+            result, self._build_result = self._build_result, None
+        if result is None:
+            return False
+        self.last_build_s = result.seconds
+        if result.error is not None:
+            raise result.error
+        self._install(result.field, result.problems)
+        return True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until no background build is in flight (a finished one stays for
+        :meth:`swap_build`).
+
+        Args:
+            timeout: seconds (>= 0); None waits as long as it takes.
+
+        Returns:
+            True when none is in flight; False when ``timeout`` passed first.
+
+        Raises:
+            ValueError: a negative or non-finite ``timeout``.
+        """
+        if timeout is not None and not (isinstance(timeout, (int, float))
+                                        and math.isfinite(timeout) and timeout >= 0):
+            raise ValueError(f'timeout must be None or a finite number >= 0 s, got {timeout!r}')
+        with self._build_cv:
+            return self._build_cv.wait_for(lambda: self._build_thread is None, timeout)
+
+    def close(self, timeout: float | None = 10.0) -> bool:
+        """Refuse further background builds, wait for the one in flight (see :meth:`wait`)
+        and drop any result not yet swapped in.
+
+        Returns:
+            True when no build is in flight any more.
+        """
+        with self._build_cv:
+            self._closed = True
+            self._build_result = None
+        done = self.wait(timeout)
+        with self._build_cv:
+            self._build_result = None
+        return done
 
     def build_field(self, x_center: float, y_center: float,
                     problems: list[str] | None = None) -> 'HeightField':
         """Build (without storing) the height field centred near ENU (x_center, y_center).
 
         Pure with respect to this object, so a caller may run it in a worker thread and then
-        assign ``self.field``.
+        assign ``self.field`` (:meth:`start_build` does).
 
         Args:
             problems: see :meth:`sample_nodes` (a list: unreadable tiles are no data and their
@@ -737,7 +910,6 @@ class LocalHeightGrid:
             DemReadError: a source file cannot be read (see :meth:`_RasterGroup.read`), when
                 ``problems`` is None.
         """
-        import time
 
         import torch
 
@@ -755,9 +927,12 @@ class LocalHeightGrid:
                             self.cell_m, source=torch.as_tensor(src, dtype=torch.int32).to(dev),
                             sigma_v=torch.as_tensor(sv, dtype=tdt).to(dev),
                             sigma_h=torch.as_tensor(sh, dtype=tdt).to(dev), frame=self.frame)
-        _LOG.info('built %dx%d height grid (cell %.2f m) at ENU (%.1f, %.1f): %.1f %% data, %.2f s',
-                  n, n, self.cell_m, cx, cy, 100.0 * float(np.isfinite(h).mean()),
-                  time.perf_counter() - t_start)
+        t_bvh = time.perf_counter()
+        field.build_bvh()  # the CPU ray-cast's acceleration structure (raycast_embree)
+        _LOG.info('built %dx%d height grid (cell %.2f m) at ENU (%.1f, %.1f): %.1f %% data, '
+                  '%.2f s (BVH %s)', n, n, self.cell_m, cx, cy,
+                  100.0 * float(np.isfinite(h).mean()), time.perf_counter() - t_start,
+                  f'{time.perf_counter() - t_bvh:.2f} s' if field.bvh is not None else 'none')
         return field
 
     def sample_nodes(self, xs: np.ndarray, ys: np.ndarray, *, max_iter: int = 5,

@@ -97,6 +97,8 @@ class GeoPrior:
             'triton').
         retry_s: seconds between attempts to build the height grid after a failed build
             (default :data:`DEM_GRID_RETRY_S`).
+        cast_stride: pixel lattice stride of the CPU cast (:mod:`.prior_lattice`; 1 = every
+            pixel exact).
 
     A DEM file that vanishes or becomes unreadable after start-up costs the priors of its own
     area, never the frame nor the other sources: a grid (re)build reads every tile it can and
@@ -105,6 +107,22 @@ class GeoPrior:
     grid keeps its stereo points, NONE ones get PRIOR_UNAVAILABLE). Either way it says why in
     :attr:`grid_problem` and tries again at most every ``retry_s`` seconds (``clock``,
     time.monotonic), so the priors come back with the file.
+
+    Re-tiling never stalls a frame: only the first grid is built inline (that frame waits,
+    and the log says so; so is a retry while there is no grid at all); every later build
+    (the camera within ``retile_margin_m`` of the grid's edge, or a retry) runs in the height
+    grid's single background worker thread
+    (:meth:`~.dem.LocalHeightGrid.start_build`) while frames keep using the current grid,
+    which still covers ``max_range_m`` around the camera (``max_range_m <= half_extent_m -
+    retile_margin_m``). The finished grid is swapped in at the start of the next
+    :meth:`update_grid`, never during a cast; a failed background build sets
+    :attr:`grid_problem` as an inline one would. Should the camera drive beyond the old grid's
+    coverage before the new one is ready, rays that leave it are UNAVAILABLE by the ray-cast's
+    rules and :attr:`grid_problem` stays ''; :attr:`retile_stats` counts the frames that the
+    previous grid served while a build ran (and the builds, and their wall time). The new
+    grid is centred where the camera was when the build was requested; if the camera is again
+    within the margin when it is swapped in, the next build starts at once.
+    :meth:`wait_for_grid` waits for a build in flight.
     """
 
     #: why the last grid (re)build failed ('' = the grid is current); see update_grid
@@ -113,13 +131,16 @@ class GeoPrior:
     clock: Callable[[], float] = staticmethod(time.monotonic)
     _failed_at: float | None = None  # clock() of the last failed build
     _partial = False  # the grid was built without some unreadable tiles: rebuild on retry
+    cast_stride: int = 4  # pixel lattice stride of the CPU cast (see __init__)
+    _first_grid_logged = False  # the first (synchronous) grid build was logged
 
     def __init__(self, specs: list, frame: EnuFrame, *, cell_m: float = 2.0,
                  half_extent_m: float = 1500.0, retile_margin_m: float = 500.0,
                  max_range_m: float = 1000.0, device: Any = 'auto',
                  fusion: FusionConfig | None = None,
                  epoch: datetime.date | None = None, sigma_points: bool = True,
-                 march: str = 'auto', retry_s: float = DEM_GRID_RETRY_S) -> None:
+                 march: str = 'auto', retry_s: float = DEM_GRID_RETRY_S,
+                 cast_stride: int = 4) -> None:
         from .dem import LocalHeightGrid
         from .raycast import MARCHES, resolve_device
 
@@ -144,38 +165,109 @@ class GeoPrior:
         if not (isinstance(retry_s, (int, float)) and math.isfinite(retry_s) and retry_s >= 0):
             raise ValueError(f'retry_s must be a finite number >= 0, got {retry_s!r}')
         self.retry_s = float(retry_s)
+        if not (isinstance(cast_stride, (int, np.integer)) and 1 <= cast_stride <= 16):
+            raise ValueError(f'cast_stride must be an integer in 1..16, got {cast_stride!r}')
+        self.cast_stride = int(cast_stride)
+        #: what the last lattice cast did ({'exact': rays, 'near': rays}; {} otherwise)
+        self.last_cast_info: dict[str, int] = {}
         self._ray_cache: tuple | None = None
 
     def update_grid(self, p_enu: Any) -> str:
-        """(Re)build the height grid around the camera at ENU ``p_enu`` (3,) when it needs it,
-        containing failures (see the class docstring).
+        """Keep the height grid around the camera at ENU ``p_enu`` (3,) current, containing
+        failures (see the class docstring). Called at the start of every cast, on the frame's
+        thread; it never waits for a re-tile:
+
+        1. a background build that has finished is swapped in here (so the field never
+           changes during a cast), or its failure is taken over into :attr:`grid_problem`;
+        2. the first grid (none yet) is built here, blocking this frame (logged once at INFO);
+        3. a later build (the camera within ``retile_margin_m`` of the grid's edge, or a retry
+           after a failed or partial build) is started in the grid's background worker, one
+           at a time, around the camera's position now; the frame uses the current grid.
 
         Returns:
-            :attr:`grid_problem`: '' when the grid is current, else why it is not, naming the
-            source, the file and the error, and what the frame uses instead.
+            :attr:`grid_problem`: '' when the grid is current (or its replacement is being
+            built), else why it is not, naming the source, the file and the error, and what
+            the frame uses instead.
         """
+        grid = self.grid
+        stats = self.retile_stats
+        background = callable(getattr(grid, 'start_build', None))
+        if background and grid.build_ready:
+            try:
+                grid.swap_build()
+            except Exception as exc:  # noqa: BLE001 - any failure costs the priors, not the frame
+                stats['build_s_last'] = grid.last_build_s
+                return self._grid_build_failed(exc, had=True)
+            stats['build_s_last'] = grid.last_build_s
+            stats['builds_swapped'] += 1
+            _LOG.info('height grid: background build (%.2f s) swapped in', grid.last_build_s)
+            if self._grid_built(list(grid.last_read_problems)):
+                return self.grid_problem  # partial: rebuilt after retry_s
         if self._failed_at is not None and self.clock() - self._failed_at < self.retry_s:
             return self.grid_problem  # throttled: the last attempt failed too recently
-        had = getattr(self.grid, 'field', None) is not None
+        had = getattr(grid, 'field', None) is not None
+        if not had or not background:  # the first grid (or a grid without a worker): inline
+            t0 = time.perf_counter()
+            try:
+                # a grid built without some unreadable tiles is rebuilt at the next attempt
+                rebuilt: bool | Exception = grid.retile_if_needed(p_enu, force=self._partial)
+            except Exception as exc:  # noqa: BLE001 - any failure costs the priors, not the frame
+                rebuilt = exc
+            took_s = time.perf_counter() - t0
+            if rebuilt is not False:
+                stats['builds_started'] += 1
+                stats['build_s_last'] = took_s
+            if not had and not self._first_grid_logged:
+                self._first_grid_logged = True
+                _LOG.info('first height grid: building synchronously (blocks this frame): %s in '
+                          '%.2f s; later re-tiles are built in the background',
+                          'failed' if isinstance(rebuilt, Exception) else 'built', took_s)
+            if isinstance(rebuilt, Exception):
+                return self._grid_build_failed(rebuilt, had)
+            if rebuilt:
+                stats['builds_swapped'] += 1
+            self._grid_built(list(grid.last_read_problems) if rebuilt else [])
+            return self.grid_problem
         try:
             # a grid built without some unreadable tiles is rebuilt at the next attempt
-            rebuilt = self.grid.retile_if_needed(p_enu, force=self._partial)
+            wanted = self._partial or grid.needs_retile(p_enu)
+            if wanted and grid.start_build(p_enu):
+                stats['builds_started'] += 1
+                _LOG.info('height grid: re-tiling around ENU (%.1f, %.1f) in the background; '
+                          'frames use the current grid meanwhile', *map(float, p_enu[:2]))
         except Exception as exc:  # noqa: BLE001 - any failure costs the priors, not the frame
-            from .dem import DemReadError
-
-            if isinstance(exc, DemReadError):
-                why = str(exc)
-                _LOG.error('height grid build failed: %s', why)
-            else:  # not a read failure: keep the traceback in the log
-                why = f'height grid build failed unexpectedly: {type(exc).__name__}: {exc}'
-                _LOG.exception('height grid build failed (unexpected %s)', type(exc).__name__)
-            self._failed_at = self.clock()
-            self.grid_problem = (
-                f'{why}; ' + ('using the previous height grid' if had else
-                              'no height grid: stereo only') +
-                f', retrying every {self.retry_s:g} s')
+            return self._grid_build_failed(exc, had)
+        if grid.build_pending:
+            stats['frames_while_building'] += 1  # this frame uses the previous grid
             return self.grid_problem
-        missing = list(self.grid.last_read_problems) if rebuilt else []
+        if wanted:  # no build could be started (the grid's worker is closed)
+            return self.grid_problem
+        self._grid_built([])
+        return self.grid_problem
+
+    def _grid_build_failed(self, exc: Exception, had: bool) -> str:
+        """Record a failed height-grid build in :attr:`grid_problem` (``had``: a previous grid
+        stays in use) and start the retry period; returns the problem text."""
+        from .dem import DemReadError
+
+        if isinstance(exc, DemReadError):
+            why = str(exc)
+            _LOG.error('height grid build failed: %s', why)
+        else:  # not a read failure: keep the traceback in the log
+            why = f'height grid build failed unexpectedly: {type(exc).__name__}: {exc}'
+            _LOG.error('height grid build failed (unexpected %s)', type(exc).__name__,
+                       exc_info=exc)
+        self._failed_at = self.clock()
+        self.grid_problem = (
+            f'{why}; ' + ('using the previous height grid' if had else
+                          'no height grid: stereo only') +
+            f', retrying every {self.retry_s:g} s')
+        return self.grid_problem
+
+    def _grid_built(self, missing: list[str]) -> bool:
+        """Record a grid taken into use (or one that needs nothing): ``missing`` names the
+        unreadable DEM data it lacks. Returns True when that is a problem (a partial grid:
+        :attr:`grid_problem` says so, and it is rebuilt after the retry period)."""
         if missing:  # built from what could be read: those areas have no prior
             _LOG.error('height grid built without unreadable DEM data: %s', '; '.join(missing))
             self._partial = True
@@ -183,13 +275,48 @@ class GeoPrior:
             self.grid_problem = (f'{"; ".join(missing)}; the height grid has no data there '
                                  f'(the other tiles and sources are used), retrying every '
                                  f'{self.retry_s:g} s')
-            return self.grid_problem
+            return True
         if self.grid_problem:
             _LOG.info('height grid current again; priors are back (%s)', self.grid_problem)
         self._partial = False
         self._failed_at = None
         self.grid_problem = ''
-        return ''
+        return False
+
+    @property
+    def retile_stats(self) -> dict[str, float]:
+        """Height-grid build counters for diagnostics (a live dict, updated by
+        :meth:`update_grid` on the frame thread): ``builds_started`` (builds begun, the first
+        synchronous one included), ``builds_swapped`` (builds taken into use),
+        ``build_s_last`` (wall time of the last finished build, seconds; NaN before) and
+        ``frames_while_building`` (frames that used the previous grid while a background
+        build ran)."""
+        stats = self.__dict__.get('_retile_stats')
+        if stats is None:
+            stats = self.__dict__['_retile_stats'] = {
+                'builds_started': 0, 'builds_swapped': 0, 'build_s_last': math.nan,
+                'frames_while_building': 0}
+        return stats
+
+    def wait_for_grid(self, timeout_s: float = 30.0) -> bool:
+        """Wait until the height grid's background build (if any) has finished; the next
+        :meth:`update_grid` swaps it in or reports its failure (for tests and tools that need
+        the re-tiled grid deterministically; a live node never waits).
+
+        Args:
+            timeout_s: longest wait, seconds (finite, >= 0).
+
+        Returns:
+            True when no build is in flight; False when ``timeout_s`` passed first.
+
+        Raises:
+            ValueError: a negative or non-finite ``timeout_s``.
+        """
+        if isinstance(timeout_s, bool) or not (isinstance(timeout_s, (int, float))
+                                               and math.isfinite(timeout_s) and timeout_s >= 0):
+            raise ValueError(f'timeout_s must be a finite number >= 0, got {timeout_s!r}')
+        wait = getattr(self.grid, 'wait', None)
+        return True if wait is None else bool(wait(float(timeout_s)))
 
     def frame_problem(self, stats: Mapping[str, float]) -> str:
         """The FrameResult.prior_problem of a frame cast with this prior: why it has no or
@@ -257,7 +384,7 @@ class GeoPrior:
         Without a height grid (its first build failed, :meth:`update_grid`) every ray is
         UNAVAILABLE.
         """
-        from .raycast import RayStatus, raycast
+        from .raycast import RayStatus
 
         t0 = time.perf_counter()
         self.update_grid(pose.p_enu_cam)
@@ -271,15 +398,106 @@ class GeoPrior:
                     'status': np.full((h, w), int(RayStatus.UNAVAILABLE), dtype=np.int8),
                     'source': np.zeros((h, w), dtype=np.int32),
                     'timings_ms': {'dem_retile': (t1 - t0) * 1e3}}
-        d_cam, _, _ = self.rays(model, True)
-        d_enu = d_cam.reshape(-1, 3) @ pose.R_enu_cam.T
         pose_cov = pose.pose_covariance()
-        # the torch loop issues many small ops: one thread (see cpu_threads); around the numba
-        # march torch works on whole-frame arrays, where the default threads help
-        import torch
+        if self._lattice_cast(field):
+            rng, status, source, var, t2 = self._terms_lattice(pose, model, field, pose_cov)
+        else:
+            rng, status, source, var, t2 = self._terms_full(pose, model, field, pose_cov)
+        var_rest, var_vert_first, var_vert, var_att = var
+        t3 = time.perf_counter()
+        sig_att = attitude_sigma_rad(pose_cov)
+        if sig_att > 0:
+            var_att = np.maximum(var_att, (range_gradient(rng) * model.fx * sig_att) ** 2)
+        with np.errstate(invalid='ignore'):
+            sigma = np.sqrt(var_rest + var_vert + var_att)
+            sigma_first = np.sqrt(var_rest + var_vert_first + var_att)
+        return {'range_m': rng,
+                'sigma_m': sigma.astype(np.float32),
+                'sigma_first_order_vertical_m': sigma_first.astype(np.float32),
+                'status': status,
+                'source': source,
+                'timings_ms': {'dem_retile': (t1 - t0) * 1e3,
+                               'dem_raycast': (t2 - t1) * 1e3,
+                               'dem_sigma_points': (t3 - t2) * 1e3}}
 
+    def _lattice_cast(self, field: Any) -> bool:
+        """Whether this frame's cast runs through :mod:`.prior_lattice` (a CPU field whose
+        march is the compiled one; with ``cast_stride`` 1 every pixel is cast exactly)."""
+        from . import prior_lattice
         from .raycast import resolve_march
 
+        return field.device.type == 'cpu' and prior_lattice.available() and \
+            resolve_march(self.march, field.device, field.height.dtype) == 'numba'
+
+    def _terms_lattice(self, pose: PoseEstimate, model: CameraModel, field: Any,
+                       pose_cov: Any) -> tuple:
+        """The cast's per-pixel terms with :mod:`.prior_lattice` (CPU): (range (H, W)
+        float32, status (H, W) int8, source (H, W) int32, (var_rest, var_vert_first,
+        var_vert, var_att) (H, W) float64 m^2, perf_counter after the cast).
+
+        Sigma points: cast exactly for every pixel that was cast exactly; a pixel found near
+        its prediction takes the ratio (sigma-point / first-order vertical variance)
+        interpolated from its lattice cell's corners, where all four are finite, else it is
+        cast exactly too."""
+        from . import prior_lattice
+        from .raycast import RayStatus
+
+        h, w = model.height, model.width
+        d_cam, _, norm = self.rays(model, True)
+        d_enu = (d_cam.reshape(-1, 3) @ pose.R_enu_cam.T).reshape(h, w, 3)
+        status, rng64, info = prior_lattice.cast_frame(
+            field, pose.p_enu_cam, d_enu, norm, max_range_m=self.max_range_m,
+            stride=self.cast_stride, march=self.march)
+        self.last_cast_info = {k: v for k, v in info.items() if k != 'exact_mask'}
+        hit = status == int(RayStatus.HIT)
+        terms = prior_lattice.hit_terms(field, pose.p_enu_cam, d_enu[hit], rng64[hit], pose_cov)
+        t2 = time.perf_counter()
+        nan = np.full((h, w), np.nan)
+        var_rest, var_first, var_att = nan.copy(), nan.copy(), nan.copy()
+        var_rest[hit], var_first[hit], var_att[hit] = (terms['var_rest'], terms['var_vert'],
+                                                       terms['var_att'])
+        source = np.zeros((h, w), dtype=np.int32)
+        source[hit] = terms['source']
+        delta = nan.copy()
+        delta[hit] = terms['delta']
+        var_vert = var_first.copy()
+        if self.sigma_points and hit.any():
+            hole = self._camera_over_nodata(pose)
+
+            def exact(mask: np.ndarray) -> None:
+                if mask.any():
+                    var_vert[mask] = self._sigma_point_var(field, pose, d_enu[mask],
+                                                           rng64[mask], delta[mask],
+                                                           var_first[mask], hole)
+
+            exact_px = hit & info['exact_mask']
+            exact(exact_px)
+            inner = hit & ~info['exact_mask']
+            if inner.any():
+                with np.errstate(invalid='ignore', divide='ignore'):
+                    ratio = np.where(var_first > 0, var_vert / var_first,
+                                     np.where(var_vert == 0, 1.0, np.inf))
+                ratio[~exact_px] = np.nan
+                ratio = prior_lattice.interpolate_lattice(ratio, self.cast_stride)
+                ok = inner & np.isfinite(ratio)
+                var_vert[ok] = var_first[ok] * ratio[ok]
+                exact(inner & ~ok)
+        return rng64.astype(np.float32), status, source, (var_rest, var_first, var_vert,
+                                                          var_att), t2
+
+    def _terms_full(self, pose: PoseEstimate, model: CameraModel, field: Any,
+                    pose_cov: Any) -> tuple:
+        """The cast's per-pixel terms of :meth:`_terms_lattice` with one
+        :func:`~.raycast.raycast` of every pixel (any device and march)."""
+        import torch
+
+        from .raycast import RayStatus, raycast, resolve_march
+
+        h, w = model.height, model.width
+        d_cam, _, _ = self.rays(model, True)
+        d_enu = d_cam.reshape(-1, 3) @ pose.R_enu_cam.T
+        # the torch loop issues many small ops: one thread (see cpu_threads); around the numba
+        # march torch works on whole-frame arrays, where the default threads help
         loop = resolve_march(self.march, field.device, field.height.dtype) == 'torch'
         with cpu_threads(field.device, 1 if loop else torch.get_num_threads()):
             res = raycast(field, pose.p_enu_cam, d_enu, max_range_m=self.max_range_m,
@@ -295,61 +513,58 @@ class GeoPrior:
             t2 = time.perf_counter()
             hit = (status == RayStatus.HIT).reshape(-1)
             if self.sigma_points and hit.any():
-                # Raising the terrain by delta is lowering the camera by delta: shift each hit
-                # ray's origin instead of building two shifted grids every frame. delta =
-                # sqrt(sigma_v^2 + P_zz) at the hit node, recovered from the vertical term
-                # n_z delta / sin(g) (NaN at a zero grazing angle, where sigma is infinite).
+                # delta = sqrt(sigma_v^2 + P_zz) at the hit node, recovered from the vertical
+                # term n_z delta / sin(g) (NaN at a zero grazing angle: sigma is infinite)
                 sin_g = np.sin(res.grazing_rad.double().cpu().numpy()[hit])
                 n_z = res.normal[:, 2].double().cpu().numpy()[hit]
                 with np.errstate(divide='ignore', invalid='ignore'):
                     delta = s_vert.reshape(-1)[hit] * sin_g / n_z
-                r0 = rng.reshape(-1)[hit].astype(np.float64)
-                dev2 = np.zeros_like(r0)
-                hole = self._camera_over_nodata(pose)
-                for sign in (1.0, -1.0):
-                    origin = np.repeat(pose.p_enu_cam[None, :], r0.size, axis=0)
-                    origin[:, 2] -= sign * np.nan_to_num(delta)
-                    # raised terrain can only bring the hit closer; lowered terrain only
-                    # pushes it farther (f + delta > 0 before r0): march from r0
-                    reach = min(self.max_range_m, float(r0.max()) + field.cell_m) \
-                        if sign > 0 else self.max_range_m
-                    rs = raycast(field, origin, d_enu[hit], max_range_m=reach,
-                                 ranges_only=True, march=self.march,
-                                 min_range_m=None if sign > 0 else r0)
-                    r_s = rs.range_m.double().cpu().numpy()
-                    st_s = rs.status.cpu().numpy()
-                    ok = (st_s == RayStatus.HIT) & np.isfinite(delta)
-                    # the camera lowered into the terrain under it (it is within delta of the
-                    # DEM there): this sigma point does not exist; its first-order term stands
-                    # in (see the docstring)
-                    inside = st_s == RayStatus.BELOW_TERRAIN
-                    if hole and sign > 0:  # cannot be tested over a hole (see the docstring)
-                        inside |= st_s == RayStatus.UNAVAILABLE
-                    dev2 += 0.5 * np.where(ok, (r_s - r0) ** 2,
-                                           np.where(inside, var_vert_first.reshape(-1)[hit],
-                                                    np.inf))
-                    n_inside = int(inside.sum())
-                    if n_inside:
-                        _LOG.debug('sigma points: camera %.2f m lower is inside the DEM for %d '
-                                   'rays; first-order vertical term used', float(
-                                       np.nanmax(delta)), n_inside)
-                var_vert.reshape(-1)[hit] = dev2
-        t3 = time.perf_counter()
-        sig_att = attitude_sigma_rad(pose_cov)
-        var_att = s_att ** 2
-        if sig_att > 0:
-            var_att = np.maximum(var_att, (range_gradient(rng) * model.fx * sig_att) ** 2)
-        with np.errstate(invalid='ignore'):
-            sigma = np.sqrt(var_rest + var_vert + var_att)
-            sigma_first = np.sqrt(var_rest + var_vert_first + var_att)
-        return {'range_m': rng,
-                'sigma_m': sigma.astype(np.float32),
-                'sigma_first_order_vertical_m': sigma_first.astype(np.float32),
-                'status': status,
-                'source': res.source.cpu().numpy().reshape(h, w),
-                'timings_ms': {'dem_retile': (t1 - t0) * 1e3,
-                               'dem_raycast': (t2 - t1) * 1e3,
-                               'dem_sigma_points': (t3 - t2) * 1e3}}
+                var_vert.reshape(-1)[hit] = self._sigma_point_var(
+                    field, pose, d_enu[hit], rng.reshape(-1)[hit].astype(np.float64), delta,
+                    var_vert_first.reshape(-1)[hit], self._camera_over_nodata(pose))
+        return rng, status, res.source.cpu().numpy().reshape(h, w), (
+            var_rest, var_vert_first, var_vert, s_att ** 2), t2
+
+    def _sigma_point_var(self, field: Any, pose: PoseEstimate, d_hit: np.ndarray,
+                         r0: np.ndarray, delta: np.ndarray, var_first: np.ndarray,
+                         hole: bool) -> np.ndarray:
+        """The sigma-point vertical variance ``((r+ - r)^2 + (r- - r)^2) / 2`` (m^2) of HIT
+        rays (see :meth:`cast`).
+
+        Args:
+            d_hit: (N, 3) unit ENU rays; r0: (N,) their hit ranges, metres; delta: (N,)
+                sqrt(sigma_v^2 + P_zz), metres (NaN: infinite variance); var_first: (N,) the
+                first-order vertical variance, m^2 (stands in for a sigma point inside the
+                terrain); hole: the camera is over nodata.
+        """
+        from .raycast import RayStatus, raycast
+
+        # Raising the terrain by delta is lowering the camera by delta: shift each hit ray's
+        # origin instead of building two shifted grids every frame.
+        dev2 = np.zeros_like(r0)
+        for sign in (1.0, -1.0):
+            origin = np.repeat(pose.p_enu_cam[None, :], r0.size, axis=0)
+            origin[:, 2] -= sign * np.nan_to_num(delta)
+            # raised terrain can only bring the hit closer; lowered terrain only pushes it
+            # farther (f + delta > 0 before r0): march from r0
+            reach = min(self.max_range_m, float(r0.max()) + field.cell_m) \
+                if sign > 0 else self.max_range_m
+            rs = raycast(field, origin, d_hit, max_range_m=reach, ranges_only=True,
+                         march=self.march, min_range_m=None if sign > 0 else r0)
+            r_s = rs.range_m.double().cpu().numpy()
+            st_s = rs.status.cpu().numpy()
+            ok = (st_s == RayStatus.HIT) & np.isfinite(delta)
+            # the camera lowered into the terrain under it (it is within delta of the DEM
+            # there): this sigma point does not exist; its first-order term stands in
+            inside = st_s == RayStatus.BELOW_TERRAIN
+            if hole and sign > 0:  # cannot be tested over a hole (see cast)
+                inside |= st_s == RayStatus.UNAVAILABLE
+            dev2 += 0.5 * np.where(ok, (r_s - r0) ** 2, np.where(inside, var_first, np.inf))
+            n_inside = int(inside.sum())
+            if n_inside:
+                _LOG.debug('sigma points: camera %.2f m lower is inside the DEM for %d rays; '
+                           'first-order vertical term used', float(np.nanmax(delta)), n_inside)
+        return dev2
 
     def _ground_under(self, pose: PoseEstimate) -> float:
         """ENU height (m) of the height grid under the camera centre; NaN over nodata,

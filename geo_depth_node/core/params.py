@@ -316,6 +316,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               'installed), else torch; torch = the batched torch loop (any device, ~5x slower '
               'on the CPU); numba = CPU only; triton = CUDA only.',
               choices=('auto', 'torch', 'numba', 'triton'), read_only=True),
+    ParamSpec('dem.cast_stride', 4,
+              'CPU prior cast (numba march): pixels of every cast_stride-th row and column are '
+              'ray-cast exactly; the pixels between them are found as the DEM crossing next to '
+              'the range their four neighbours predict, and cast exactly wherever those '
+              'neighbours disagree (silhouettes, crests, sky, nodata). 1 = every pixel cast '
+              'exactly (~4x slower). The sigma-point correction is cast exactly on the same '
+              'pixels and interpolated as a ratio between them. Not used on CUDA.', 'px', 1, 16,
+              read_only=True),
     ParamSpec('dem.sigma_points', True,
               'Refine the vertical part of the prior sigma with two more ray casts into the '
               'DEM raised and lowered by its vertical sigma (catches rays that would hit a '

@@ -724,7 +724,8 @@ class _Georef:
                 march=str(params['dem.raycast_march']),
                 fusion=FusionConfig(params['fusion.gate_k'],
                                     params['fusion.max_prior_relative_sigma']),
-                retry_s=float(params['dem.grid_retry_s']))
+                retry_s=float(params['dem.grid_retry_s']),
+                cast_stride=int(params['dem.cast_stride']))
         return self.prior
 
     def lookup(self, stamp_ns: int, params: Mapping[str, Any], wait_s: float

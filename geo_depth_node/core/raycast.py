@@ -137,6 +137,9 @@ class HeightField:
         sigma_v: (Ny, Nx) float tensor, vertical 1-sigma of each node, metres.
         sigma_h: (Ny, Nx) float tensor, horizontal per-axis 1-sigma of each node, metres.
         frame: the ENU frame the grid lives in (metadata; None for synthetic fields).
+        bvh: a :class:`~.raycast_embree.TerrainBvh` of this field, or None: the numba march
+            then starts each ray at the BVH's safe start (:func:`raycast`). Built by
+            :meth:`build_bvh` (seconds for a large grid: off the frame path).
     """
 
     height: 'torch.Tensor'
@@ -147,6 +150,7 @@ class HeightField:
     sigma_v: 'torch.Tensor | None' = None
     sigma_h: 'torch.Tensor | None' = None
     frame: 'EnuFrame | None' = None
+    bvh: Any = dataclasses.field(default=None, repr=False, compare=False)
     _cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -191,6 +195,19 @@ class HeightField:
             self.z_min = self.z_max = float('nan')
         _LOG.debug('height field %s on %s: z %.2f..%.2f m, %.1f %% data', tuple(h.shape),
                    h.device, self.z_min, self.z_max, 100.0 * float(valid.float().mean()))
+
+    def build_bvh(self) -> bool:
+        """Build :attr:`bvh` when it can serve (a CPU field with data, Open3D installed).
+
+        Returns:
+            True when the field has a BVH now.
+        """
+        from .raycast_embree import TerrainBvh, bvh_available
+
+        if self.bvh is None and self.device.type == 'cpu' and math.isfinite(self.z_max) \
+                and bvh_available():
+            self.bvh = TerrainBvh(self)
+        return self.bvh is not None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -680,10 +697,14 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
     if march == 'numba':  # the whole status / range part in one compiled pass
         from .raycast_numba import cast as numba_cast
 
+        safe = None
+        if field.bvh is not None and n:  # skip what the BVH proves free of events
+            safe = field.bvh.safe_start(o64[:1] if o64.stride(0) == 0 else o64, d64)
         try:
             st, r64 = numba_cast(field, o64, d64, hflat, max_range_m=max_range_m, step=step,
                                  n_bisect=n_bisect, block=block,
-                                 sky_outside_grid=sky_outside_grid, min_range_m=t_min)
+                                 sky_outside_grid=sky_outside_grid, min_range_m=t_min,
+                                 safe_start=safe)
             found = (st, r64.to(ct))
         except Exception as exc:  # noqa: BLE001 - a kernel that fails to build here
             _kernel_failed(march, march_auto, exc)

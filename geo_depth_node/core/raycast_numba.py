@@ -71,7 +71,7 @@ def _impl() -> Any:
 
 def cast(field: Any, origin: Any, directions: Any, hflat: Any, *, max_range_m: float,
          step: float, n_bisect: int, block: int, sky_outside_grid: bool,
-         min_range_m: Any = None) -> tuple[Any, Any]:
+         min_range_m: Any = None, safe_start: Any = None) -> tuple[Any, Any]:
     """Status and range of every ray in one compiled pass: what :func:`~.raycast.raycast` does
     before its hit geometry and sigma (ray set-up in grid units, grid exit, the z_max slab,
     the terrain at the start, the march and refinement, SKY or UNAVAILABLE for rays without
@@ -88,6 +88,10 @@ def cast(field: Any, origin: Any, directions: Any, hflat: Any, *, max_range_m: f
             (longer brackets are bisected to the same final width); block: block side (cells).
         sky_outside_grid: see :func:`~.raycast.raycast`.
         min_range_m: None, or a 0-d or (N,) float64 CPU tensor, metres (>= 0).
+        safe_start: None, or an (N,) float64 CPU tensor, metres: per ray a range before which
+            it provably meets no event (``TerrainBvh.safe_start``; +inf: none at all). The
+            march starts at the last sample of its own lattice ``t0 + k step`` at least one
+            step before it, so it samples what it would have sampled from ``t0`` there on.
 
     Returns:
         (status (N,) int8 tensor of RayStatus values, range (N,) float64 tensor, NaN unless
@@ -120,13 +124,15 @@ def cast(field: Any, origin: Any, directions: Any, hflat: Any, *, max_range_m: f
     n = d.shape[0]
     tmin = np.zeros(0) if min_range_m is None else \
         np.ascontiguousarray(min_range_m.to(torch.float64).expand(n).numpy())
+    tsafe = np.zeros(0) if safe_start is None else \
+        np.ascontiguousarray(safe_start.to(torch.float64).numpy())
     grid = np.array([field.x0_m, field.y0_m, field.cell_m, field.z_max, max_range_m])
     lim = np.array([nx - 1, ny - 1, nx - 2, ny - 2], dtype=ct)
     status = np.empty(n, dtype=np.int8)
     rng = np.empty(n)
     t = time.perf_counter()
     if n:
-        cast_impl(o, d, tmin, grid, h, lim, int(nx), int(ny), bm, bs, bd, float(block), float(seg),
+        cast_impl(o, d, tmin, tsafe, grid, h, lim, int(nx), int(ny), bm, bs, bd, float(block), float(seg),
                   float(step), int(n_bisect), min(_GROUPS, n), bool(sky_outside_grid), status,
                   rng)
     if first:

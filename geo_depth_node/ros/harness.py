@@ -264,8 +264,10 @@ class BagReplayer:
     def replay(self, bag_dir: str | os.PathLike, *, frame_timeout: float = 30.0,
                lockstep: bool = True, topic_prefix: str = '',
                discovery_timeout: float = 30.0,
-               wait_topics: set[str] | None = None) -> list[int]:
-        """Publish the bag; with ``lockstep`` wait for each frame's points before the next.
+               wait_topics: set[str] | None = None, realtime: bool = False) -> list[int]:
+        """Publish the bag; with ``lockstep`` wait for each frame's points before the next;
+        with ``realtime`` (and not ``lockstep``) publish every message at its bag time after
+        the first one (a camera at its own rate: the node keeps up or drops frames).
 
         Frames (the /left/* and /right/* topics) are grouped by header stamp; a frame is
         complete once all of them are sent. Other topics are published in bag order; discovery
@@ -313,13 +315,21 @@ class BagReplayer:
                     st, ms = pending.pop(0)
                     self._wait_frame(st, ms, frame_timeout)
 
+            wall0 = bag0 = None
             for conn, t_bag, raw in reader.messages(connections=conns):
                 if lockstep:
                     flush(t_bag)
+                elif realtime:
+                    if wall0 is None:
+                        wall0, bag0 = time.perf_counter(), t_bag
+                    wait = wall0 + (t_bag - bag0) * 1e-9 - time.perf_counter()
+                    if wait > 0:
+                        time.sleep(wait)
                 pub = self._pubs[topic_prefix + conn.topic]
                 pub.publish(bytes(raw))
                 if conn.topic not in frame_topics:
-                    time.sleep(self.sensor_pause_s)  # do not burst past small queues
+                    if not realtime:
+                        time.sleep(self.sensor_pause_s)  # do not burst past small queues
                     continue
                 stamp = _header_stamp_from_cdr(raw)
                 frame_msgs.setdefault(stamp, []).append((pub, bytes(raw), conn.topic))

@@ -1,0 +1,142 @@
+"""numba kernels of :mod:`.prior_lattice` (imports numba; imported only when that cast runs).
+
+Module-level functions so that numba can cache the compiled code on disk. The terrain is
+evaluated and marched with the ray-march's own ``f_at`` and ``march_ray``
+(:mod:`._raycast_numba_kernels`): the same arithmetic as the march.
+"""
+import numba
+import numpy as np
+
+from ._numba import configure_threading
+from ._raycast_numba_kernels import f_at, march_ray
+
+configure_threading(numba)
+
+#: parallel work items (each takes every _GROUPS-th ray, one scratch slot each)
+_GROUPS = 64
+
+
+@numba.njit(cache=True, parallel=True, nogil=True)
+def between_impl(origin, d, t_lo, t_hi, grid, hflat, lim, nx, bmax, bslope, block, seg, step,
+                 n_bisect, z_max, status, rng):
+    # The march of the ray-cast (march_ray: coarse skips, slope-bound steps, the same
+    # refinement) over [t_lo, t_hi] only, t_lo moved down onto the march's lattice
+    # t0 + k step (t0: where the ray enters the slab below z_max, as raycast_numba.cast), so
+    # it samples what the march from t0 samples there: the ray must be above the terrain at
+    # that start (not nodata). origin (3,) ENU, d (N, 3) unit ENU rays, t_lo / t_hi (N,) metres,
+    # grid = (x0, y0, cell), lim as f_at, bmax / bslope as raycast_numba.cast.
+    # Out: status (N,) int8 1 = HIT (rng (N,) its range), 0 = not found in the interval
+    # (below the terrain or nodata at t_lo, nodata before a crossing, none by t_hi).
+    n = d.shape[0]
+    x0, y0, cell = grid[0], grid[1], grid[2]
+    ct = hflat.dtype.type
+    target = step * 0.5 ** n_bisect
+    n_seg = max(1, int(np.floor(seg / step + 1e-9)))
+    groups = min(_GROUPS, max(n, 1))
+    buf = np.empty(groups, dtype=hflat.dtype)
+    gx0 = (origin[0] - x0) / cell
+    gy0 = (origin[1] - y0) / cell
+    oz = origin[2]
+    gx0c, gy0c, ozc = ct(gx0), ct(gy0), ct(oz)
+    for c in numba.prange(groups):
+        for r in range(c, n, groups):
+            status[r] = 0
+            rng[r] = np.nan
+            ta, tb = t_lo[r], t_hi[r]
+            if not (ta >= 0 and tb > ta and tb < np.inf):
+                continue
+            gdx, gdy, dz = d[r, 0] / cell, d[r, 1] / cell, d[r, 2]
+            t0 = 0.0
+            if oz > z_max:
+                if not dz < 0:
+                    continue
+                t0 = (z_max - oz) / dz
+            if ta < t0:
+                continue
+            ta = t0 + step * np.floor((ta - t0) / step)
+            gdxc, gdyc, dzc = ct(gdx), ct(gdy), ct(dz)
+            fa = f_at(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc, gdyc, dzc, ta)
+            if not fa > 0:  # below the terrain there, or nodata: not for this search
+                continue
+            ev, th = march_ray(buf, c, lim, hflat, nx, bmax, bslope, block, seg, step, target,
+                               n_seg, gx0, gy0, oz, gdx, gdy, dz, gx0c, gy0c, ozc, gdxc, gdyc,
+                               dzc, ta, tb)
+            if ev == 1:
+                status[r] = 1
+                rng[r] = th
+
+
+@numba.njit(cache=True, parallel=True, nogil=True)
+def hit_geometry_impl(origin, d, rng, grid, hflat, lim, nx, ny, src, sv, sh, pcov, acov,
+                      source, sin_g, delta, var_rest, var_vert, var_att):
+    # Per HIT ray (rng finite), the terms of the prior sigma of raycast._hit_geometry, in its
+    # dtypes: grid-index hit position in the field dtype, bilinear gradient there, unit
+    # normal in float64, DEM sigmas of the nearest node. origin (3,), d (N, 3) unit ENU,
+    # grid = (x0, y0, cell), pcov / acov (3, 3) position / attitude covariance (ENU).
+    # Out (N,): source id, sin(grazing), delta = sqrt(sigma_v^2 + P_zz) (NaN at zero
+    # grazing), and the range variances: var_rest (DEM horizontal + camera horizontal
+    # position), var_vert (first-order vertical), var_att (attitude); inf at zero grazing.
+    n = d.shape[0]
+    x0, y0, cell = grid[0], grid[1], grid[2]
+    ct = hflat.dtype.type
+    p_zz = pcov[2, 2]
+    for r in numba.prange(n):
+        t = rng[r]
+        if not (t == t):
+            continue
+        px = origin[0] + t * d[r, 0]
+        py = origin[1] + t * d[r, 1]
+        gx = ct((px - x0) / cell)
+        gy = ct((py - y0) / cell)
+        gxc = min(max(gx, ct(0)), lim[0])
+        gyc = min(max(gy, ct(0)), lim[1])
+        ix = min(np.floor(gxc), lim[2])
+        iy = min(np.floor(gyc), lim[3])
+        wx = gxc - ix
+        wy = gyc - iy
+        base = int(iy) * nx + int(ix)
+        h00 = hflat[base]
+        h01 = hflat[base + 1]
+        h10 = hflat[base + nx]
+        h11 = hflat[base + nx + 1]
+        a = h00 + wx * (h01 - h00)
+        b = h10 + wx * (h11 - h10)
+        dzdx = (ct(1) - wy) * (h01 - h00) + wy * (h11 - h10)
+        dzdy = b - a
+        n0 = -float(dzdx) / cell
+        n1 = -float(dzdy) / cell
+        nn = np.sqrt(n0 * n0 + n1 * n1 + 1.0)
+        n0, n1, n2 = n0 / nn, n1 / nn, 1.0 / nn
+        s = -(n0 * d[r, 0] + n1 * d[r, 1] + n2 * d[r, 2])
+        s = max(s, 0.0)
+        sin_g[r] = s
+        jx = min(max(int(np.round(float(gx))), 0), nx - 1)
+        jy = min(max(int(np.round(float(gy))), 0), ny - 1)
+        node = jy * nx + jx
+        source[r] = src[node]
+        s_v = float(sv[node])
+        s_h = float(sh[node])
+        nz2 = n2 * n2
+        var_dem = nz2 * s_v * s_v + max(1.0 - nz2, 0.0) * s_h * s_h
+        var_pos = (pcov[0, 0] * n0 * n0 + pcov[1, 1] * n1 * n1 + pcov[2, 2] * n2 * n2
+                   + (pcov[0, 1] + pcov[1, 0]) * n0 * n1 + (pcov[0, 2] + pcov[2, 0]) * n0 * n2
+                   + (pcov[1, 2] + pcov[2, 1]) * n1 * n2)
+        c0 = d[r, 1] * n2 - d[r, 2] * n1
+        c1 = d[r, 2] * n0 - d[r, 0] * n2
+        c2 = d[r, 0] * n1 - d[r, 1] * n0
+        va = t * t * (acov[0, 0] * c0 * c0 + acov[1, 1] * c1 * c1 + acov[2, 2] * c2 * c2
+                      + (acov[0, 1] + acov[1, 0]) * c0 * c1
+                      + (acov[0, 2] + acov[2, 0]) * c0 * c2
+                      + (acov[1, 2] + acov[2, 1]) * c1 * c2)
+        vv = nz2 * (s_v * s_v + p_zz)
+        if s > 0:
+            inv = 1.0 / (s * s)
+            delta[r] = np.sqrt(s_v * s_v + p_zz)
+            var_rest[r] = max(var_dem + var_pos - vv, 0.0) * inv
+            var_vert[r] = vv * inv
+            var_att[r] = va * inv
+        else:
+            delta[r] = np.nan
+            var_rest[r] = np.inf
+            var_vert[r] = np.inf
+            var_att[r] = np.inf

@@ -1,0 +1,248 @@
+"""The prior's ray-cast of a whole frame on the CPU: exact rays on a pixel lattice, the pixels
+between them found next to the range their neighbours predict, exact rays wherever the
+neighbours disagree.
+
+The prior's range image is smooth except at silhouettes (terrain against the sky, a crest in
+front of farther terrain) and the DEM is bilinear between nodes. So, with a lattice stride
+``s`` (``dem.cast_stride``):
+
+1. **Lattice.** The pixels of every ``s``-th row and column (and the last row and column) are
+   cast exactly (:func:`~.raycast.raycast`: the march from the camera, started at the BVH's
+   safe start, :mod:`.raycast_embree`).
+2. **Smooth cells.** A lattice cell whose four corners are HIT with ranges within a factor
+   ``1 +`` :data:`MAX_CORNER_RATIO` of each other is smooth.
+3. **Marched between its neighbours.** An inner pixel of a smooth cell runs the ray-march
+   itself (the same coarse skips, steps, bisection and secant, ``march_ray``) but only over
+   ``[(1 - rel) r_min - step, (1 + rel) r_max + step]`` of its cell's corner ranges
+   (:data:`NEAR_REL`), and only when the ray is above the terrain where that starts. Its
+   range is the crossing of the bilinear DEM, not an interpolated range.
+4. **Exact where it matters.** Every other pixel — in a cell with a corner that is not a HIT
+   (sky, nodata, below the terrain) or with a range jump (a silhouette or a crest), or whose
+   search found no crossing — is cast exactly like the lattice.
+
+The one assumption: an inner ray is clear of the terrain up to its cell's nearest corner range,
+as its four corner rays are (they surround it, at most ``s r / f`` metres apart at range
+``r``). It fails only for terrain that rises between the four corner rays and none of them:
+a bump narrower than the lattice spacing, while the DEM holds no feature narrower than its
+cell (``s = 4``, ``f = 500`` px, 2 m cells: 2 m apart at 250 m).
+test_prior_lattice.py compares every pixel with the full exact cast on synthetic worlds.
+
+The hit geometry and the first-order sigma terms of every HIT (:func:`~.raycast.raycast`'s
+``_hit_geometry``, the reference) are computed in one compiled pass
+(:func:`hit_terms`). numba is needed (``available``); GeoPrior uses the full cast otherwise.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from ._numba import numba_available
+
+_LOG = logging.getLogger(__name__)
+
+#: corners of a smooth lattice cell have ranges within this factor (+1) of each other
+MAX_CORNER_RATIO = 0.3
+#: an inner ray is marched from (1 - NEAR_REL) times the nearest corner range of its cell (less
+#: a step) to (1 + NEAR_REL) times the farthest (plus a step)
+NEAR_REL = 0.02
+#: block side (cells) of the march's skip bounds, as raycast()'s default block_cells
+BLOCK_CELLS = 8
+_KERNELS: Any = None
+
+
+def available() -> bool:
+    """True when the compiled kernels can run (numba installed)."""
+    return numba_available()
+
+
+def _kernels() -> Any:
+    global _KERNELS
+    if _KERNELS is None:
+        t = time.perf_counter()
+        from . import _prior_numba_kernels as k
+
+        _KERNELS = k
+        _LOG.debug('prior lattice kernels imported in %.2f s', time.perf_counter() - t)
+    return _KERNELS
+
+
+def lattice_index(n: int, stride: int) -> np.ndarray:
+    """Indices 0, stride, 2 stride, ... and n - 1 (sorted, unique) of a length-``n`` axis."""
+    if n < 1 or stride < 1:
+        raise ValueError(f'need n >= 1 and stride >= 1, got n={n}, stride={stride}')
+    return np.unique(np.append(np.arange(0, n, stride), n - 1))
+
+
+def _field_args(field: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """(grid (x0, y0, cell) float64, heights (Ny*Nx,) in the field dtype, lim as the march's
+    f_at, nx, ny) of a CPU HeightField."""
+    ny, nx = field.shape
+    h = np.ascontiguousarray(field.height.reshape(-1).numpy())
+    lim = np.array([nx - 1, ny - 1, nx - 2, ny - 2], dtype=h.dtype)
+    return np.array([field.x0_m, field.y0_m, field.cell_m]), h, lim, nx, ny
+
+
+def _block_bounds(field: Any, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """The march's block maxima (rounded to the field dtype) and slope bounds, float64 numpy
+    (as :func:`.raycast_numba.cast` passes them)."""
+    import torch
+
+    bm = field.block_max(block).to(field.height.dtype).to(torch.float64).numpy()
+    return np.ascontiguousarray(bm), np.ascontiguousarray(
+        field.block_slope(block).to(torch.float64).numpy())
+
+
+def march_params(field: Any, tol_m: float = 1e-4) -> tuple[float, int]:
+    """(step metres, n_bisect) of :func:`~.raycast.raycast`'s defaults for ``field``."""
+    import math
+
+    step = 0.5 * field.cell_m
+    return step, max(1, int(math.ceil(math.log2(max(step, tol_m) / tol_m))) + 1)
+
+
+def cast_frame(field: Any, origin: np.ndarray, d_enu: np.ndarray, norm: np.ndarray, *,
+               max_range_m: float, stride: int, march: str = 'numba'
+               ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Status and range of every pixel ray of a frame (module docstring).
+
+    Args:
+        field: the CPU :class:`~.raycast.HeightField` (with its BVH when it has one).
+        origin: (3,) camera centre, ENU metres.
+        d_enu: (H, W, 3) float64 unit pixel rays in ENU.
+        norm: (H, W) |d_rect| of each pixel (the rectified ray before normalisation).
+        max_range_m: farthest prior, metres.
+        stride: lattice stride in pixels (1 = every pixel exact).
+        march: the march of the exact casts (:func:`~.raycast.raycast`).
+
+    Returns:
+        (status (H, W) int8 RayStatus values, range (H, W) float64 metres (NaN unless HIT),
+        stats {'exact': rays cast exactly, 'near': rays found near their prediction,
+        'exact_mask': (H, W) bool, the pixels cast exactly}).
+    """
+
+    from .raycast import RayStatus, raycast
+
+    h, w = norm.shape
+    if d_enu.shape != (h, w, 3):
+        raise ValueError(f'd_enu must be (H, W, 3) = ({h}, {w}, 3), got {d_enu.shape}')
+    o = np.asarray(origin, dtype=np.float64).reshape(3)
+    status = np.full((h, w), int(RayStatus.UNAVAILABLE), dtype=np.int8)
+    rng = np.full((h, w), np.nan)
+    exact = np.zeros((h, w), dtype=bool)
+
+    def cast_exact(mask: np.ndarray) -> None:
+        if not mask.any():
+            return
+        res = raycast(field, o, d_enu[mask], max_range_m=max_range_m, ranges_only=True,
+                      march=march)
+        status[mask] = res.status.numpy()
+        rng[mask] = res.range_m.double().numpy()
+        exact[mask] = True
+
+    if stride <= 1:
+        cast_exact(np.ones((h, w), dtype=bool))
+        return status, rng, {'exact': h * w, 'near': 0, 'exact_mask': exact}
+    ly, lx = lattice_index(h, stride), lattice_index(w, stride)
+    on = np.zeros((h, w), dtype=bool)
+    on[np.ix_(ly, lx)] = True
+    cast_exact(on)
+    hit = status[np.ix_(ly, lx)] == int(RayStatus.HIT)
+    r_l = rng[np.ix_(ly, lx)]
+    with np.errstate(invalid='ignore'):
+        corners = np.stack([r_l[:-1, :-1], r_l[:-1, 1:], r_l[1:, :-1], r_l[1:, 1:]])
+        smooth = hit[:-1, :-1] & hit[:-1, 1:] & hit[1:, :-1] & hit[1:, 1:] & \
+            (corners.max(axis=0) <= (1.0 + MAX_CORNER_RATIO) * corners.min(axis=0))
+    # the cell of every pixel: rows ly[a]..ly[a+1], columns lx[b]..lx[b+1]
+    a = np.clip(np.searchsorted(ly, np.arange(h), side='right') - 1, 0, ly.size - 2)
+    b = np.clip(np.searchsorted(lx, np.arange(w), side='right') - 1, 0, lx.size - 2)
+    near = smooth[a[:, None], b[None, :]] & ~on
+    n_near = 0
+    if near.any():
+        # march each inner ray over [(1 - rel) r_min - step, (1 + rel) r_max + step] of its
+        # cell's corner ranges
+        step, n_bisect = march_params(field)
+        with np.errstate(invalid='ignore'):
+            lo = corners.min(axis=0)[a[:, None], b[None, :]][near] * (1 - NEAR_REL) - step
+            hi = corners.max(axis=0)[a[:, None], b[None, :]][near] * (1 + NEAR_REL) + step
+        grid, hflat, lim, nx, _ = _field_args(field)
+        block = BLOCK_CELLS
+        bm, bs = _block_bounds(field, block)
+        dn = np.ascontiguousarray(d_enu[near])
+        st_n = np.empty(dn.shape[0], dtype=np.int8)
+        r_n = np.empty(dn.shape[0])
+        _kernels().between_impl(o, dn, np.maximum(lo, 0.0), np.minimum(hi, max_range_m),
+                                grid, hflat, lim, nx, bm, bs, float(block),
+                                float(block * field.cell_m), step, n_bisect,
+                                float(field.z_max), st_n, r_n)
+        found = st_n == 1
+        idx = np.flatnonzero(near)
+        status.reshape(-1)[idx[found]] = int(RayStatus.HIT)
+        rng.reshape(-1)[idx[found]] = r_n[found]
+        near.reshape(-1)[idx[~found]] = False
+        n_near = int(found.sum())
+    cast_exact(~on & ~near)
+    return status, rng, {'exact': int(exact.sum()), 'near': n_near, 'exact_mask': exact}
+
+
+def hit_terms(field: Any, origin: np.ndarray, d: np.ndarray, rng: np.ndarray,
+              pose_cov: Any) -> dict[str, np.ndarray]:
+    """The first-order prior sigma terms of HIT rays (``raycast._hit_geometry`` is the
+    reference; one compiled pass).
+
+    Args:
+        field: the CPU HeightField; origin (3,) ENU metres; d (N, 3) float64 unit ENU rays;
+        rng: (N,) float64 hit ranges, metres (NaN: not a hit, outputs left NaN / 0).
+        pose_cov: core.raycast.PoseCovariance or None (a perfectly known pose).
+
+    Returns:
+        (N,) arrays: 'source' int32, 'sin_g' (sine of the grazing angle), 'delta' (metres,
+        sqrt(sigma_v^2 + P_zz): the vertical shift of the sigma points; NaN at zero
+        grazing), and range variances in m^2: 'var_rest' (DEM horizontal and camera
+        horizontal position), 'var_vert' (first-order vertical: DEM vertical and camera
+        height), 'var_att' (attitude); inf at zero grazing.
+    """
+    grid, hflat, lim, nx, ny = _field_args(field)
+    n = d.shape[0]
+    src = np.ascontiguousarray(field.source.reshape(-1).numpy())
+    sv = np.ascontiguousarray(field.sigma_v.reshape(-1).numpy())
+    sh = np.ascontiguousarray(field.sigma_h.reshape(-1).numpy())
+    pc = np.zeros((3, 3)) if pose_cov is None else np.ascontiguousarray(pose_cov.position)
+    ac = np.zeros((3, 3)) if pose_cov is None else np.ascontiguousarray(pose_cov.attitude)
+    out = {'source': np.zeros(n, dtype=np.int32)}
+    for name in ('sin_g', 'delta', 'var_rest', 'var_vert', 'var_att'):
+        out[name] = np.full(n, np.nan)
+    _kernels().hit_geometry_impl(np.asarray(origin, dtype=np.float64).reshape(3),
+                                 np.ascontiguousarray(d, dtype=np.float64),
+                                 np.ascontiguousarray(rng, dtype=np.float64), grid, hflat, lim,
+                                 nx, ny, src, sv, sh, pc, ac, out['source'], out['sin_g'],
+                                 out['delta'], out['var_rest'], out['var_vert'], out['var_att'])
+    return out
+
+
+def interpolate_lattice(values: np.ndarray, stride: int) -> np.ndarray:
+    """Bilinear interpolation in pixel coordinates of the values at the lattice pixels
+    (:func:`lattice_index` rows and columns) of an (H, W) image to every pixel; NaN where a
+    corner of the pixel's lattice cell is not finite (lattice pixels keep their own value)."""
+    h, w = values.shape
+    ly, lx = lattice_index(h, stride), lattice_index(w, stride)
+    v = values[np.ix_(ly, lx)]
+    if ly.size < 2 or lx.size < 2:
+        raise ValueError(f'an image of {w}x{h} has no lattice cells at stride {stride}')
+    a = np.clip(np.searchsorted(ly, np.arange(h), side='right') - 1, 0, ly.size - 2)
+    b = np.clip(np.searchsorted(lx, np.arange(w), side='right') - 1, 0, lx.size - 2)
+    fy = ((np.arange(h) - ly[a]) / (ly[a + 1] - ly[a]))[:, None]
+    fx = ((np.arange(w) - lx[b]) / (lx[b + 1] - lx[b]))[None, :]
+    ai, bi = a[:, None], b[None, :]
+    c00, c01, c10, c11 = v[ai, bi], v[ai, bi + 1], v[ai + 1, bi], v[ai + 1, bi + 1]
+    ok = np.isfinite(c00) & np.isfinite(c01) & np.isfinite(c10) & np.isfinite(c11)
+    with np.errstate(invalid='ignore'):
+        top = c00 + fx * (c01 - c00)
+        bot = c10 + fx * (c11 - c10)
+        out = np.where(ok, top + fy * (bot - top), np.nan)
+    on = np.zeros((h, w), dtype=bool)
+    on[np.ix_(ly, lx)] = True
+    out[on] = values[on]
+    return out
