@@ -55,6 +55,9 @@ build: venv
 	  --event-handlers console_cohesion- summary- \
 	  --cmake-args -DBUILD_TESTING=OFF -DPython3_EXECUTABLE=$$VIRTUAL_ENV/bin/python \
 	  > $(COLCON)-build.log 2>&1 || { cat $(COLCON)-build.log; exit 1; }
+	@# numba's disk cache is keyed on each kernel file alone: a kernel that calls one from
+	@# another file would keep a stale copy of it, so a build drops the cache
+	@find $(COLCON)/install -path '*geo_depth_node/core/__pycache__/*.nb[ic]' -delete
 	@echo "built messages into $(COLCON)/install (log: $(COLCON)-build.log)"
 
 test: build

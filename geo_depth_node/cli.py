@@ -9,6 +9,7 @@ Subcommands (each has --help):
     synth    write a synthetic outdoor world (terrain, stereo, IMU, GNSS, DEM) with exact truth
     demo     synthetic world -> live node over DDS -> cloud (PLY) + PNGs + a table of results
     soak     long run of the frame path (RSS, pose buffers, ms) or a flood of its input path
+    live-bench  the real node fed at the camera's rate with DEM priors: clouds/s, latency, drops
 
 Heavy imports happen inside the subcommands, so ``geo-depth --help`` is instant.
 """
@@ -262,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
                         'ms), or --flood the input path (drops, counters) (--help for options)')
     sp.add_argument('args', nargs=argparse.REMAINDER, help='options of soak')
 
+    sp = sub.add_parser('live-bench', add_help=False,
+                        help='the real node fed at the camera rate with DEM priors over DDS: '
+                        'clouds/s, image->cloud latency, drops (--help for options)')
+    sp.add_argument('args', nargs=argparse.REMAINDER, help='options of live-bench')
+
     sp = sub.add_parser('synth', help='write a synthetic world (rosbag2 + DEM + truth + params)',
                         description='Generate a deterministic synthetic outdoor world: terrain '
                         'with a real CRS, objects, a moving stereo rig, IMU, GNSS and a '
@@ -287,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     tools = {'bench': 'bench', 'replay': 'replay', 'kitti2bag': 'kitti2bag',
-             'prior-coverage': 'prior_coverage', 'soak': 'soak'}
+             'prior-coverage': 'prior_coverage', 'soak': 'soak', 'live-bench': 'live_bench'}
     if argv[:1] and argv[0] in tools:  # options go to the tool's own parser unchanged
         import importlib
 

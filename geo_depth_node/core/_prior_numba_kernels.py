@@ -8,11 +8,11 @@ import numba
 import numpy as np
 
 from ._numba import configure_threading
-from ._raycast_numba_kernels import f_at, march_ray
+from ._raycast_numba_kernels import f_at, march_ray, solve_bracket
 
 configure_threading(numba)
 
-#: parallel work items (each takes every _GROUPS-th ray, one scratch slot each)
+#: parallel work items (each a contiguous chunk of the rays, one scratch slot each)
 _GROUPS = 64
 
 
@@ -39,7 +39,7 @@ def between_impl(origin, d, t_lo, t_hi, grid, hflat, lim, nx, bmax, bslope, bloc
     oz = origin[2]
     gx0c, gy0c, ozc = ct(gx0), ct(gy0), ct(oz)
     for c in numba.prange(groups):
-        for r in range(c, n, groups):
+        for r in range(c * n // groups, (c + 1) * n // groups):  # a contiguous chunk
             status[r] = 0
             rng[r] = np.nan
             ta, tb = t_lo[r], t_hi[r]
@@ -62,6 +62,44 @@ def between_impl(origin, d, t_lo, t_hi, grid, hflat, lim, nx, bmax, bslope, bloc
                                n_seg, gx0, gy0, oz, gdx, gdy, dz, gx0c, gy0c, ozc, gdxc, gdyc,
                                dzc, ta, tb)
             if ev == 1:
+                status[r] = 1
+                rng[r] = th
+
+
+@numba.njit(cache=True, parallel=True, nogil=True)
+def guess_impl(origin, d, guess, rel, pad, grid, hflat, lim, nx, status, rng):
+    # The crossing in the bracket [g - (rel g + pad), g + (rel g + pad)] around a predicted
+    # range g, when the ray is above the terrain at its start and at or below it at its end
+    # (f_at signs, not nodata), solved exactly (solve_bracket). Out: status (N,) int8 1 = HIT
+    # (rng (N,) its range), 0 = the bracket does not hold a crossing (or nodata in it).
+    n = d.shape[0]
+    x0, y0, cell = grid[0], grid[1], grid[2]
+    ct = hflat.dtype.type
+    groups = min(_GROUPS, max(n, 1))
+    buf = np.empty(groups, dtype=hflat.dtype)
+    gx0 = (origin[0] - x0) / cell
+    gy0 = (origin[1] - y0) / cell
+    oz = origin[2]
+    gx0c, gy0c, ozc = ct(gx0), ct(gy0), ct(oz)
+    nx1, ny1 = int(lim[0]), int(lim[1])
+    for c in numba.prange(groups):
+        for r in range(c * n // groups, (c + 1) * n // groups):  # a contiguous chunk
+            status[r] = 0
+            rng[r] = np.nan
+            g = guess[r]
+            if not (g > 0 and g < np.inf):
+                continue
+            half = rel * g + pad
+            ta = max(g - half, 0.0)
+            tb = g + half
+            gdx, gdy, dz = d[r, 0] / cell, d[r, 1] / cell, d[r, 2]
+            gdxc, gdyc, dzc = ct(gdx), ct(gdy), ct(dz)
+            fa = f_at(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc, gdyc, dzc, ta)
+            fb = f_at(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc, gdyc, dzc, tb)
+            if not (fa > 0 and fb <= 0):
+                continue
+            code, th = solve_bracket(hflat, nx, nx1, ny1, gx0, gy0, oz, gdx, gdy, dz, ta, tb)
+            if code == 1:
                 status[r] = 1
                 rng[r] = th
 

@@ -110,12 +110,92 @@ def march_ray(buf, c, lim, hflat, nx, bmax, bslope, block, seg, step, target, n_
                 break
     if ev != 1:
         return ev, np.nan
-    # refine: bisection to the target width, then one secant step (as raycast())
+    # refine: the first root of the bracket's piecewise-quadratic f (solve_bracket); where it
+    # cannot answer (too many cells), bisection to the target width and a secant step
+    code, th = solve_bracket(hflat, nx, int(lim[0]), int(lim[1]), gx0, gy0, oz, gdx, gdy, dz,
+                             ta, tb)
+    if code == 1:
+        return 1, th
+    if code == 2:
+        return 2, np.nan
     ok, th = refine_bracket(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc, gdyc, dzc, ta, tb, fa,
                             fb, 128, target)
     if not ok:
         return 2, np.nan
     return 1, th
+
+
+@numba.njit(cache=True, nogil=True)
+def solve_bracket(hflat, nx, nx1, ny1, gx0, gy0, oz, gdx, gdy, dz, ta, tb):
+    # The first crossing of the terrain in a bracket [ta, tb] (ray above the terrain at ta,
+    # at or below it at tb), exactly: within one cell the bilinear terrain along a ray is a
+    # quadratic in t, so the bracket is cut where the ray crosses cell edges and the first
+    # piece with a root gives it (float64 on the field's heights). gx0, gy0, gdx, gdy: grid
+    # units (per metre); nx1, ny1 = Nx - 1, Ny - 1. Returns (1, t) a hit, (2, nan) a nodata
+    # cell before the crossing, (0, nan) not solved here (more than 64 cells, or no root
+    # found by rounding): the caller bisects.
+    # walk the cells along the ray (no allocation): the next x and y cell edges after t0
+    t1 = ta
+    for _ in range(64):
+        t0 = t1
+        if not t0 < tb:
+            break
+        t1 = tb
+        for axis in range(2):
+            g0 = gx0 if axis == 0 else gy0
+            gd = gdx if axis == 0 else gdy
+            if gd != 0:
+                g = g0 + t0 * gd
+                edge = np.floor(g) + 1.0 if gd > 0 else np.ceil(g) - 1.0
+                te = (edge - g0) / gd
+                if te > t0 and te < t1:
+                    t1 = te
+        tm = 0.5 * (t0 + t1)
+        gxm = gx0 + tm * gdx
+        gym = gy0 + tm * gdy
+        ix = min(max(np.floor(gxm), 0.0), nx1 - 1.0)
+        iy = min(max(np.floor(gym), 0.0), ny1 - 1.0)
+        if not (gxm >= 0 and gxm <= nx1 and gym >= 0 and gym <= ny1):
+            return 2, np.nan  # left the grid inside the bracket: unknown
+        base = int(iy) * nx + int(ix)
+        h00 = float(hflat[base])
+        h01 = float(hflat[base + 1])
+        h10 = float(hflat[base + nx])
+        h11 = float(hflat[base + nx + 1])
+        if not (h00 == h00 and h01 == h01 and h10 == h10 and h11 == h11):
+            return 2, np.nan  # nodata before the crossing
+        p = h01 - h00
+        q = h10 - h00
+        d = h00 - h01 - h10 + h11
+        wx = gx0 + t0 * gdx - ix
+        wy = gy0 + t0 * gdy - iy
+        f0 = oz + t0 * dz - (h00 + p * wx + q * wy + d * wx * wy)
+        if f0 <= 0:
+            return 1, t0
+        # f(t0 + s) = f0 + b s + a s^2
+        a2 = -d * gdx * gdy
+        b1 = dz - p * gdx - q * gdy - d * (wx * gdy + wy * gdx)
+        s1 = t1 - t0
+        root = np.inf
+        if abs(a2) * s1 <= 1e-12 * (abs(b1) + 1e-300):
+            if b1 < 0:
+                root = -f0 / b1
+        else:
+            disc = b1 * b1 - 4.0 * a2 * f0
+            if disc >= 0:
+                sq = np.sqrt(disc)
+                qq = -0.5 * (b1 + sq if b1 >= 0 else b1 - sq)
+                r1 = qq / a2
+                r2 = f0 / qq if qq != 0 else np.inf
+                for r in (r1, r2):
+                    if r >= 0 and r < root:
+                        root = r
+        if root <= s1:
+            return 1, t0 + root
+        fe = f0 + b1 * s1 + a2 * s1 * s1
+        if fe <= 0:  # rounding: the root is at the end of this piece
+            return 1, t1
+    return 0, np.nan  # more than 64 cells, or no root found by rounding
 
 
 @numba.njit(cache=True, nogil=True)
@@ -219,7 +299,7 @@ def cast_impl(origin, d, tmin, tsafe, grid, hflat, lim, nx, ny, bmax, bslope, bd
     buf = np.empty(n_groups, dtype=hflat.dtype)
     one_origin = origin.shape[0] == 1
     for c in numba.prange(n_groups):
-        for r in range(c, n, n_groups):
+        for r in range(c * n // n_groups, (c + 1) * n // n_groups):  # a contiguous chunk
             o = 0 if one_origin else r
             gx0 = (origin[o, 0] - x0) / cell
             gy0 = (origin[o, 1] - y0) / cell

@@ -676,17 +676,27 @@ class GeoPrior:
                     'measured': int((result.provenance == Provenance.MEASURED).sum())}
         _, ray_unit, norm = self.rays(model, bool(params.get('output.unrectify_points', True)))
         t = time.perf_counter()
-        consistent = self.height_consistency(result, pose, model)
         weak = None
         if stereo is not None and getattr(result, 'disparity', None) is not None \
                 and getattr(result, 'sigma_disparity', None) is not None:
             with np.errstate(divide='ignore', invalid='ignore'):
                 d_prior = float(stereo.fb) * norm / pri['range_m'] + float(stereo.delta_cx)
             weak = (result.disparity, result.sigma_disparity, d_prior)
-        counts = fuse(result, ray_unit, norm, pri['range_m'], pri['sigma_m'], pri['status'],
-                      pri['source'], self.fusion, pose_degraded=pose.degraded,
-                      surface_model_ids=self.surface_model_ids, consistent=consistent,
-                      weak_stereo=weak)
+        from . import fusion_numba
+
+        field = self.grid.field
+        if field.device.type == 'cpu' and fusion_numba.available():
+            # the height test and the fusion in one compiled pass (equal to the two below)
+            counts = fusion_numba.fuse_frame(
+                result, field, pose, self.rays(model, True)[0], ray_unit, norm,
+                pri['range_m'], pri['sigma_m'], pri['status'], pri['source'], self.fusion,
+                surface_model_ids=self.surface_model_ids, weak_stereo=weak)
+        else:  # the reference
+            counts = fuse(result, ray_unit, norm, pri['range_m'], pri['sigma_m'],
+                          pri['status'], pri['source'], self.fusion,
+                          pose_degraded=pose.degraded, surface_model_ids=self.surface_model_ids,
+                          consistent=self.height_consistency(result, pose, model),
+                          weak_stereo=weak)
         result.timings_ms.update(pri['timings_ms'])
         result.timings_ms['fusion'] = (time.perf_counter() - t) * 1e3
         return counts

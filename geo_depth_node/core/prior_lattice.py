@@ -10,21 +10,33 @@ front of farther terrain) and the DEM is bilinear between nodes. So, with a latt
    cast exactly (:func:`~.raycast.raycast`: the march from the camera, started at the BVH's
    safe start, :mod:`.raycast_embree`).
 2. **Smooth cells.** A lattice cell whose four corners are HIT with ranges within a factor
-   ``1 +`` :data:`MAX_CORNER_RATIO` of each other is smooth.
-3. **Marched between its neighbours.** An inner pixel of a smooth cell runs the ray-march
-   itself (the same coarse skips, steps, bisection and secant, ``march_ray``) but only over
-   ``[(1 - rel) r_min - step, (1 + rel) r_max + step]`` of its cell's corner ranges
-   (:data:`NEAR_REL`), and only when the ray is above the terrain where that starts. Its
-   range is the crossing of the bilinear DEM, not an interpolated range.
+   ``1 +`` :data:`MAX_CORNER_RATIO` of each other is smooth. For a plane ``w = |d_rect| / r``
+   is linear in the pixel coordinates (``r = c |d_rect| / (n . d_rect)``); a smooth cell is
+   also *planar* when the second differences of ``w`` over the lattice are within
+   :data:`PLANAR_TOL` of ``w`` at its four corners (a crest or a silhouette breaks that).
+3. **Found between the neighbours.**
+
+   a. An inner pixel of a planar cell predicts its range ``g`` by the bilinear interpolation of
+      ``w`` (exact on a plane) and takes the crossing in ``[g - e, g + e]``
+      (``e = GUESS_REL g + GUESS_PAD_M``) when the ray is above the terrain at its start and
+      at or below it at its end; the crossing there is solved exactly (the bilinear terrain
+      along a ray is a quadratic in each DEM cell, ``solve_bracket``).
+   b. The other inner pixels of smooth cells (and those whose bracket held no crossing) run
+      the ray-march itself (``march_ray``: the same skips, steps and refinement) over
+      ``[(1 - rel) r_min - step, (1 + rel) r_max + step]`` of their cell's corner ranges
+      (:data:`NEAR_REL`), starting on the march's own lattice, when the ray is above the
+      terrain there.
+
+   Either way the range is the crossing of the bilinear DEM, not an interpolated range.
 4. **Exact where it matters.** Every other pixel — in a cell with a corner that is not a HIT
    (sky, nodata, below the terrain) or with a range jump (a silhouette or a crest), or whose
    search found no crossing — is cast exactly like the lattice.
 
-The one assumption: an inner ray is clear of the terrain up to its cell's nearest corner range,
-as its four corner rays are (they surround it, at most ``s r / f`` metres apart at range
-``r``). It fails only for terrain that rises between the four corner rays and none of them:
-a bump narrower than the lattice spacing, while the DEM holds no feature narrower than its
-cell (``s = 4``, ``f = 500`` px, 2 m cells: 2 m apart at 250 m).
+The one assumption: an inner ray is clear of the terrain up to the start of its search, as
+its four corner rays are up to theirs (they surround it, at most ``s r / f`` metres apart at
+range ``r``). It fails only for terrain that rises between the four corner rays and none of
+them: a bump narrower than the lattice spacing, while the DEM holds no feature narrower than
+its cell (``s = 4``, ``f = 500`` px, 2 m cells: 2 m apart at 250 m).
 test_prior_lattice.py compares every pixel with the full exact cast on synthetic worlds.
 
 The hit geometry and the first-order sigma terms of every HIT (:func:`~.raycast.raycast`'s
@@ -48,6 +60,12 @@ MAX_CORNER_RATIO = 0.3
 #: an inner ray is marched from (1 - NEAR_REL) times the nearest corner range of its cell (less
 #: a step) to (1 + NEAR_REL) times the farthest (plus a step)
 NEAR_REL = 0.02
+#: a cell is planar when the second differences of |d_rect| / r over the lattice are within
+#: this fraction of it at its four corners
+PLANAR_TOL = 0.01
+#: the bracket around a predicted range: this fraction of it plus GUESS_PAD_M on each side
+GUESS_REL = 0.01
+GUESS_PAD_M = 0.25
 #: block side (cells) of the march's skip bounds, as raycast()'s default block_cells
 BLOCK_CELLS = 8
 _KERNELS: Any = None
@@ -144,7 +162,7 @@ def cast_frame(field: Any, origin: np.ndarray, d_enu: np.ndarray, norm: np.ndarr
 
     if stride <= 1:
         cast_exact(np.ones((h, w), dtype=bool))
-        return status, rng, {'exact': h * w, 'near': 0, 'exact_mask': exact}
+        return status, rng, {'exact': h * w, 'guessed': 0, 'near': 0, 'exact_mask': exact}
     ly, lx = lattice_index(h, stride), lattice_index(w, stride)
     on = np.zeros((h, w), dtype=bool)
     on[np.ix_(ly, lx)] = True
@@ -153,38 +171,70 @@ def cast_frame(field: Any, origin: np.ndarray, d_enu: np.ndarray, norm: np.ndarr
     r_l = rng[np.ix_(ly, lx)]
     with np.errstate(invalid='ignore'):
         corners = np.stack([r_l[:-1, :-1], r_l[:-1, 1:], r_l[1:, :-1], r_l[1:, 1:]])
+        r_min, r_max = corners.min(axis=0), corners.max(axis=0)
         smooth = hit[:-1, :-1] & hit[:-1, 1:] & hit[1:, :-1] & hit[1:, 1:] & \
-            (corners.max(axis=0) <= (1.0 + MAX_CORNER_RATIO) * corners.min(axis=0))
+            (r_max <= (1.0 + MAX_CORNER_RATIO) * r_min)
     # the cell of every pixel: rows ly[a]..ly[a+1], columns lx[b]..lx[b+1]
-    a = np.clip(np.searchsorted(ly, np.arange(h), side='right') - 1, 0, ly.size - 2)
-    b = np.clip(np.searchsorted(lx, np.arange(w), side='right') - 1, 0, lx.size - 2)
-    near = smooth[a[:, None], b[None, :]] & ~on
+    a = np.clip(np.searchsorted(ly, np.arange(h), side='right') - 1, 0, ly.size - 2)[:, None]
+    b = np.clip(np.searchsorted(lx, np.arange(w), side='right') - 1, 0, lx.size - 2)[None, :]
+    grid, hflat, lim, nx, _ = _field_args(field)
+    done = np.zeros((h, w), dtype=bool)  # inner pixels found by steps 3a / 3b
+
+    def found_by(mask: np.ndarray, run: Any) -> int:
+        """Run a kernel over the rays of ``mask``; keep its hits within range."""
+        d = np.ascontiguousarray(d_enu[mask])
+        st, r = np.empty(d.shape[0], dtype=np.int8), np.empty(d.shape[0])
+        run(d, st, r)
+        ok = (st == 1) & (r <= max_range_m)
+        idx = np.flatnonzero(mask)[ok]
+        status.reshape(-1)[idx] = int(RayStatus.HIT)
+        rng.reshape(-1)[idx] = r[ok]
+        done.reshape(-1)[idx] = True
+        return int(ok.sum())
+
+    # 3a. planar cells: the bracket around the predicted range
+    w_l = np.where(hit, norm[np.ix_(ly, lx)] / np.where(hit, r_l, 1.0), np.nan)
+    planar = smooth & _planar_cells(w_l)
+    guess_px = planar[a, b] & ~on
+    n_guess = 0
+    if guess_px.any():
+        w_img = np.full((h, w), np.nan)
+        w_img[np.ix_(ly, lx)] = w_l
+        guess = np.ascontiguousarray((norm / interpolate_lattice(w_img, stride))[guess_px])
+        n_guess = found_by(guess_px, lambda d, st, r: _kernels().guess_impl(
+            o, d, guess, GUESS_REL, GUESS_PAD_M, grid, hflat, lim, nx, st, r))
+    # 3b. the other smooth cells, and the planar ones whose bracket failed: the march
+    # between the corner ranges
+    between = smooth[a, b] & ~on & ~done
     n_near = 0
-    if near.any():
-        # march each inner ray over [(1 - rel) r_min - step, (1 + rel) r_max + step] of its
-        # cell's corner ranges
+    if between.any():
         step, n_bisect = march_params(field)
-        with np.errstate(invalid='ignore'):
-            lo = corners.min(axis=0)[a[:, None], b[None, :]][near] * (1 - NEAR_REL) - step
-            hi = corners.max(axis=0)[a[:, None], b[None, :]][near] * (1 + NEAR_REL) + step
-        grid, hflat, lim, nx, _ = _field_args(field)
-        block = BLOCK_CELLS
-        bm, bs = _block_bounds(field, block)
-        dn = np.ascontiguousarray(d_enu[near])
-        st_n = np.empty(dn.shape[0], dtype=np.int8)
-        r_n = np.empty(dn.shape[0])
-        _kernels().between_impl(o, dn, np.maximum(lo, 0.0), np.minimum(hi, max_range_m),
-                                grid, hflat, lim, nx, bm, bs, float(block),
-                                float(block * field.cell_m), step, n_bisect,
-                                float(field.z_max), st_n, r_n)
-        found = st_n == 1
-        idx = np.flatnonzero(near)
-        status.reshape(-1)[idx[found]] = int(RayStatus.HIT)
-        rng.reshape(-1)[idx[found]] = r_n[found]
-        near.reshape(-1)[idx[~found]] = False
-        n_near = int(found.sum())
-    cast_exact(~on & ~near)
-    return status, rng, {'exact': int(exact.sum()), 'near': n_near, 'exact_mask': exact}
+        lo = np.maximum(r_min[a, b][between] * (1 - NEAR_REL) - step, 0.0)
+        hi = np.minimum(r_max[a, b][between] * (1 + NEAR_REL) + step, max_range_m)
+        bm, bs = _block_bounds(field, BLOCK_CELLS)
+        n_near = found_by(between, lambda d, st, r: _kernels().between_impl(
+            o, d, lo, hi, grid, hflat, lim, nx, bm, bs, float(BLOCK_CELLS),
+            float(BLOCK_CELLS * field.cell_m), step, n_bisect, float(field.z_max), st, r))
+    cast_exact(~on & ~done)  # 4.
+    return status, rng, {'exact': int(exact.sum()), 'guessed': n_guess, 'near': n_near,
+                         'exact_mask': exact}
+
+
+def _planar_cells(w_l: np.ndarray) -> np.ndarray:
+    """(nly - 1, nlx - 1) bool: lattice cells whose four corners have second differences of
+    ``w_l`` (|d_rect| / r at the lattice, NaN where not a HIT) within :data:`PLANAR_TOL` of
+    it along both axes (an edge node takes its inner neighbour's test)."""
+    flat = np.isfinite(w_l)
+    with np.errstate(invalid='ignore'):
+        for axis in (0, 1):
+            wl, fl = np.moveaxis(w_l, axis, 0), np.moveaxis(flat, axis, 0)
+            if wl.shape[0] < 3:
+                continue
+            d2 = np.abs(wl[:-2] - 2 * wl[1:-1] + wl[2:])
+            fl[1:-1] &= d2 <= PLANAR_TOL * np.abs(wl[1:-1])
+            fl[0] &= fl[1]
+            fl[-1] &= fl[-2]
+    return flat[:-1, :-1] & flat[:-1, 1:] & flat[1:, :-1] & flat[1:, 1:]
 
 
 def hit_terms(field: Any, origin: np.ndarray, d: np.ndarray, rng: np.ndarray,

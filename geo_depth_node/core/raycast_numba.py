@@ -54,7 +54,7 @@ from ._numba import numba_available  # noqa: F401 - re-exported
 
 _LOG = logging.getLogger(__name__)
 _IMPL: Any = None
-#: parallel work items (each takes every _GROUPS-th ray, one scratch buffer each)
+#: parallel work items (each a contiguous chunk of the rays, one scratch buffer each)
 _GROUPS = 64
 
 

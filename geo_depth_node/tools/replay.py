@@ -366,6 +366,9 @@ class _Replay:
             self._write_diagnostics(_frame_stamp(frame), {})
             return False
 
+        prior = getattr(self.pipeline.georef, 'prior', None)
+        if prior is not None:  # offline: a re-tile requested by this frame serves the next
+            prior.wait_for_grid()
         t1 = time.perf_counter()
         li = frame['left_image']
         stamp = bio.stamp_ns(li)
