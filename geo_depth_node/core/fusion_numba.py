@@ -224,3 +224,47 @@ def fuse_frame(result: Any, field: Any, pose: Any, d_cam: np.ndarray, ray_unit: 
     result.packed = None  # a cloud packed before the fusion is stale now
     total = counts.sum(axis=0)
     return {k: int(v) for k, v in zip(COUNT_KEYS, total, strict=True)}
+
+
+def warm_up(alloc: Any = None) -> float:
+    """Compile (or load from numba's disk cache) :func:`fuse_frame` for a frame whose arrays
+    are laid out as ``alloc((H, W))`` makes them (the pipeline's ``_alloc_outputs``: a dict
+    with depth, depth_sigma, points, sigma, provenance, flags, sigma_disparity; None: plain
+    C-contiguous float32 / uint8 / uint16 arrays) on a tiny plane. Returns seconds taken."""
+    import types
+
+    import torch
+
+    from .raycast import HeightField
+
+    t = time.perf_counter()
+    h, w = 6, 8
+    a = alloc((h, w)) if alloc is not None else {
+        'depth': np.zeros((h, w), np.float32), 'depth_sigma': np.zeros((h, w), np.float32),
+        'points': np.zeros((h, w, 3), np.float32), 'sigma': np.zeros((h, w), np.float32),
+        'provenance': np.zeros((h, w), np.uint8), 'flags': np.zeros((h, w), np.uint16),
+        'sigma_disparity': np.zeros((h, w), np.float32)}
+    rays = np.zeros((h, w, 3))
+    rays[..., 2] = 1.0
+    a['points'][...] = rays * 5.0
+    a['depth'][...] = 5.0
+    a['depth_sigma'][...] = 0.1
+    a['sigma'][...] = 0.1
+    a['provenance'][...] = int(Provenance.MEASURED)
+    a['flags'][...] = 0
+    a['sigma_disparity'][...] = 0.2
+    result = types.SimpleNamespace(points=a['points'], sigma=a['sigma'], depth=a['depth'],
+                                   depth_sigma=a['depth_sigma'], provenance=a['provenance'],
+                                   flags=a['flags'], source=np.zeros((h, w), np.uint16),
+                                   disparity=np.full((h, w), 10.0, np.float32),
+                                   sigma_disparity=a['sigma_disparity'], packed=None)
+    field = HeightField(torch.zeros((4, 4), dtype=torch.float32), -3.0, -3.0, 2.0)
+    pose = types.SimpleNamespace(R_enu_cam=np.eye(3), p_enu_cam=np.array([0.0, 0.0, 5.0]),
+                                 position_cov=np.eye(3) * 0.01, rpy_sigma=np.full(3, 1e-3),
+                                 degraded=False)
+    ones = np.ones((h, w))
+    fuse_frame(result, field, pose, rays, rays.astype(np.float32), ones,
+               np.full((h, w), 5.0, np.float32), np.full((h, w), 0.5, np.float32),
+               np.full((h, w), RAY_HIT, np.int8), np.ones((h, w), np.int32), FusionConfig(),
+               weak_stereo=(result.disparity, result.sigma_disparity, np.full((h, w), 10.0)))
+    return time.perf_counter() - t

@@ -450,8 +450,10 @@ class GeoPrior:
             stride=self.cast_stride, march=self.march)
         self.last_cast_info = {k: v for k, v in info.items() if k != 'exact_mask'}
         hit = status == int(RayStatus.HIT)
+        t = time.perf_counter()
         terms = prior_lattice.hit_terms(field, pose.p_enu_cam, d_enu[hit], rng64[hit], pose_cov)
         t2 = time.perf_counter()
+        self.last_cast_info['ms_hit_terms'] = round((t2 - t) * 1e3, 3)
         nan = np.full((h, w), np.nan)
         var_rest, var_first, var_att = nan.copy(), nan.copy(), nan.copy()
         var_rest[hit], var_first[hit], var_att[hit] = (terms['var_rest'], terms['var_vert'],

@@ -415,7 +415,8 @@ class DepthPipeline:
             kernel -> seconds ('stereo' for the device frame path of ``sgm_torch``;
             'triangulation' when the host path triangulates with numba;
             'dem_raycast' with DEM sources, a tiny cast with ``dem.raycast_march``, whichever
-            march that is); empty if there is none.
+            march that is; 'dem_prior_cast' and 'dem_fusion' for the CPU prior cast and
+            fusion of the host path); empty if there is none.
 
         Raises:
             ValueError: ``dem.raycast_march`` forced to a march that cannot run on
@@ -446,6 +447,20 @@ class DepthPipeline:
 
             took['dem_raycast'] = warm_up(self.params['dem.device'],
                                           str(self.params['dem.raycast_march']))
+            from .raycast import resolve_device
+
+            if resolve_device(self.params['dem.device']).type == 'cpu' \
+                    and not self.device_path:
+                from . import fusion_numba, prior_lattice
+
+                for name, run in (('dem_prior_cast', prior_lattice.warm_up),
+                                  ('dem_fusion', lambda: fusion_numba.warm_up(
+                                      self._alloc_outputs))):
+                    try:
+                        took[name] = run()
+                    except Exception as exc:  # noqa: BLE001 - the frame compiles or falls back
+                        _LOG.warning('warming up %s failed (%r); the first frame compiles it',
+                                     name, exc)
         return took
 
     def _warm_up_device(self) -> None:

@@ -163,10 +163,20 @@ def cast_frame(field: Any, origin: np.ndarray, d_enu: np.ndarray, norm: np.ndarr
     if stride <= 1:
         cast_exact(np.ones((h, w), dtype=bool))
         return status, rng, {'exact': h * w, 'guessed': 0, 'near': 0, 'exact_mask': exact}
+    ms: dict[str, float] = {}
+    t = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        ms[name] = round((now - t) * 1e3, 3)
+        t = now
+
     ly, lx = lattice_index(h, stride), lattice_index(w, stride)
     on = np.zeros((h, w), dtype=bool)
     on[np.ix_(ly, lx)] = True
     cast_exact(on)
+    lap('ms_lattice')
     hit = status[np.ix_(ly, lx)] == int(RayStatus.HIT)
     r_l = rng[np.ix_(ly, lx)]
     with np.errstate(invalid='ignore'):
@@ -201,8 +211,10 @@ def cast_frame(field: Any, origin: np.ndarray, d_enu: np.ndarray, norm: np.ndarr
         w_img = np.full((h, w), np.nan)
         w_img[np.ix_(ly, lx)] = w_l
         guess = np.ascontiguousarray((norm / interpolate_lattice(w_img, stride))[guess_px])
+        lap('ms_cells')
         n_guess = found_by(guess_px, lambda d, st, r: _kernels().guess_impl(
             o, d, guess, GUESS_REL, GUESS_PAD_M, grid, hflat, lim, nx, st, r))
+        lap('ms_guessed')
     # 3b. the other smooth cells, and the planar ones whose bracket failed: the march
     # between the corner ranges
     between = smooth[a, b] & ~on & ~done
@@ -215,9 +227,11 @@ def cast_frame(field: Any, origin: np.ndarray, d_enu: np.ndarray, norm: np.ndarr
         n_near = found_by(between, lambda d, st, r: _kernels().between_impl(
             o, d, lo, hi, grid, hflat, lim, nx, bm, bs, float(BLOCK_CELLS),
             float(BLOCK_CELLS * field.cell_m), step, n_bisect, float(field.z_max), st, r))
+        lap('ms_near')
     cast_exact(~on & ~done)  # 4.
+    lap('ms_exact')
     return status, rng, {'exact': int(exact.sum()), 'guessed': n_guess, 'near': n_near,
-                         'exact_mask': exact}
+                         'exact_mask': exact, **ms}
 
 
 def _planar_cells(w_l: np.ndarray) -> np.ndarray:
@@ -296,3 +310,29 @@ def interpolate_lattice(values: np.ndarray, stride: int) -> np.ndarray:
     on[np.ix_(ly, lx)] = True
     out[on] = values[on]
     return out
+
+
+def warm_up() -> float:
+    """Compile (or load from numba's disk cache) the kernels of a CPU prior cast on a tiny
+    tilted-plane field: the lattice cast with all its steps, the hit terms and a cast with
+    per-ray origins and start ranges (the sigma points). Returns seconds taken."""
+    import torch
+
+    from .raycast import HeightField, PoseCovariance, raycast
+
+    t = time.perf_counter()
+    yy, xx = np.mgrid[0:24, 0:24].astype(np.float64)
+    field = HeightField(torch.tensor(0.05 * xx + 0.02 * yy + 0.3 * np.sin(xx * yy / 7.0),
+                                     dtype=torch.float32), -23.0, -23.0, 2.0)
+    field.build_bvh()
+    u, v = np.meshgrid(np.linspace(-0.6, 0.6, 13), np.linspace(-0.2, 0.5, 9))
+    d = np.stack([u, np.ones_like(u), -v], -1)
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    o = np.array([0.0, -15.0, 3.0])
+    st, r, _ = cast_frame(field, o, d, np.sqrt(1 + u ** 2 + v ** 2), max_range_m=30.0,
+                          stride=4)
+    hit = st == 1
+    hit_terms(field, o, d[hit], r[hit], PoseCovariance.zero())
+    raycast(field, np.repeat(o[None], int(hit.sum()), 0), d[hit], max_range_m=30.0,
+            ranges_only=True, march='numba', min_range_m=r[hit])
+    return time.perf_counter() - t

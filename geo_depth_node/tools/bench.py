@@ -444,7 +444,8 @@ def run_pipeline_bench(device: str = 'cpu', size: tuple[int, int] = (640, 480),
             base_t = _median([sum(r.get(k, 0.0) for k in cast) for r in torch_runs])
             march_cmp = {'march': used, 'raycast_ms': round(ours, 3),
                          'torch_loop_raycast_ms': round(base_t, 3),
-                         'speedup': round(base_t / ours, 3) if ours > 0 else None}
+                         'speedup': round(base_t / ours, 3) if ours > 0 else None,
+                         'vs_torch_loop': _prior_vs_reference(pl, pairs[-1][0], lm)}
     if tmp is not None:
         tmp.cleanup()
     keys = list(dict.fromkeys(k for r in runs for k in r if k != 'total'))
@@ -465,6 +466,46 @@ def run_pipeline_bench(device: str = 'cpu', size: tuple[int, int] = (640, 480),
         'classes': classes,  # provenance fractions of the last frame
         **({'dem_march': march_cmp} if march_cmp else {}),
     }
+
+
+def _prior_vs_reference(pl: Any, stamp: int, model: Any) -> dict[str, Any]:
+    """One frame's prior cast as the pipeline runs it against the reference (the torch loop,
+    every pixel cast, ``cast_stride`` 1): pixels whose status differs, and per status of the
+    reference the largest range difference (m) among pixels of that status in both, and the
+    largest relative difference of the prior sigma (HIT)."""
+    import numpy as np
+
+    from ..core.raycast import RayStatus
+
+    prior = pl.georef.prior
+    pose, why = pl.georef.pose.pose_at(stamp)
+    if pose is None:
+        return {'error': why}
+    ours = prior.cast(pose, model)
+    info = dict(prior.last_cast_info)
+    keep = prior.march, prior.cast_stride
+    prior.march, prior.cast_stride = 'torch', 1
+    try:
+        ref = prior.cast(pose, model)
+    finally:
+        prior.march, prior.cast_stride = keep
+    out: dict[str, Any] = {'cast': info, 'pixels': int(ref['status'].size),
+                           'status_differs': int((ours['status'] != ref['status']).sum())}
+    for st in RayStatus:
+        both = (ours['status'] == st) & (ref['status'] == st)
+        with np.errstate(invalid='ignore'):
+            dr = np.abs(ours['range_m'].astype(np.float64) - ref['range_m'])[both]
+        dr = dr[np.isfinite(dr)]
+        out[f'max_range_diff_m.{st.name}'] = round(float(dr.max()), 6) if dr.size else None
+    hit = (ours['status'] == RayStatus.HIT) & (ref['status'] == RayStatus.HIT)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        rel = np.abs(ours['sigma_m'].astype(np.float64) / ref['sigma_m'] - 1.0)[hit]
+    rel = rel[np.isfinite(rel)]
+    if rel.size:
+        out['sigma_rel_diff.p50'] = round(float(np.median(rel)), 5)
+        out['sigma_rel_diff.p99'] = round(float(np.percentile(rel, 99)), 5)
+        out['sigma_rel_diff.max'] = round(float(rel.max()), 5)
+    return out
 
 
 def _device_name_str(device: str) -> str:
@@ -584,6 +625,16 @@ def _print_pipeline(result: Mapping[str, Any]) -> None:
         print(f"DEM ray-casts (dem_raycast + dem_sigma_points) with the {m['march']} march "
               f"{m['raycast_ms']:.1f} ms, with the torch loop (same frames, same process) "
               f"{m['torch_loop_raycast_ms']:.1f} ms: {m['speedup']}x")
+        v = m.get('vs_torch_loop') or {}
+        if 'pixels' in v:
+            print(f"prior of the last frame against the reference (torch loop, every pixel): "
+                  f"status differs for {v['status_differs']} of {v['pixels']} pixels; "
+                  "largest range difference " + ', '.join(
+                      f"{k.split('.')[-1]} {val} m" for k, val in v.items()
+                      if k.startswith('max_range_diff_m.') and val is not None)
+                  + f"; prior sigma relative difference p50 {v.get('sigma_rel_diff.p50')}, "
+                  f"p99 {v.get('sigma_rel_diff.p99')}, max {v.get('sigma_rel_diff.max')}")
+            print(f"its cast: {v['cast']}")
     _print_accuracy(result)
 
 
