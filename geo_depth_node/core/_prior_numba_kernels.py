@@ -178,3 +178,39 @@ def hit_geometry_impl(origin, d, rng, grid, hflat, lim, nx, ny, src, sv, sh, pco
             var_rest[r] = np.inf
             var_vert[r] = np.inf
             var_att[r] = np.inf
+
+
+@numba.njit(cache=True, parallel=True, nogil=True)
+def interp_lattice_impl(v, ly, lx, out):
+    # prior_lattice.interpolate_lattice: bilinear in pixel coordinates between the lattice
+    # values v (nly, nlx) at rows ly, columns lx, into out (H, W); NaN where a corner of the
+    # pixel's lattice cell is not finite; lattice pixels keep their value.
+    h, w = out.shape
+    nly, nlx = v.shape
+    for y in numba.prange(h):
+        a = 0
+        while a < nly - 2 and ly[a + 1] <= y:
+            a += 1
+        fy = (y - ly[a]) / (ly[a + 1] - ly[a])
+        b = 0
+        for x in range(w):
+            while b < nlx - 2 and lx[b + 1] <= x:
+                b += 1
+            c00, c01 = v[a, b], v[a, b + 1]
+            c10, c11 = v[a + 1, b], v[a + 1, b + 1]
+            fx = (x - lx[b]) / (lx[b + 1] - lx[b])
+            if fx == 0.0 and fy == 0.0:
+                out[y, x] = c00
+            elif fx == 1.0 and fy == 0.0:
+                out[y, x] = c01
+            elif fx == 0.0 and fy == 1.0:
+                out[y, x] = c10
+            elif fx == 1.0 and fy == 1.0:
+                out[y, x] = c11
+            elif np.isfinite(c00) and np.isfinite(c01) and np.isfinite(c10) \
+                    and np.isfinite(c11):
+                top = c00 + fx * (c01 - c00)
+                bot = c10 + fx * (c11 - c10)
+                out[y, x] = top + fy * (bot - top)
+            else:
+                out[y, x] = np.nan

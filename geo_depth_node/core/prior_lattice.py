@@ -289,26 +289,15 @@ def hit_terms(field: Any, origin: np.ndarray, d: np.ndarray, rng: np.ndarray,
 def interpolate_lattice(values: np.ndarray, stride: int) -> np.ndarray:
     """Bilinear interpolation in pixel coordinates of the values at the lattice pixels
     (:func:`lattice_index` rows and columns) of an (H, W) image to every pixel; NaN where a
-    corner of the pixel's lattice cell is not finite (lattice pixels keep their own value)."""
+    corner of the pixel's lattice cell is not finite (lattice pixels keep their own value).
+    Only the lattice pixels of ``values`` are read."""
     h, w = values.shape
     ly, lx = lattice_index(h, stride), lattice_index(w, stride)
-    v = values[np.ix_(ly, lx)]
     if ly.size < 2 or lx.size < 2:
         raise ValueError(f'an image of {w}x{h} has no lattice cells at stride {stride}')
-    a = np.clip(np.searchsorted(ly, np.arange(h), side='right') - 1, 0, ly.size - 2)
-    b = np.clip(np.searchsorted(lx, np.arange(w), side='right') - 1, 0, lx.size - 2)
-    fy = ((np.arange(h) - ly[a]) / (ly[a + 1] - ly[a]))[:, None]
-    fx = ((np.arange(w) - lx[b]) / (lx[b + 1] - lx[b]))[None, :]
-    ai, bi = a[:, None], b[None, :]
-    c00, c01, c10, c11 = v[ai, bi], v[ai, bi + 1], v[ai + 1, bi], v[ai + 1, bi + 1]
-    ok = np.isfinite(c00) & np.isfinite(c01) & np.isfinite(c10) & np.isfinite(c11)
-    with np.errstate(invalid='ignore'):
-        top = c00 + fx * (c01 - c00)
-        bot = c10 + fx * (c11 - c10)
-        out = np.where(ok, top + fy * (bot - top), np.nan)
-    on = np.zeros((h, w), dtype=bool)
-    on[np.ix_(ly, lx)] = True
-    out[on] = values[on]
+    out = np.empty((h, w))
+    _kernels().interp_lattice_impl(np.ascontiguousarray(values[np.ix_(ly, lx)],
+                                                        dtype=np.float64), ly, lx, out)
     return out
 
 
