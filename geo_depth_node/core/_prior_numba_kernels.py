@@ -16,18 +16,33 @@ configure_threading(numba)
 _GROUPS = 64
 
 
+@numba.njit(cache=True, nogil=True)
+def _cell_frac(p, width, ly, lx, a_row, b_col):
+    # the lattice cell (row ca, column cb) of flat pixel p and its position in it (fy, fx)
+    y = p // width
+    x = p - y * width
+    ca = a_row[y]
+    cb = b_col[x]
+    fy = (y - ly[ca]) / (ly[ca + 1] - ly[ca])
+    fx = (x - lx[cb]) / (lx[cb + 1] - lx[cb])
+    return ca, cb, fy, fx
+
+
 @numba.njit(cache=True, parallel=True, nogil=True)
-def between_impl(origin, d, t_lo, t_hi, grid, hflat, lim, nx, bmax, bslope, block, seg, step,
-                 n_bisect, z_max, status, rng):
-    # The march of the ray-cast (march_ray: coarse skips, slope-bound steps, the same
-    # refinement) over [t_lo, t_hi] only, t_lo moved down onto the march's lattice
-    # t0 + k step (t0: where the ray enters the slab below z_max, as raycast_numba.cast), so
-    # it samples what the march from t0 samples there: the ray must be above the terrain at
-    # that start (not nodata). origin (3,) ENU, d (N, 3) unit ENU rays, t_lo / t_hi (N,) metres,
-    # grid = (x0, y0, cell), lim as f_at, bmax / bslope as raycast_numba.cast.
-    # Out: status (N,) int8 1 = HIT (rng (N,) its range), 0 = not found in the interval
-    # (below the terrain or nodata at t_lo, nodata before a crossing, none by t_hi).
-    n = d.shape[0]
+def between_impl(origin, d, idx, r_min, r_max, ly, lx, a_row, b_col, width, rel, max_range,
+                 grid, hflat, lim, nx, bmax, bslope, block, seg, step, n_bisect, z_max,
+                 status, rng, done):
+    # For each flat pixel p = idx[k]: the march of the ray-cast (march_ray: coarse skips,
+    # slope-bound steps, the same refinement) over [(1 - rel) r_min - step, (1 + rel) r_max
+    # + step] of its lattice cell's corner ranges (r_min / r_max (cells)), the start moved
+    # down onto the march's lattice t0 + k step (t0: where the ray enters the slab below
+    # z_max, as raycast_numba.cast), so it samples what the march from t0 samples there;
+    # the ray must be above the terrain at that start (not nodata). origin (3,) ENU,
+    # d (P, 3) unit ENU rays of all pixels, ly / lx lattice rows / columns, a_row / b_col the
+    # cell of each row / column, grid = (x0, y0, cell), lim as f_at, bmax / bslope as
+    # raycast_numba.cast. A crossing within max_range sets status[p] = 1 (HIT),
+    # rng[p] and done[p]; others are left alone.
+    n = idx.shape[0]
     x0, y0, cell = grid[0], grid[1], grid[2]
     ct = hflat.dtype.type
     target = step * 0.5 ** n_bisect
@@ -39,13 +54,14 @@ def between_impl(origin, d, t_lo, t_hi, grid, hflat, lim, nx, bmax, bslope, bloc
     oz = origin[2]
     gx0c, gy0c, ozc = ct(gx0), ct(gy0), ct(oz)
     for c in numba.prange(groups):
-        for r in range(c * n // groups, (c + 1) * n // groups):  # a contiguous chunk
-            status[r] = 0
-            rng[r] = np.nan
-            ta, tb = t_lo[r], t_hi[r]
-            if not (ta >= 0 and tb > ta and tb < np.inf):
+        for k in range(c * n // groups, (c + 1) * n // groups):  # a contiguous chunk
+            p = idx[k]
+            ca, cb, _, _ = _cell_frac(p, width, ly, lx, a_row, b_col)
+            ta = max(r_min[ca, cb] * (1.0 - rel) - step, 0.0)
+            tb = min(r_max[ca, cb] * (1.0 + rel) + step, max_range)
+            if not (tb > ta and tb < np.inf):
                 continue
-            gdx, gdy, dz = d[r, 0] / cell, d[r, 1] / cell, d[r, 2]
+            gdx, gdy, dz = d[p, 0] / cell, d[p, 1] / cell, d[p, 2]
             t0 = 0.0
             if oz > z_max:
                 if not dz < 0:
@@ -61,18 +77,23 @@ def between_impl(origin, d, t_lo, t_hi, grid, hflat, lim, nx, bmax, bslope, bloc
             ev, th = march_ray(buf, c, lim, hflat, nx, bmax, bslope, block, seg, step, target,
                                n_seg, gx0, gy0, oz, gdx, gdy, dz, gx0c, gy0c, ozc, gdxc, gdyc,
                                dzc, ta, tb)
-            if ev == 1:
-                status[r] = 1
-                rng[r] = th
+            if ev == 1 and th <= max_range:
+                status[p] = 1
+                rng[p] = th
+                done[p] = True
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
-def guess_impl(origin, d, guess, rel, pad, grid, hflat, lim, nx, status, rng):
-    # The crossing in the bracket [g - (rel g + pad), g + (rel g + pad)] around a predicted
-    # range g, when the ray is above the terrain at its start and at or below it at its end
-    # (f_at signs, not nodata), solved exactly (solve_bracket). Out: status (N,) int8 1 = HIT
-    # (rng (N,) its range), 0 = the bracket does not hold a crossing (or nodata in it).
-    n = d.shape[0]
+def guess_impl(origin, d, idx, w_l, ly, lx, a_row, b_col, width, norm, rel, pad, max_range,
+               grid, hflat, lim, nx, status, rng, done):
+    # For each flat pixel p = idx[k]: its range predicted by the bilinear interpolation of
+    # w = |d_rect| / r over its lattice cell (w_l at the lattice; exact on a plane),
+    # g = norm[p] / w, and the crossing in [g - (rel g + pad), g + (rel g + pad)] when the
+    # ray is above the terrain at its start and at or below it at its end (f_at signs, not
+    # nodata), solved exactly (solve_bracket). A crossing within max_range sets
+    # status[p] = 1 (HIT), rng[p] and done[p]; others are left alone. Arguments as
+    # between_impl; norm (P,) |d_rect| of every pixel.
+    n = idx.shape[0]
     x0, y0, cell = grid[0], grid[1], grid[2]
     ct = hflat.dtype.type
     groups = min(_GROUPS, max(n, 1))
@@ -83,25 +104,28 @@ def guess_impl(origin, d, guess, rel, pad, grid, hflat, lim, nx, status, rng):
     gx0c, gy0c, ozc = ct(gx0), ct(gy0), ct(oz)
     nx1, ny1 = int(lim[0]), int(lim[1])
     for c in numba.prange(groups):
-        for r in range(c * n // groups, (c + 1) * n // groups):  # a contiguous chunk
-            status[r] = 0
-            rng[r] = np.nan
-            g = guess[r]
+        for k in range(c * n // groups, (c + 1) * n // groups):  # a contiguous chunk
+            p = idx[k]
+            ca, cb, fy, fx = _cell_frac(p, width, ly, lx, a_row, b_col)
+            top = w_l[ca, cb] + fx * (w_l[ca, cb + 1] - w_l[ca, cb])
+            bot = w_l[ca + 1, cb] + fx * (w_l[ca + 1, cb + 1] - w_l[ca + 1, cb])
+            g = norm[p] / (top + fy * (bot - top))
             if not (g > 0 and g < np.inf):
                 continue
             half = rel * g + pad
             ta = max(g - half, 0.0)
             tb = g + half
-            gdx, gdy, dz = d[r, 0] / cell, d[r, 1] / cell, d[r, 2]
+            gdx, gdy, dz = d[p, 0] / cell, d[p, 1] / cell, d[p, 2]
             gdxc, gdyc, dzc = ct(gdx), ct(gdy), ct(dz)
             fa = f_at(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc, gdyc, dzc, ta)
             fb = f_at(buf, c, lim, hflat, nx, gx0c, gy0c, ozc, gdxc, gdyc, dzc, tb)
             if not (fa > 0 and fb <= 0):
                 continue
             code, th = solve_bracket(hflat, nx, nx1, ny1, gx0, gy0, oz, gdx, gdy, dz, ta, tb)
-            if code == 1:
-                status[r] = 1
-                rng[r] = th
+            if code == 1 and th <= max_range:
+                status[p] = 1
+                rng[p] = th
+                done[p] = True
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)

@@ -147,6 +147,7 @@ def cast_frame(field: Any, origin: np.ndarray, d_enu: np.ndarray, norm: np.ndarr
     if d_enu.shape != (h, w, 3):
         raise ValueError(f'd_enu must be (H, W, 3) = ({h}, {w}, 3), got {d_enu.shape}')
     o = np.asarray(origin, dtype=np.float64).reshape(3)
+    d_enu = np.ascontiguousarray(d_enu, dtype=np.float64)
     status = np.full((h, w), int(RayStatus.UNAVAILABLE), dtype=np.int8)
     rng = np.full((h, w), np.nan)
     exact = np.zeros((h, w), dtype=bool)
@@ -185,48 +186,36 @@ def cast_frame(field: Any, origin: np.ndarray, d_enu: np.ndarray, norm: np.ndarr
         smooth = hit[:-1, :-1] & hit[:-1, 1:] & hit[1:, :-1] & hit[1:, 1:] & \
             (r_max <= (1.0 + MAX_CORNER_RATIO) * r_min)
     # the cell of every pixel: rows ly[a]..ly[a+1], columns lx[b]..lx[b+1]
-    a = np.clip(np.searchsorted(ly, np.arange(h), side='right') - 1, 0, ly.size - 2)[:, None]
-    b = np.clip(np.searchsorted(lx, np.arange(w), side='right') - 1, 0, lx.size - 2)[None, :]
+    a = np.clip(np.searchsorted(ly, np.arange(h), side='right') - 1, 0, ly.size - 2)
+    b = np.clip(np.searchsorted(lx, np.arange(w), side='right') - 1, 0, lx.size - 2)
     grid, hflat, lim, nx, _ = _field_args(field)
     done = np.zeros((h, w), dtype=bool)  # inner pixels found by steps 3a / 3b
-
-    def found_by(mask: np.ndarray, run: Any) -> int:
-        """Run a kernel over the rays of ``mask``; keep its hits within range."""
-        d = np.ascontiguousarray(d_enu[mask])
-        st, r = np.empty(d.shape[0], dtype=np.int8), np.empty(d.shape[0])
-        run(d, st, r)
-        ok = (st == 1) & (r <= max_range_m)
-        idx = np.flatnonzero(mask)[ok]
-        status.reshape(-1)[idx] = int(RayStatus.HIT)
-        rng.reshape(-1)[idx] = r[ok]
-        done.reshape(-1)[idx] = True
-        return int(ok.sum())
-
+    flat = (d_enu.reshape(-1, 3), status.reshape(-1), rng.reshape(-1), done.reshape(-1))
     # 3a. planar cells: the bracket around the predicted range
     w_l = np.where(hit, norm[np.ix_(ly, lx)] / np.where(hit, r_l, 1.0), np.nan)
     planar = smooth & _planar_cells(w_l)
-    guess_px = planar[a, b] & ~on
+    idx = np.flatnonzero(planar[a[:, None], b[None, :]] & ~on)
     n_guess = 0
-    if guess_px.any():
-        w_img = np.full((h, w), np.nan)
-        w_img[np.ix_(ly, lx)] = w_l
-        guess = np.ascontiguousarray((norm / interpolate_lattice(w_img, stride))[guess_px])
+    if idx.size:
         lap('ms_cells')
-        n_guess = found_by(guess_px, lambda d, st, r: _kernels().guess_impl(
-            o, d, guess, GUESS_REL, GUESS_PAD_M, grid, hflat, lim, nx, st, r))
+        _kernels().guess_impl(o, flat[0], idx, w_l, ly, lx, a, b, w,
+                              np.ascontiguousarray(norm.reshape(-1), dtype=np.float64),
+                              GUESS_REL, GUESS_PAD_M, float(max_range_m), grid, hflat, lim, nx,
+                              *flat[1:])
+        n_guess = int(done.sum())
         lap('ms_guessed')
     # 3b. the other smooth cells, and the planar ones whose bracket failed: the march
     # between the corner ranges
-    between = smooth[a, b] & ~on & ~done
+    idx = np.flatnonzero(smooth[a[:, None], b[None, :]] & ~on & ~done)
     n_near = 0
-    if between.any():
+    if idx.size:
         step, n_bisect = march_params(field)
-        lo = np.maximum(r_min[a, b][between] * (1 - NEAR_REL) - step, 0.0)
-        hi = np.minimum(r_max[a, b][between] * (1 + NEAR_REL) + step, max_range_m)
         bm, bs = _block_bounds(field, BLOCK_CELLS)
-        n_near = found_by(between, lambda d, st, r: _kernels().between_impl(
-            o, d, lo, hi, grid, hflat, lim, nx, bm, bs, float(BLOCK_CELLS),
-            float(BLOCK_CELLS * field.cell_m), step, n_bisect, float(field.z_max), st, r))
+        _kernels().between_impl(o, flat[0], idx, r_min, r_max, ly, lx, a, b, w, NEAR_REL,
+                                float(max_range_m), grid, hflat, lim, nx, bm, bs,
+                                float(BLOCK_CELLS), float(BLOCK_CELLS * field.cell_m), step,
+                                n_bisect, float(field.z_max), *flat[1:])
+        n_near = int(done.sum()) - n_guess
         lap('ms_near')
     cast_exact(~on & ~done)  # 4.
     lap('ms_exact')

@@ -542,12 +542,12 @@ def _as_rays(field: HeightField, origin: Any, directions: Any) -> tuple['torch.T
         raise ValueError(f'{int(bad.sum())} direction(s) are zero or non-finite')
     d = d / norm
     o = torch.as_tensor(origin, dtype=torch.float64, device=dev)
-    if o.shape == (3,):
-        o = o.expand(d.shape[0], 3)
-    elif tuple(o.shape) != (d.shape[0], 3):
+    if o.shape != (3,) and tuple(o.shape) != (d.shape[0], 3):
         raise ValueError(f'origin must be (3,) or (N, 3) with N = {d.shape[0]}, got {tuple(o.shape)}')
     if not bool(torch.isfinite(o).all()):
         raise ValueError('origin has non-finite values')
+    if o.shape == (3,):
+        o = o.expand(d.shape[0], 3)
     return o, d
 
 
@@ -650,8 +650,8 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
             ``'auto'`` = triton on CUDA, numba on the CPU, else torch (a compiled march
             that fails is logged once and the torch loop answers from then on).
         ranges_only: compute only ``status`` and ``range_m``; the hit geometry and the sigma
-            fields of the result stay NaN (0 for ``source``). For repeated casts of the same
-            rays (the sigma points of GeoPrior.cast).
+            fields of the result are NaN (0 for ``source``), as read-only expanded views.
+            For repeated casts of the same rays (the sigma points of GeoPrior.cast).
         min_range_m: None, a number or (N,) per-ray ranges, metres: the march starts there
             (the first crossing at or after it is the hit; a ray at or below the terrain
             there is a HIT at that range). For re-casting rays known to be clear of the
@@ -1086,11 +1086,20 @@ def _hit_geometry(field: HeightField, o64: 'torch.Tensor', d64: 'torch.Tensor',
     ``ranges_only``)."""
     import torch
 
-    hidx = torch.nonzero(status == int(RayStatus.HIT), as_tuple=False).reshape(-1)
     dev = field.device
     n = d64.shape[0]
     ny, nx = field.shape
     cell = field.cell_m
+    if ranges_only:  # the geometry is not asked for: NaN / 0 views, nothing allocated
+        nan = torch.full((1,), float('nan'), dtype=ct, device=dev)
+        nan3 = nan.expand(n, 3)
+        nan1 = nan.expand(n)
+        return RaycastResult(status=status, range_m=range_m, point=nan3, normal=nan3,
+                             grazing_rad=nan1, source=torch.zeros(1, dtype=torch.int32,
+                                                                  device=dev).expand(n),
+                             sigma_m=nan1, sigma_dem_m=nan1, sigma_pose_m=nan1,
+                             sigma_vertical_m=nan1, sigma_attitude_m=nan1)
+    hidx = torch.nonzero(status == int(RayStatus.HIT), as_tuple=False).reshape(-1)
     point = torch.full((n, 3), float('nan'), dtype=ct, device=dev)
     normal = torch.full((n, 3), float('nan'), dtype=ct, device=dev)
     grazing = torch.full((n,), float('nan'), dtype=ct, device=dev)
@@ -1100,7 +1109,7 @@ def _hit_geometry(field: HeightField, o64: 'torch.Tensor', d64: 'torch.Tensor',
     sigma_pose = torch.full_like(sigma, float('nan'))
     sigma_vert = torch.full_like(sigma, float('nan'))
     sigma_att = torch.full_like(sigma, float('nan'))
-    if hidx.numel() and not ranges_only:
+    if hidx.numel():
         r = range_m[hidx].double()
         d = d64[hidx]
         p = o64[hidx] + r[:, None] * d

@@ -238,6 +238,12 @@ class BagReplayer:
                                                         reliability=ReliabilityPolicy.RELIABLE))
         return self._pubs[topic]
 
+    @property
+    def sent_at(self) -> dict[int, float]:
+        """Frame stamp (ns) -> time.perf_counter() when its last input was published."""
+        with self._cv:
+            return dict(self._sent_at)
+
     def wait_for(self, predicate, timeout: float) -> bool:
         """Wait until ``predicate()`` is true (checked on every received message)."""
         deadline = time.monotonic() + timeout

@@ -10,8 +10,10 @@ It prints (and with ``--json`` writes one JSON object): frames sent and received
 own counters from its last /diagnostics (frames processed, frames dropped by its drop-oldest
 queue, unmatched messages, frames missing), clouds per second over the run (received clouds
 over the time from the first frame sent to the last cloud), the image -> cloud latency (publish
-of a frame's last input to the arrival of its cloud) p50 / p95 / max, and the node's per-stage
-p50 from /diagnostics. Needs ROS 2 (rclpy) and the built package.
+of a frame's last input to the arrival of its cloud) p50 / p95 / max, the same in the steady
+state after the first cloud (the first frame builds the height grid and its BVH: seconds of
+dropped frames), and the node's per-stage p50 from /diagnostics. Needs ROS 2 (rclpy) and the
+built package.
 
 Example::
 
@@ -97,16 +99,31 @@ def run_live_bench(*, size: tuple[int, int] = (640, 480), frames: int = 60,
             rep.wait_for(lambda: last in rep.received.points, settle_s)
             time.sleep(1.2)  # one more /diagnostics period
             rx = rep.received
+            sent_at = dict(rep.sent_at)
         finally:
             rep.close()
         node.stop()
     got = [s for s in sent if s in rx.points]
     lat = np.array([rx.latency_s[s] for s in got if s in rx.latency_s]) * 1e3
-    arrivals = sorted(rx.latency_s[s] + 0.0 for s in got if s in rx.latency_s)
+    # arrival time of each cloud (perf_counter): when its frame was sent plus its latency
+    arrive = {s: sent_at[s] + rx.latency_s[s] for s in got if s in rx.latency_s and s in sent_at}
     kv = _last_values(rx.diagnostics)
-    # steady state: clouds per second between the 2nd received cloud and the last (the first
-    # frame also builds the height grid and the ray-cast BVH)
     span = t_sent - t_start
+    # steady state: after the first cloud (the first frame builds the height grid and its
+    # ray-cast BVH, seconds in which the camera's frames are dropped): clouds per second
+    # between the first and the last arrival, and the frames sent in that time
+    steady: dict[str, Any] = {}
+    if len(arrive) >= 2:
+        t0, t1 = min(arrive.values()), max(arrive.values())
+        later = [s for s in sent if sent_at.get(s, -1.0) > t0 and sent_at[s] <= t1]
+        steady = {'clouds_per_s': round((len(arrive) - 1) / (t1 - t0), 3),
+                  'window_s': round(t1 - t0, 3),
+                  'frames_sent': len(later),
+                  'clouds': sum(1 for s in later if s in arrive),
+                  'latency_ms_p50': round(float(np.percentile(
+                      [rx.latency_s[s] * 1e3 for s in later if s in arrive] or [np.nan], 50)), 1),
+                  'latency_ms_p95': round(float(np.percentile(
+                      [rx.latency_s[s] * 1e3 for s in later if s in arrive] or [np.nan], 95)), 1)}
     result = {
         'size': f'{w}x{h}', 'frames_sent': len(sent), 'rate_hz': rate_hz,
         'clouds_received': len(got),
@@ -122,7 +139,7 @@ def run_live_bench(*, size: tuple[int, int] = (640, 480), frames: int = 60,
                                     'processing_errors') if k in kv},
         'node_stage_ms_p50': {k[len('latency_ms.'):-len('.p50')]: float(v) for k, v in kv.items()
                               if k.startswith('latency_ms.') and k.endswith('.p50')},
-        'arrivals': len(arrivals),
+        'steady': steady,
     }
     if tmp is not None:
         tmp.cleanup()
@@ -157,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{res['clouds_received']} of {res['frames_sent']} frames -> "
               f"{res['clouds_per_s']} clouds/s; image->cloud latency p50 {lat.get('p50')} ms, "
               f"p95 {lat.get('p95')} ms, max {lat.get('max')} ms")
+        st = res['steady']
+        if st:
+            print(f"after the first cloud (grid + BVH built): {st['clouds']} of {st['frames_sent']} "
+                  f"frames in {st['window_s']} s -> {st['clouds_per_s']} clouds/s, latency p50 "
+                  f"{st['latency_ms_p50']} ms, p95 {st['latency_ms_p95']} ms")
         print(f"node counters: {res['node']}")
         print('node stages p50 ms: ' + ', '.join(f'{k} {v:.1f}' for k, v in
                                                   res['node_stage_ms_p50'].items()))
