@@ -71,8 +71,10 @@ class FrameResult:
             camera centre above the DEM surface under it (NaN over nodata),
             'dem_vertical_shift_m', the sigma points' vertical shift sqrt(sigma_v^2 + P_zz)
             there, metres, and 'dem_data_under_camera', 1.0 / 0.0 whether the DEM has data
-            under the camera (:meth:`GeoPrior.camera_clearance`; {} while there is no height
-            grid). All values are floats (the node and replay publish them as ``georef.*``).
+            under the camera (:meth:`GeoPrior.camera_clearance`), 'grid_builds' (height grids
+            built and taken into use) and 'grid_build_s_last' (seconds the last one took;
+            re-tiles are built in the background); {} while there is no height grid. All
+            values are floats (the node and replay publish them as ``georef.*``).
         prior_problem: why this frame has no or fewer DEM priors than it should although it
             has a pose: '' when the DEM stage ran normally; else one line, parts joined by
             '; ': a failed height-grid (re)build naming the source, the file and the error
@@ -656,6 +658,17 @@ class DepthPipeline:
             disparity=disparity, sigma_disparity=sd, timings_ms={})
 
 
+def _grid_stats(prior: Any) -> dict[str, float]:
+    """The height grid's build counters for ``georef.<stat>`` on /diagnostics: grid_builds
+    (grids taken into use), grid_build_s_last (seconds of the last build); {} without a
+    height grid."""
+    if getattr(prior.grid, 'field', None) is None:
+        return {}
+    st = prior.retile_stats
+    return {'grid_builds': float(st['builds_swapped']),
+            'grid_build_s_last': float(st['build_s_last'])}
+
+
 def _waits(pose: Any, why: str) -> bool:
     """A pose lookup that found no pose only because the inputs after the stamp have not
     arrived yet (worth waiting for)."""
@@ -792,7 +805,7 @@ class _Georef:
         result.pose_degraded = pose.degraded
         result.T_enu_cam = self._pose_matrix(pose)
         result.prior_counts = prior.apply(result, pose, model, params, stereo=stereo)
-        result.georef_stats = prior.camera_clearance(pose)
+        result.georef_stats = {**prior.camera_clearance(pose), **_grid_stats(prior)}
         result.prior_problem = prior.frame_problem(result.georef_stats)
 
     def apply_device(self, frame: dict[str, Any], stamp_ns: int, model: CameraModel,
@@ -814,7 +827,7 @@ class _Georef:
         meta.update(pose_degraded=pose.degraded, T_enu_cam=T)
         meta['prior_counts'] = apply_torch(prior, frame, pose, model, params, stereo=stereo,
                                            timings=timings)
-        meta['georef_stats'] = prior.camera_clearance(pose)
+        meta['georef_stats'] = {**prior.camera_clearance(pose), **_grid_stats(prior)}
         meta['prior_problem'] = prior.frame_problem(meta['georef_stats'])
         if params['output.frame'] == 'enu':
             to_enu_torch(frame, points_to_enu(T, model, params))
