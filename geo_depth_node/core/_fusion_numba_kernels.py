@@ -10,6 +10,8 @@ import math
 import numba
 import numpy as np
 
+from ._raycast_numba_kernels import patch
+
 from ._numba import configure_threading
 
 configure_threading(numba)
@@ -38,14 +40,7 @@ def bilinear(hflat, nx, ny, lim, buf, gx64, gy64):
     buf[1] = iy
     wx = gx - buf[0]
     wy = gy - buf[1]
-    base = iy * nx + ix
-    h00 = hflat[base]
-    h01 = hflat[base + 1]
-    h10 = hflat[base + nx]
-    h11 = hflat[base + nx + 1]
-    a = h00 + wx * (h01 - h00)
-    b = h10 + wx * (h11 - h10)
-    z = a + wy * (b - a)
+    z, _, _ = patch(hflat, nx, iy * nx + ix, wx, wy)
     return np.float64(z)
 
 

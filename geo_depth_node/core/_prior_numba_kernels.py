@@ -8,7 +8,7 @@ import numba
 import numpy as np
 
 from ._numba import configure_threading
-from ._raycast_numba_kernels import f_at, march_ray, solve_bracket
+from ._raycast_numba_kernels import f_at, march_ray, patch, solve_bracket
 
 configure_threading(numba)
 
@@ -156,15 +156,7 @@ def hit_geometry_impl(origin, d, rng, grid, hflat, lim, nx, ny, src, sv, sh, pco
         iy = min(np.floor(gyc), lim[3])
         wx = gxc - ix
         wy = gyc - iy
-        base = int(iy) * nx + int(ix)
-        h00 = hflat[base]
-        h01 = hflat[base + 1]
-        h10 = hflat[base + nx]
-        h11 = hflat[base + nx + 1]
-        a = h00 + wx * (h01 - h00)
-        b = h10 + wx * (h11 - h10)
-        dzdx = (ct(1) - wy) * (h01 - h00) + wy * (h11 - h10)
-        dzdy = b - a
+        _, dzdx, dzdy = patch(hflat, nx, int(iy) * nx + int(ix), wx, wy)
         n0 = -float(dzdx) / cell
         n1 = -float(dzdy) / cell
         nn = np.sqrt(n0 * n0 + n1 * n1 + 1.0)

@@ -29,17 +29,23 @@ def f_at(buf, slot, lim, hflat, nx, gx0, gy0, oz, gdx, gdy, dz, t):
         ix = lim[2]
     if iy > lim[3]:
         iy = lim[3]
-    wx = gx - ix
-    wy = gy - iy
-    base = int(iy) * nx + int(ix)
+    z, _, _ = patch(hflat, nx, int(iy) * nx + int(ix), gx - ix, gy - iy)
+    return (oz + tc * dz) - z
+
+
+@numba.njit(cache=True, nogil=True, inline='always')
+def patch(hflat, nx, base, wx, wy):
+    # the bilinear height and its gradient per grid unit (d/dgx, d/dgy) in the cell whose
+    # south-west node has the flat index base, at the fraction (wx, wy) of the cell, in the
+    # field's dtype, as raycast._bilinear computes them
     h00 = hflat[base]
     h01 = hflat[base + 1]
     h10 = hflat[base + nx]
     h11 = hflat[base + nx + 1]
     a = h00 + wx * (h01 - h00)
     b = h10 + wx * (h11 - h10)
-    z = a + wy * (b - a)
-    return (oz + tc * dz) - z
+    one = hflat.dtype.type(1)
+    return a + wy * (b - a), (one - wy) * (h01 - h00) + wy * (h11 - h10), b - a
 
 
 @numba.njit(cache=True, nogil=True)
