@@ -28,6 +28,28 @@ def _cell_frac(p, width, ly, lx, a_row, b_col):
     return ca, cb, fy, fx
 
 
+@numba.njit(cache=True, nogil=True)
+def _origin(origin, grid, hflat, n):
+    # the work split and the camera in grid units for n rays: (groups, a scratch slot per
+    # group in the field dtype, gx0, gy0, oz float64, and the three in the field dtype)
+    ct = hflat.dtype.type
+    groups = min(_GROUPS, max(n, 1))
+    gx0 = (origin[0] - grid[0]) / grid[2]
+    gy0 = (origin[1] - grid[1]) / grid[2]
+    oz = origin[2]
+    return (groups, np.empty(groups, dtype=hflat.dtype), gx0, gy0, oz, ct(gx0), ct(gy0),
+            ct(oz))
+
+
+@numba.njit(cache=True, nogil=True, inline='always')
+def _found(p, th, max_range, status, rng, done):
+    # a crossing at range th for flat pixel p: a HIT (status 1) within max_range
+    if th <= max_range:
+        status[p] = 1
+        rng[p] = th
+        done[p] = True
+
+
 @numba.njit(cache=True, parallel=True, nogil=True)
 def between_impl(origin, d, idx, r_min, r_max, ly, lx, a_row, b_col, width, rel, max_range,
                  grid, hflat, lim, nx, bmax, bslope, block, seg, step, n_bisect, z_max,
@@ -43,16 +65,11 @@ def between_impl(origin, d, idx, r_min, r_max, ly, lx, a_row, b_col, width, rel,
     # raycast_numba.cast. A crossing within max_range sets status[p] = 1 (HIT),
     # rng[p] and done[p]; others are left alone.
     n = idx.shape[0]
-    x0, y0, cell = grid[0], grid[1], grid[2]
+    cell = grid[2]
     ct = hflat.dtype.type
     target = step * 0.5 ** n_bisect
     n_seg = max(1, int(np.floor(seg / step + 1e-9)))
-    groups = min(_GROUPS, max(n, 1))
-    buf = np.empty(groups, dtype=hflat.dtype)
-    gx0 = (origin[0] - x0) / cell
-    gy0 = (origin[1] - y0) / cell
-    oz = origin[2]
-    gx0c, gy0c, ozc = ct(gx0), ct(gy0), ct(oz)
+    groups, buf, gx0, gy0, oz, gx0c, gy0c, ozc = _origin(origin, grid, hflat, n)
     for c in numba.prange(groups):
         for k in range(c * n // groups, (c + 1) * n // groups):  # a contiguous chunk
             p = idx[k]
@@ -77,10 +94,8 @@ def between_impl(origin, d, idx, r_min, r_max, ly, lx, a_row, b_col, width, rel,
             ev, th = march_ray(buf, c, lim, hflat, nx, bmax, bslope, block, seg, step, target,
                                n_seg, gx0, gy0, oz, gdx, gdy, dz, gx0c, gy0c, ozc, gdxc, gdyc,
                                dzc, ta, tb)
-            if ev == 1 and th <= max_range:
-                status[p] = 1
-                rng[p] = th
-                done[p] = True
+            if ev == 1:
+                _found(p, th, max_range, status, rng, done)
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
@@ -94,14 +109,9 @@ def guess_impl(origin, d, idx, w_l, ly, lx, a_row, b_col, width, norm, rel, pad,
     # status[p] = 1 (HIT), rng[p] and done[p]; others are left alone. Arguments as
     # between_impl; norm (P,) |d_rect| of every pixel.
     n = idx.shape[0]
-    x0, y0, cell = grid[0], grid[1], grid[2]
+    cell = grid[2]
     ct = hflat.dtype.type
-    groups = min(_GROUPS, max(n, 1))
-    buf = np.empty(groups, dtype=hflat.dtype)
-    gx0 = (origin[0] - x0) / cell
-    gy0 = (origin[1] - y0) / cell
-    oz = origin[2]
-    gx0c, gy0c, ozc = ct(gx0), ct(gy0), ct(oz)
+    groups, buf, gx0, gy0, oz, gx0c, gy0c, ozc = _origin(origin, grid, hflat, n)
     nx1, ny1 = int(lim[0]), int(lim[1])
     for c in numba.prange(groups):
         for k in range(c * n // groups, (c + 1) * n // groups):  # a contiguous chunk
@@ -122,10 +132,8 @@ def guess_impl(origin, d, idx, w_l, ly, lx, a_row, b_col, width, norm, rel, pad,
             if not (fa > 0 and fb <= 0):
                 continue
             code, th = solve_bracket(hflat, nx, nx1, ny1, gx0, gy0, oz, gdx, gdy, dz, ta, tb)
-            if code == 1 and th <= max_range:
-                status[p] = 1
-                rng[p] = th
-                done[p] = True
+            if code == 1:
+                _found(p, th, max_range, status, rng, done)
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
