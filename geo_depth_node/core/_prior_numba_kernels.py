@@ -139,7 +139,8 @@ def guess_impl(origin, d, idx, w_l, ly, lx, a_row, b_col, width, norm, rel, pad,
 @numba.njit(cache=True, parallel=True, nogil=True)
 def hit_geometry_impl(origin, d, rng, grid, hflat, lim, nx, ny, src, sv, sh, pcov, acov,
                       source, sin_g, delta, var_rest, var_vert, var_att):
-    # Per HIT ray (rng finite), the terms of the prior sigma of raycast._hit_geometry, in its
+    # Per HIT ray (rng finite; NaN / 0 for the others), the terms of the prior sigma of
+    # raycast._hit_geometry, in its
     # dtypes: grid-index hit position in the field dtype, bilinear gradient there, unit
     # normal in float64, DEM sigmas of the nearest node. origin (3,), d (N, 3) unit ENU,
     # grid = (x0, y0, cell), pcov / acov (3, 3) position / attitude covariance (ENU).
@@ -153,6 +154,12 @@ def hit_geometry_impl(origin, d, rng, grid, hflat, lim, nx, ny, src, sv, sh, pco
     for r in numba.prange(n):
         t = rng[r]
         if not (t == t):
+            source[r] = 0
+            sin_g[r] = np.nan
+            delta[r] = np.nan
+            var_rest[r] = np.nan
+            var_vert[r] = np.nan
+            var_att[r] = np.nan
             continue
         px = origin[0] + t * d[r, 0]
         py = origin[1] + t * d[r, 1]

@@ -451,17 +451,11 @@ class GeoPrior:
         self.last_cast_info = {k: v for k, v in info.items() if k != 'exact_mask'}
         hit = status == int(RayStatus.HIT)
         t = time.perf_counter()
-        terms = prior_lattice.hit_terms(field, pose.p_enu_cam, d_enu[hit], rng64[hit], pose_cov)
+        terms = prior_lattice.hit_terms(field, pose.p_enu_cam, d_enu, rng64, pose_cov)
         t2 = time.perf_counter()
         self.last_cast_info['ms_hit_terms'] = round((t2 - t) * 1e3, 3)
-        nan = np.full((h, w), np.nan)
-        var_rest, var_first, var_att = nan.copy(), nan.copy(), nan.copy()
-        var_rest[hit], var_first[hit], var_att[hit] = (terms['var_rest'], terms['var_vert'],
-                                                       terms['var_att'])
-        source = np.zeros((h, w), dtype=np.int32)
-        source[hit] = terms['source']
-        delta = nan.copy()
-        delta[hit] = terms['delta']
+        var_rest, var_first, var_att = terms['var_rest'], terms['var_vert'], terms['var_att']
+        source, delta = terms['source'], terms['delta']
         var_vert = var_first.copy()
         if self.sigma_points and hit.any():
             hole = self._camera_over_nodata(pose)

@@ -71,9 +71,9 @@ class FrameResult:
             camera centre above the DEM surface under it (NaN over nodata),
             'dem_vertical_shift_m', the sigma points' vertical shift sqrt(sigma_v^2 + P_zz)
             there, metres, and 'dem_data_under_camera', 1.0 / 0.0 whether the DEM has data
-            under the camera (:meth:`GeoPrior.camera_clearance`), 'grid_builds' (height grids
-            built and taken into use) and 'grid_build_s_last' (seconds the last one took;
-            re-tiles are built in the background); {} while there is no height grid. All
+            under the camera (:meth:`GeoPrior.camera_clearance`), and 'grid_builds' (height
+            grids built and taken into use; re-tiles are built in the background); {} while
+            there is no height grid. All
             values are floats (the node and replay publish them as ``georef.*``).
         prior_problem: why this frame has no or fewer DEM priors than it should although it
             has a pose: '' when the DEM stage ran normally; else one line, parts joined by
@@ -659,14 +659,12 @@ class DepthPipeline:
 
 
 def _grid_stats(prior: Any) -> dict[str, float]:
-    """The height grid's build counters for ``georef.<stat>`` on /diagnostics: grid_builds
-    (grids taken into use), grid_build_s_last (seconds of the last build); {} without a
-    height grid."""
+    """The height grid's build counter for ``georef.<stat>`` on /diagnostics: grid_builds
+    (grids taken into use); {} without a height grid."""
     if getattr(prior.grid, 'field', None) is None:
         return {}
     st = prior.retile_stats
-    return {'grid_builds': float(st['builds_swapped']),
-            'grid_build_s_last': float(st['build_s_last'])}
+    return {'grid_builds': float(st['builds_swapped'])}
 
 
 def _waits(pose: Any, why: str) -> bool:

@@ -246,32 +246,34 @@ def hit_terms(field: Any, origin: np.ndarray, d: np.ndarray, rng: np.ndarray,
     reference; one compiled pass).
 
     Args:
-        field: the CPU HeightField; origin (3,) ENU metres; d (N, 3) float64 unit ENU rays;
-        rng: (N,) float64 hit ranges, metres (NaN: not a hit, outputs left NaN / 0).
+        field: the CPU HeightField; origin (3,) ENU metres.
+        d: (..., 3) float64 unit ENU rays (e.g. (H, W, 3) of a frame).
+        rng: (...) float64 hit ranges, metres (NaN: not a hit: outputs NaN / 0 there).
         pose_cov: core.raycast.PoseCovariance or None (a perfectly known pose).
 
     Returns:
-        (N,) arrays: 'source' int32, 'sin_g' (sine of the grazing angle), 'delta' (metres,
-        sqrt(sigma_v^2 + P_zz): the vertical shift of the sigma points; NaN at zero
-        grazing), and range variances in m^2: 'var_rest' (DEM horizontal and camera
+        Arrays of ``rng``'s shape: 'source' int32, 'sin_g' (sine of the grazing angle),
+        'delta' (metres, sqrt(sigma_v^2 + P_zz): the vertical shift of the sigma points; NaN
+        at zero grazing), and range variances in m^2: 'var_rest' (DEM horizontal and camera
         horizontal position), 'var_vert' (first-order vertical: DEM vertical and camera
         height), 'var_att' (attitude); inf at zero grazing.
     """
     grid, hflat, lim, nx, ny = _field_args(field)
-    n = d.shape[0]
+    shape = np.shape(rng)
     src = np.ascontiguousarray(field.source.reshape(-1).numpy())
     sv = np.ascontiguousarray(field.sigma_v.reshape(-1).numpy())
     sh = np.ascontiguousarray(field.sigma_h.reshape(-1).numpy())
     pc = np.zeros((3, 3)) if pose_cov is None else np.ascontiguousarray(pose_cov.position)
     ac = np.zeros((3, 3)) if pose_cov is None else np.ascontiguousarray(pose_cov.attitude)
-    out = {'source': np.zeros(n, dtype=np.int32)}
+    out = {'source': np.empty(shape, dtype=np.int32)}
     for name in ('sin_g', 'delta', 'var_rest', 'var_vert', 'var_att'):
-        out[name] = np.full(n, np.nan)
-    _kernels().hit_geometry_impl(np.asarray(origin, dtype=np.float64).reshape(3),
-                                 np.ascontiguousarray(d, dtype=np.float64),
-                                 np.ascontiguousarray(rng, dtype=np.float64), grid, hflat, lim,
-                                 nx, ny, src, sv, sh, pc, ac, out['source'], out['sin_g'],
-                                 out['delta'], out['var_rest'], out['var_vert'], out['var_att'])
+        out[name] = np.empty(shape)
+    _kernels().hit_geometry_impl(
+        np.asarray(origin, dtype=np.float64).reshape(3),
+        np.ascontiguousarray(d, dtype=np.float64).reshape(-1, 3),
+        np.ascontiguousarray(rng, dtype=np.float64).reshape(-1), grid, hflat, lim, nx, ny, src,
+        sv, sh, pc, ac, *(out[k].reshape(-1) for k in ('source', 'sin_g', 'delta', 'var_rest',
+                                                         'var_vert', 'var_att')))
     return out
 
 
