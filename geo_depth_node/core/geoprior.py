@@ -546,7 +546,8 @@ class GeoPrior:
             reach = min(self.max_range_m, float(r0.max()) + field.cell_m) \
                 if sign > 0 else self.max_range_m
             rs = raycast(field, origin, d_hit, max_range_m=reach, ranges_only=True,
-                         march=self.march, min_range_m=None if sign > 0 else r0)
+                         march=self.march, min_range_m=None if sign > 0 else r0,
+                         unit_directions=True)
             r_s = rs.range_m.double().cpu().numpy()
             st_s = rs.status.cpu().numpy()
             ok = (st_s == RayStatus.HIT) & np.isfinite(delta)

@@ -156,7 +156,7 @@ def cast_frame(field: Any, origin: np.ndarray, d_enu: np.ndarray, norm: np.ndarr
         if not mask.any():
             return
         res = raycast(field, o, d_enu[mask], max_range_m=max_range_m, ranges_only=True,
-                      march=march)
+                      march=march, unit_directions=True)
         status[mask] = res.status.numpy()
         rng[mask] = res.range_m.double().numpy()
         exact[mask] = True

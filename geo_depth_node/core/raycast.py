@@ -528,19 +528,22 @@ def _quad_form(v: 'torch.Tensor', m: Any) -> 'torch.Tensor':
             + float(m[1, 2] + m[2, 1]) * y * z)
 
 
-def _as_rays(field: HeightField, origin: Any, directions: Any) -> tuple['torch.Tensor', 'torch.Tensor']:
-    """Validate and convert origin (3,)|(N, 3) and directions (N, 3) to float64 on the device."""
+def _as_rays(field: HeightField, origin: Any, directions: Any, unit: bool = False
+             ) -> tuple['torch.Tensor', 'torch.Tensor']:
+    """Validate and convert origin (3,)|(N, 3) and directions (N, 3) to float64 on the device
+    (``unit``: the directions are known finite unit vectors: not checked nor normalised)."""
     import torch
 
     dev = field.device
     d = torch.as_tensor(directions, dtype=torch.float64, device=dev)
     if d.ndim != 2 or d.shape[1] != 3:
         raise ValueError(f'directions must be (N, 3), got {tuple(d.shape)}')
-    norm = torch.linalg.vector_norm(d, dim=1, keepdim=True)
-    bad = ~(torch.isfinite(norm[:, 0]) & (norm[:, 0] > 0))
-    if bool(bad.any()):
-        raise ValueError(f'{int(bad.sum())} direction(s) are zero or non-finite')
-    d = d / norm
+    if not unit:
+        norm = torch.linalg.vector_norm(d, dim=1, keepdim=True)
+        bad = ~(torch.isfinite(norm[:, 0]) & (norm[:, 0] > 0))
+        if bool(bad.any()):
+            raise ValueError(f'{int(bad.sum())} direction(s) are zero or non-finite')
+        d = d / norm
     o = torch.as_tensor(origin, dtype=torch.float64, device=dev)
     if o.shape != (3,) and tuple(o.shape) != (d.shape[0], 3):
         raise ValueError(f'origin must be (3,) or (N, 3) with N = {d.shape[0]}, got {tuple(o.shape)}')
@@ -625,7 +628,8 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
             step_m: float | None = None, pose_cov: PoseCovariance | None = None,
             sky_outside_grid: bool = True, tol_m: float = 1e-4, block_cells: int = 8,
             dtype: 'torch.dtype | None' = None, march: str = 'auto',
-            ranges_only: bool = False, min_range_m: Any = None) -> RaycastResult:
+            ranges_only: bool = False, min_range_m: Any = None,
+            unit_directions: bool = False) -> RaycastResult:
     """Cast rays into ``field`` (see the module docstring for the method, statuses and sigma).
 
     Args:
@@ -655,7 +659,10 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
         min_range_m: None, a number or (N,) per-ray ranges, metres: the march starts there
             (the first crossing at or after it is the hit; a ray at or below the terrain
             there is a HIT at that range). For re-casting rays known to be clear of the
-            terrain up to some range.
+            terrain up to some range (the BVH safe start is not used then: the march starts
+            near its events already).
+        unit_directions: the caller guarantees finite unit ``directions`` (float64 rays it
+            built so): they are neither checked nor normalised again.
 
     Returns:
         :class:`RaycastResult` with tensors on the field's device.
@@ -678,7 +685,7 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
         raise ValueError(f'tol_m must be > 0, got {tol_m!r}')
     ct = dtype or field.height.dtype
     dev = field.device
-    o64, d64 = _as_rays(field, origin, directions)
+    o64, d64 = _as_rays(field, origin, directions, unit_directions)
     n = d64.shape[0]
     hflat = field.height.to(ct).reshape(-1)
     t_min = None
@@ -698,7 +705,7 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
         from .raycast_numba import cast as numba_cast
 
         safe = None
-        if field.bvh is not None and n:  # skip what the BVH proves free of events
+        if field.bvh is not None and n and t_min is None:  # skip what it proves free
             safe = field.bvh.safe_start(o64[:1] if o64.stride(0) == 0 else o64, d64)
         try:
             st, r64 = numba_cast(field, o64, d64, hflat, max_range_m=max_range_m, step=step,
