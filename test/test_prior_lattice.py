@@ -189,3 +189,23 @@ def test_interpolate_lattice_is_exact_on_linear_images_and_nan_near_gaps():
     assert np.isnan(out[5, 9]) and np.isnan(out[2, 6]) and np.isfinite(out[10, 14])
     with pytest.raises(ValueError):
         prior_lattice.lattice_index(10, 0)
+
+
+@needs_numba
+@needs_bvh
+@pytest.mark.parametrize('make', [_rolling_field, _spiky_field], ids=['rolling', 'spikes'])
+def test_rays_above_the_horizon_meet_nothing(make):
+    """Rays the camera's horizon clears are never a HIT of the full march (4 views), and it
+    clears most of the SKY rays (so they skip the BVH)."""
+    field = _with_bvh(make('cpu') if make is _rolling_field else make())
+    n_sky = n_claimed_sky = 0
+    for (x, y, above), pitch, yaw in CASES:
+        o = _origin(field, x, y, above)
+        d = _camera_rays(W, H, W * 0.8, pitch_deg=pitch, yaw_deg=yaw)
+        claimed = field.bvh.above_horizon(o, d, 300.0)
+        ref = raycast(HeightField(field.height, field.x0_m, field.y0_m, field.cell_m), o, d,
+                      max_range_m=300.0, march='numba').status.numpy()
+        assert not np.any(claimed & (ref == RayStatus.HIT))
+        n_sky += int((ref == RayStatus.SKY).sum())
+        n_claimed_sky += int((claimed & (ref == RayStatus.SKY)).sum())
+    assert n_sky > 10000 and n_claimed_sky > 0.5 * n_sky, (n_claimed_sky, n_sky)

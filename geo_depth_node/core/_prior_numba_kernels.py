@@ -245,3 +245,101 @@ def interp_lattice_impl(v, ly, lx, out):
                 out[y, x] = top + fy * (bot - top)
             else:
                 out[y, x] = np.nan
+
+
+@numba.njit(cache=True, nogil=True)
+def _horizon_add(t_out, nbins, x0, x1, y0, y1, zmax, oz, max_range):
+    # one terrain element (the rectangle [x0, x1] x [y0, y1] in metres from the camera, its
+    # highest point zmax): raise the horizon tangent of every azimuth bin it covers to
+    # (zmax - oz) / (its nearest horizontal distance)
+    if not zmax > oz:  # never above a rising ray (NaN: a wall, see the caller)
+        if zmax == zmax:
+            return
+    dx = 0.0 if x0 <= 0.0 <= x1 else min(abs(x0), abs(x1))
+    dy = 0.0 if y0 <= 0.0 <= y1 else min(abs(y0), abs(y1))
+    dmin = np.sqrt(dx * dx + dy * dy)
+    if dmin > max_range:
+        return
+    if dmin == 0.0 or zmax != zmax:
+        t = np.inf
+    else:
+        t = (zmax - oz) / dmin
+    if dmin == 0.0:
+        for k in range(nbins):
+            if t > t_out[k]:
+                t_out[k] = t
+        return
+    ac = np.arctan2(0.5 * (y0 + y1), 0.5 * (x0 + x1))
+    lo = 0.0
+    hi = 0.0
+    for cx, cy in ((x0, y0), (x1, y0), (x0, y1), (x1, y1)):
+        da = np.arctan2(cy, cx) - ac
+        if da > np.pi:
+            da -= 2 * np.pi
+        elif da < -np.pi:
+            da += 2 * np.pi
+        lo = min(lo, da)
+        hi = max(hi, da)
+    bw = 2 * np.pi / nbins
+    k0 = int(np.floor((ac + lo + np.pi) / bw))
+    k1 = int(np.floor((ac + hi + np.pi) / bw))
+    for k in range(k0, k1 + 1):
+        kk = k % nbins
+        if t > t_out[kk]:
+            t_out[kk] = t
+
+
+@numba.njit(cache=True, nogil=True)
+def horizon_impl(z, bmax, block, cell, gx, gy, oz, max_range, near_blocks, t_out):
+    # The horizon of a camera at grid-index position (gx, gy), ENU height oz: per azimuth
+    # bin (t_out (nbins,), bin k covers [-pi + k bw, -pi + (k + 1) bw) of atan2(north, east))
+    # an upper bound of the tangent of the elevation at which terrain within max_range can
+    # be seen: the cells of the blocks within near_blocks of the camera's block one by one
+    # (the highest of their four nodes), farther blocks whole (bmax: the highest node of
+    # each block x block-cell block, NaN = nodata in it). z (Ny, Nx): node heights (NaN =
+    # no data). A ray rising faster than that in its bin meets no terrain.
+    ny, nx = z.shape
+    nby, nbx = bmax.shape
+    nbins = t_out.shape[0]
+    for k in range(nbins):
+        t_out[k] = -np.inf
+    cbx = int(gx // block)
+    cby = int(gy // block)
+    for by in range(nby):
+        for bx in range(nbx):
+            i0 = by * block
+            j0 = bx * block
+            i1 = min(i0 + block, ny - 1)
+            j1 = min(j0 + block, nx - 1)
+            if abs(by - cby) <= near_blocks and abs(bx - cbx) <= near_blocks:
+                for i in range(i0, i1):
+                    for j in range(j0, j1):
+                        zc = max(max(z[i, j], z[i, j + 1]), max(z[i + 1, j], z[i + 1, j + 1]))
+                        if (z[i, j] != z[i, j] or z[i, j + 1] != z[i, j + 1]
+                                or z[i + 1, j] != z[i + 1, j]
+                                or z[i + 1, j + 1] != z[i + 1, j + 1]):
+                            zc = np.nan
+                        _horizon_add(t_out, nbins, (j - gx) * cell, (j + 1 - gx) * cell,
+                                     (i - gy) * cell, (i + 1 - gy) * cell, zc, oz, max_range)
+            else:
+                _horizon_add(t_out, nbins, (j0 - gx) * cell, (j1 - gx) * cell,
+                             (i0 - gy) * cell, (i1 - gy) * cell, bmax[by, bx], oz, max_range)
+
+
+@numba.njit(cache=True, parallel=True, nogil=True)
+def above_horizon_impl(d, t_hor, out):
+    # out[r]: ray d[r] (unit ENU) rises faster than the horizon of its azimuth bin
+    n = d.shape[0]
+    nbins = t_hor.shape[0]
+    bw = 2 * np.pi / nbins
+    for r in numba.prange(n):
+        dz = d[r, 2]
+        out[r] = False
+        if not dz > 0:
+            continue
+        h = np.sqrt(d[r, 0] * d[r, 0] + d[r, 1] * d[r, 1])
+        k = int(np.floor((np.arctan2(d[r, 1], d[r, 0]) + np.pi) / bw)) % nbins
+        if h == 0.0:
+            out[r] = True
+        elif dz / h > t_hor[k] * (1.0 + 1e-9) + 1e-12:
+            out[r] = True

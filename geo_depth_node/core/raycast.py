@@ -706,7 +706,8 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
 
         safe = None
         if field.bvh is not None and n and t_min is None:  # skip what it proves free
-            safe = field.bvh.safe_start(o64[:1] if o64.stride(0) == 0 else o64, d64)
+            safe = field.bvh.safe_start(o64[:1] if o64.stride(0) == 0 else o64, d64,
+                                        max_range_m)
         try:
             st, r64 = numba_cast(field, o64, d64, hflat, max_range_m=max_range_m, step=step,
                                  n_bisect=n_bisect, block=block,
