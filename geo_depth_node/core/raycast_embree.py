@@ -147,6 +147,7 @@ class TerrainBvh:
         self.z_ref = float(np.nanmin(h))
         self._z = z  # node heights of the envelope (float64), for above_envelope
         self._h = h  # the terrain's node heights (float64, NaN = no data), for the horizon
+        self._horizon: tuple | None = None  # (camera, max range) -> its horizon, the last one
         b = HORIZON_BLOCK
         nby, nbx = -(-(ny - 1) // b), -(-(nx - 1) // b)
         pad = np.full((nby * b + 1, nbx * b + 1), -np.inf)
@@ -179,11 +180,14 @@ class TerrainBvh:
         of the march (it ends SKY or UNAVAILABLE by its end rules)."""
         from ._prior_numba_kernels import above_horizon_impl, horizon_impl
 
-        t_hor = np.empty(HORIZON_BINS)
-        horizon_impl(self._h, self._bmax, HORIZON_BLOCK, self.cell_m,
-                     (float(origin[0]) - self.x0_m) / self.cell_m,
-                     (float(origin[1]) - self.y0_m) / self.cell_m, float(origin[2]),
-                     float(max_range_m), HORIZON_NEAR_BLOCKS, t_hor)
+        key = (float(origin[0]), float(origin[1]), float(origin[2]), float(max_range_m))
+        if self._horizon is None or self._horizon[0] != key:  # once per camera position
+            t_hor = np.empty(HORIZON_BINS)
+            horizon_impl(self._h, self._bmax, HORIZON_BLOCK, self.cell_m,
+                         (key[0] - self.x0_m) / self.cell_m, (key[1] - self.y0_m) / self.cell_m,
+                         key[2], key[3], HORIZON_NEAR_BLOCKS, t_hor)
+            self._horizon = (key, t_hor)
+        t_hor = self._horizon[1]
         out = np.empty(d.shape[0], dtype=bool)
         above_horizon_impl(np.ascontiguousarray(d, dtype=np.float64), t_hor, out)
         return out
