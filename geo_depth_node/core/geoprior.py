@@ -653,17 +653,20 @@ class GeoPrior:
         return out
 
     def apply(self, result, pose: PoseEstimate | None, model: CameraModel,
-              params: Mapping[str, Any], stereo: Any = None) -> dict[str, int]:
+              params: Mapping[str, Any], stereo: Any = None,
+              cast: dict[str, Any] | None = None) -> dict[str, int]:
         """Ray-cast and fuse into ``result`` (a FrameResult, in place). Without a pose, or
         without a height grid (its build failed: :meth:`update_grid`), every point keeps its
         stereo class and NONE points get PRIOR_UNAVAILABLE.
 
         ``stereo``: the frame's core.camera.StereoModel (``fb`` = f * B in px m, ``delta_cx``
         px); with it, a disparity beyond the stereo limit can still rule a prior out (see
-        ``weak_stereo`` of :func:`~.fusion.fuse`)."""
+        ``weak_stereo`` of :func:`~.fusion.fuse`). ``cast``: this frame's :meth:`cast` when
+        it was made already (beside the stereo), else it is made here."""
         from .contract import Flag, Provenance
 
-        pri = self.cast(pose, model) if pose is not None else None
+        pri = cast if cast is not None else (self.cast(pose, model) if pose is not None
+                                             else None)
         if pri is None or self.grid.field is None:
             if pri is not None:
                 result.timings_ms.update(pri['timings_ms'])

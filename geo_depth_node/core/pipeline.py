@@ -16,6 +16,7 @@ with BEYOND_RESOLUTION.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import time
@@ -229,6 +230,11 @@ class DepthPipeline:
                 stamp_ns: int | None = None, wait_s: float = 0.0) -> FrameResult:
         """Run the pipeline on one pair.
 
+        With DEM sources on the host path the pose lookup and the prior's cast
+        (:meth:`_Georef.prepare`) run in one worker thread beside the matching, sigma and
+        triangulation (they need only the stamp); the frame then waits for them
+        (``timings_ms['dem_wait']``) and fuses. Their own timings overlap the stereo's.
+
         Args:
             left, right: (H, W) uint8 grey images (raw if ``rectify`` else rectified).
             left_model, right_model: the cameras (from CameraInfo).
@@ -275,25 +281,38 @@ class DepthPipeline:
             timings['total'] = (time.perf_counter() - t_start) * 1e3
             return result
 
-        m = self.matcher.match(left, right, left_valid, right_valid)
-        timings.update(m.timings_ms)
-
-        out = self._alloc_outputs(m.disparity.shape)
-        sigma_d = None
-        if self.sigma_model is not None:
-            t = time.perf_counter()
-            sigma_d = self.sigma_model.sigma_d(m.features, m.disparity,
-                                               out=out['sigma_disparity'], workspace=self._ws,
-                                               bands=self._bands)
-            timings['sigma'] = (time.perf_counter() - t) * 1e3
-        t = time.perf_counter()
-        result = self._triangulate(m.disparity, m.lr_diff, m.flags, stereo, sigma_d, out)
-        timings['triangulate'] = (time.perf_counter() - t) * 1e3
-        result.timings_ms = timings
+        prepared = None
         if self.georef is not None:
             if stamp_ns is None:
                 raise ValueError('DEM priors are configured: process() needs the frame stamp_ns')
-            self.georef.apply(result, stamp_ns, left_model, self.params, wait_s, stereo)
+            # the pose and the prior's cast need no stereo: they run beside the matcher
+            prepared = self._prior_pool().submit(self.georef.prepare, stamp_ns, left_model,
+                                                 self.params, wait_s)
+        try:
+            m = self.matcher.match(left, right, left_valid, right_valid)
+            timings.update(m.timings_ms)
+            out = self._alloc_outputs(m.disparity.shape)
+            sigma_d = None
+            if self.sigma_model is not None:
+                t = time.perf_counter()
+                sigma_d = self.sigma_model.sigma_d(m.features, m.disparity,
+                                                   out=out['sigma_disparity'],
+                                                   workspace=self._ws, bands=self._bands)
+                timings['sigma'] = (time.perf_counter() - t) * 1e3
+            t = time.perf_counter()
+            result = self._triangulate(m.disparity, m.lr_diff, m.flags, stereo, sigma_d, out)
+            timings['triangulate'] = (time.perf_counter() - t) * 1e3
+        except BaseException:
+            if prepared is not None:  # a frame ends with its cast: the next one reuses them
+                concurrent.futures.wait([prepared])
+            raise
+        result.timings_ms = timings
+        if prepared is not None:
+            t = time.perf_counter()
+            ready = prepared.result()  # raises what the cast raised
+            timings['dem_wait'] = (time.perf_counter() - t) * 1e3
+            self.georef.apply(result, stamp_ns, left_model, self.params, wait_s, stereo,
+                              prepared=ready)
             self._to_enu(result, left_model)
         timings['total'] = (time.perf_counter() - t_start) * 1e3
         return result
@@ -382,6 +401,15 @@ class DepthPipeline:
             sigma_disparity=v['sigma_disparity'], timings_ms=timings)
         result.packed = cloud
         return result
+
+    def _prior_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The one worker thread that runs a frame's pose lookup and prior cast while its
+        stereo matches (made on first use; a frame waits for its own cast before fusing)."""
+        pool = self.__dict__.get('_pool')
+        if pool is None:
+            pool = self.__dict__['_pool'] = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix='geo-depth-prior')
+        return pool
 
     def _alloc_outputs(self, shape: tuple[int, int]) -> dict[str, np.ndarray]:
         """Fresh (H, W) output arrays of one frame, carved out of one allocation
@@ -786,13 +814,24 @@ class _Georef:
         T[:3, :3], T[:3, 3] = pose.R_enu_cam, pose.p_enu_cam
         return T
 
-    def apply(self, result: FrameResult, stamp_ns: int, model: CameraModel,
-              params: Mapping[str, Any], wait_s: float, stereo: StereoModel | None = None
-              ) -> None:
-        """Pose at the stamp, then GeoPrior.apply on the host arrays of ``result``. A DEM
-        file that fails after start-up costs only the priors (``GeoPrior.update_grid``; the
-        reason in ``result.prior_problem``)."""
+    def prepare(self, stamp_ns: int, model: CameraModel, params: Mapping[str, Any],
+                wait_s: float) -> tuple:
+        """The part of :meth:`apply` that needs no stereo: the pose at the stamp and the
+        prior's cast (``GeoPrior.cast``), so that it can run while the stereo matches.
+        Returns (pose or None, why, GeoPrior or None, pose lookup ms, cast or None)."""
         pose, why, prior, ms = self.lookup(stamp_ns, params, wait_s)
+        cast = prior.cast(pose, model) if pose is not None and prior is not None else None
+        return pose, why, prior, ms, cast
+
+    def apply(self, result: FrameResult, stamp_ns: int, model: CameraModel,
+              params: Mapping[str, Any], wait_s: float, stereo: StereoModel | None = None,
+              prepared: tuple | None = None) -> None:
+        """Pose at the stamp, then GeoPrior.apply on the host arrays of ``result`` (with the
+        cast of :meth:`prepare` when given). A DEM file that fails after start-up costs only
+        the priors (``GeoPrior.update_grid``; the reason in ``result.prior_problem``)."""
+        if prepared is None:
+            prepared = self.prepare(stamp_ns, model, params, wait_s)
+        pose, why, prior, ms, cast = prepared
         result.timings_ms['pose'] = ms
         result.pose_status = why
         if pose is None or prior is None:
@@ -802,7 +841,8 @@ class _Georef:
             return
         result.pose_degraded = pose.degraded
         result.T_enu_cam = self._pose_matrix(pose)
-        result.prior_counts = prior.apply(result, pose, model, params, stereo=stereo)
+        result.prior_counts = prior.apply(result, pose, model, params, stereo=stereo,
+                                          cast=cast)
         result.georef_stats = {**prior.camera_clearance(pose), **_grid_stats(prior)}
         result.prior_problem = prior.frame_problem(result.georef_stats)
 
