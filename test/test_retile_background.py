@@ -305,3 +305,11 @@ def test_pipeline_crossing_the_retile_margin_never_waits_for_the_grid(tmp_path):
     median = float(np.median(totals[1:]))
     assert max(retile[1:]) <= 0.25 * median, (retile, totals)
     assert retile[0] > max(retile[1:])  # the first grid is built on the frame
+    # the cast ran beside the stereo in the pipeline's own thread, which goes with it
+    pool = pipe._prior_pool()
+    assert all(t.name.startswith('geo-depth-prior') for t in pool._threads)
+    del pipe, prior
+    import gc
+
+    gc.collect()
+    assert pool._shutdown

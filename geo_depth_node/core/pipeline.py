@@ -407,8 +407,12 @@ class DepthPipeline:
         stereo matches (made on first use; a frame waits for its own cast before fusing)."""
         pool = self.__dict__.get('_pool')
         if pool is None:
+            import weakref
+
             pool = self.__dict__['_pool'] = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix='geo-depth-prior')
+            # a pipeline replaced at run time (a parameter change) takes its thread with it
+            weakref.finalize(self, pool.shutdown, wait=False)
         return pool
 
     def _alloc_outputs(self, shape: tuple[int, int]) -> dict[str, np.ndarray]:
