@@ -470,10 +470,9 @@ class GeoPrior:
             exact(exact_px)
             inner = hit & ~info['exact_mask']
             if inner.any():
-                with np.errstate(invalid='ignore', divide='ignore'):
+                with np.errstate(invalid='ignore', divide='ignore'):  # lattice pixels are read
                     ratio = np.where(var_first > 0, var_vert / var_first,
                                      np.where(var_vert == 0, 1.0, np.inf))
-                ratio[~exact_px] = np.nan
                 ratio = prior_lattice.interpolate_lattice(ratio, self.cast_stride)
                 ok = inner & np.isfinite(ratio)
                 var_vert[ok] = var_first[ok] * ratio[ok]

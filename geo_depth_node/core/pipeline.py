@@ -311,8 +311,7 @@ class DepthPipeline:
             t = time.perf_counter()
             ready = prepared.result()  # raises what the cast raised
             timings['dem_wait'] = (time.perf_counter() - t) * 1e3
-            self.georef.apply(result, stamp_ns, left_model, self.params, wait_s, stereo,
-                              prepared=ready)
+            self.georef.apply(result, ready, left_model, self.params, stereo)
             self._to_enu(result, left_model)
         timings['total'] = (time.perf_counter() - t_start) * 1e3
         return result
@@ -827,14 +826,11 @@ class _Georef:
         cast = prior.cast(pose, model) if pose is not None and prior is not None else None
         return pose, why, prior, ms, cast
 
-    def apply(self, result: FrameResult, stamp_ns: int, model: CameraModel,
-              params: Mapping[str, Any], wait_s: float, stereo: StereoModel | None = None,
-              prepared: tuple | None = None) -> None:
-        """Pose at the stamp, then GeoPrior.apply on the host arrays of ``result`` (with the
-        cast of :meth:`prepare` when given). A DEM file that fails after start-up costs only
-        the priors (``GeoPrior.update_grid``; the reason in ``result.prior_problem``)."""
-        if prepared is None:
-            prepared = self.prepare(stamp_ns, model, params, wait_s)
+    def apply(self, result: FrameResult, prepared: tuple, model: CameraModel,
+              params: Mapping[str, Any], stereo: StereoModel | None = None) -> None:
+        """The fusion of GeoPrior.apply on the host arrays of ``result`` with the pose and
+        cast of :meth:`prepare`. A DEM file that fails after start-up costs only the priors
+        (``GeoPrior.update_grid``; the reason in ``result.prior_problem``)."""
         pose, why, prior, ms, cast = prepared
         result.timings_ms['pose'] = ms
         result.pose_status = why

@@ -66,8 +66,6 @@ PLANAR_TOL = 0.01
 #: the bracket around a predicted range: this fraction of it plus GUESS_PAD_M on each side
 GUESS_REL = 0.01
 GUESS_PAD_M = 0.25
-#: block side (cells) of the march's skip bounds, as raycast()'s default block_cells
-BLOCK_CELLS = 8
 _KERNELS: Any = None
 
 
@@ -95,30 +93,13 @@ def lattice_index(n: int, stride: int) -> np.ndarray:
 
 
 def _field_args(field: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
-    """(grid (x0, y0, cell) float64, heights (Ny*Nx,) in the field dtype, lim as the march's
-    f_at, nx, ny) of a CPU HeightField."""
+    """(grid (x0, y0, cell) float64, heights and lim of :func:`.raycast_numba.kernel_arrays`,
+    nx, ny) of a CPU HeightField."""
+    from .raycast_numba import kernel_arrays
+
     ny, nx = field.shape
-    h = np.ascontiguousarray(field.height.reshape(-1).numpy())
-    lim = np.array([nx - 1, ny - 1, nx - 2, ny - 2], dtype=h.dtype)
+    h, lim = kernel_arrays(field)
     return np.array([field.x0_m, field.y0_m, field.cell_m]), h, lim, nx, ny
-
-
-def _block_bounds(field: Any, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """The march's block maxima (rounded to the field dtype) and slope bounds, float64 numpy
-    (as :func:`.raycast_numba.cast` passes them)."""
-    import torch
-
-    bm = field.block_max(block).to(field.height.dtype).to(torch.float64).numpy()
-    return np.ascontiguousarray(bm), np.ascontiguousarray(
-        field.block_slope(block).to(torch.float64).numpy())
-
-
-def march_params(field: Any, tol_m: float = 1e-4) -> tuple[float, int]:
-    """(step metres, n_bisect) of :func:`~.raycast.raycast`'s defaults for ``field``."""
-    import math
-
-    step = 0.5 * field.cell_m
-    return step, max(1, int(math.ceil(math.log2(max(step, tol_m) / tol_m))) + 1)
 
 
 def cast_frame(field: Any, origin: np.ndarray, d_enu: np.ndarray, norm: np.ndarray, *,
@@ -209,8 +190,11 @@ def cast_frame(field: Any, origin: np.ndarray, d_enu: np.ndarray, norm: np.ndarr
     idx = np.flatnonzero(smooth[a[:, None], b[None, :]] & ~on & ~done)
     n_near = 0
     if idx.size:
+        from .raycast import BLOCK_CELLS, march_params
+        from .raycast_numba import kernel_arrays
+
         step, n_bisect = march_params(field)
-        bm, bs = _block_bounds(field, BLOCK_CELLS)
+        _, _, bm, bs, _ = kernel_arrays(field, block=BLOCK_CELLS)
         _kernels().between_impl(o, flat[0], idx, r_min, r_max, ly, lx, a, b, w, NEAR_REL,
                                 float(max_range_m), grid, hflat, lim, nx, bm, bs,
                                 float(BLOCK_CELLS), float(BLOCK_CELLS * field.cell_m), step,

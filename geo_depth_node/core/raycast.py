@@ -103,6 +103,8 @@ _LOG = logging.getLogger(__name__)
 #: Samples (rays x steps) evaluated per marching iteration: bounds the working memory
 #: (about 100 bytes per sample) against the per-iteration overhead.
 _SAMPLE_BUDGET = 1 << 18
+#: side (cells) of the blocks whose height and slope bounds let the march skip (default)
+BLOCK_CELLS = 8
 #: compiled marches ('triton', 'numba') that failed in this process (then the torch loop)
 _KERNEL_BROKEN: list[str] = []
 
@@ -624,9 +626,25 @@ def warm_up(device: Any = 'auto', march: str = 'auto') -> float:
     return time.perf_counter() - t
 
 
+def march_params(field: HeightField, step_m: float | None = None, tol_m: float = 1e-4
+                 ) -> tuple[float, int]:
+    """(sampling step, metres: ``step_m`` or half a cell; bisections that refine a bracket
+    one step long to ``tol_m``) of the march of :func:`raycast`.
+
+    Raises:
+        ValueError: a step or tolerance that is not > 0.
+    """
+    step = 0.5 * field.cell_m if step_m is None else float(step_m)
+    if not step > 0:
+        raise ValueError(f'step_m must be > 0, got {step_m!r}')
+    if not tol_m > 0:
+        raise ValueError(f'tol_m must be > 0, got {tol_m!r}')
+    return step, max(1, int(math.ceil(math.log2(max(step, tol_m) / tol_m))) + 1)
+
+
 def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: float,
             step_m: float | None = None, pose_cov: PoseCovariance | None = None,
-            sky_outside_grid: bool = True, tol_m: float = 1e-4, block_cells: int = 8,
+            sky_outside_grid: bool = True, tol_m: float = 1e-4, block_cells: int = BLOCK_CELLS,
             dtype: 'torch.dtype | None' = None, march: str = 'auto',
             ranges_only: bool = False, min_range_m: Any = None,
             unit_directions: bool = False) -> RaycastResult:
@@ -678,11 +696,7 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
         raise ValueError(f'max_range_m must be a number, got {max_range_m!r}') from e
     if not (max_range_m > 0 and math.isfinite(max_range_m)):
         raise ValueError(f'max_range_m must be a positive finite number, got {max_range_m!r}')
-    step = 0.5 * field.cell_m if step_m is None else float(step_m)
-    if not step > 0:
-        raise ValueError(f'step_m must be > 0, got {step_m!r}')
-    if not tol_m > 0:
-        raise ValueError(f'tol_m must be > 0, got {tol_m!r}')
+    step, n_bisect = march_params(field, step_m, tol_m)
     ct = dtype or field.height.dtype
     dev = field.device
     o64, d64 = _as_rays(field, origin, directions, unit_directions)
@@ -696,7 +710,6 @@ def raycast(field: HeightField, origin: Any, directions: Any, *, max_range_m: fl
                              f'{tuple(t_min.shape)}')
         if not bool(torch.all(t_min >= 0)):
             raise ValueError('min_range_m must be >= 0 (and not NaN)')
-    n_bisect = max(1, int(math.ceil(math.log2(max(step, tol_m) / tol_m))) + 1)
     march_auto = march == 'auto'
     march = resolve_march(march, dev, ct)
     block = max(1, int(block_cells))

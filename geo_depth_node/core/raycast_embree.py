@@ -140,7 +140,7 @@ class TerrainBvh:
 
         t = time.perf_counter()
         h = field.height.detach().double().cpu().numpy()
-        z, self.wall_m = envelope_heights(h)
+        z, _ = envelope_heights(h)
         ny, nx = z.shape
         self.shape = (ny, nx)
         self.x0_m, self.y0_m, self.cell_m = field.x0_m, field.y0_m, field.cell_m
@@ -166,9 +166,8 @@ class TerrainBvh:
                                  o3d.core.Tensor(envelope_triangles(z)))
         # Embree builds its BVH lazily on the first query: build it here, off the frame path
         self.scene.cast_rays(o3d.core.Tensor(np.array([[0, 0, -1e6, 0, 0, 1]], np.float32)))
-        self.build_s = time.perf_counter() - t
         _LOG.info('ray-cast BVH of the %dx%d height grid (%d triangles) built in %.2f s',
-                  ny, nx, 2 * (ny - 1) * (nx - 1), self.build_s)
+                  ny, nx, 2 * (ny - 1) * (nx - 1), time.perf_counter() - t)
 
     def above_horizon(self, origin: np.ndarray, d: np.ndarray, max_range_m: float = np.inf
                       ) -> np.ndarray:

@@ -69,6 +69,26 @@ def _impl() -> Any:
     return _IMPL
 
 
+def kernel_arrays(field: Any, hflat: Any = None, block: int | None = None) -> tuple:
+    """The numpy arrays the compiled kernels read of a CPU HeightField: (heights (Ny*Nx,) in
+    the computation dtype (``hflat``, default the field's), ``lim`` = (Nx - 1, Ny - 1, Nx - 2,
+    Ny - 2) in that dtype, as ``f_at`` takes it) and, with ``block`` (cells), the block maxima
+    rounded to that dtype (as the torch loop uses them), slope bounds and data flags of
+    ``HeightField.block_max/block_slope/block_data``, float64."""
+    import torch
+
+    hflat = field.height.reshape(-1) if hflat is None else hflat
+    ny, nx = field.shape
+    h = np.ascontiguousarray(hflat.numpy())
+    lim = np.array([nx - 1, ny - 1, nx - 2, ny - 2], dtype=h.dtype)
+    if block is None:
+        return h, lim
+    return (h, lim,
+            np.ascontiguousarray(field.block_max(block).to(hflat.dtype).to(torch.float64).numpy()),
+            np.ascontiguousarray(field.block_slope(block).to(torch.float64).numpy()),
+            np.ascontiguousarray(field.block_data(block).to(torch.float64).numpy()))
+
+
 def cast(field: Any, origin: Any, directions: Any, hflat: Any, *, max_range_m: float,
          step: float, n_bisect: int, block: int, sky_outside_grid: bool,
          min_range_m: Any = None, safe_start: Any = None) -> tuple[Any, Any]:
@@ -110,13 +130,8 @@ def cast(field: Any, origin: Any, directions: Any, hflat: Any, *, max_range_m: f
     if hflat.dtype not in (torch.float32, torch.float64):
         raise ValueError(f'height field dtype must be float32 or float64, got {hflat.dtype}')
     ny, nx = field.shape
-    h = np.ascontiguousarray(hflat.numpy())
-    ct = h.dtype
+    h, lim, bm, bs, bd = kernel_arrays(field, hflat, block)
     seg = block * field.cell_m
-    # the block maxima rounded to the computation dtype, as the torch loop uses them
-    bm = np.ascontiguousarray(field.block_max(block).to(hflat.dtype).to(torch.float64).numpy())
-    bs = np.ascontiguousarray(field.block_slope(block).to(torch.float64).numpy())
-    bd = np.ascontiguousarray(field.block_data(block).to(torch.float64).numpy())
     if origin.ndim == 2 and origin.shape[0] > 1 and origin.stride(0) == 0:
         origin = origin[:1]  # one origin expanded over the rays (raycast's _as_rays)
     o = np.ascontiguousarray(origin.reshape(-1, 3).numpy(), dtype=np.float64)
@@ -127,7 +142,6 @@ def cast(field: Any, origin: Any, directions: Any, hflat: Any, *, max_range_m: f
     tsafe = np.zeros(0) if safe_start is None else \
         np.ascontiguousarray(safe_start.to(torch.float64).numpy())
     grid = np.array([field.x0_m, field.y0_m, field.cell_m, field.z_max, max_range_m])
-    lim = np.array([nx - 1, ny - 1, nx - 2, ny - 2], dtype=ct)
     status = np.empty(n, dtype=np.int8)
     rng = np.empty(n)
     t = time.perf_counter()

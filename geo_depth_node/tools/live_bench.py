@@ -88,8 +88,8 @@ def run_live_bench(*, size: tuple[int, int] = (640, 480), frames: int = 60,
     with NodeProcess(env, params_file=params_file, log_path=out / 'node.log') as node:
         rep = BagReplayer(domain)
         try:
-            # the node's first frame builds the height grid and its BVH (seconds): one frame
-            # in lock-step first, so start-up is not counted as drops
+            # the node's first frame builds the height grid and its BVH (seconds): the frames
+            # dropped meanwhile are left out of the steady-state figures below
             t_start = time.perf_counter()
             sent = rep.replay(info['bag'], lockstep=False, realtime=True,
                               discovery_timeout=timeout_s,
